@@ -1,0 +1,202 @@
+"""The ``blockprune`` command: a thin shell over the public Python API.
+
+Each subcommand calls one public function and prints its result as a table, or as JSON with
+``--json``. Bad input exits with status 2 and a one-line message, never a traceback (set
+``BLOCKPRUNE_DEBUG=1`` to see the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+from . import __version__
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, as every blockprune error is."""
+
+    def error(self, message):  # noqa: D401 - argparse's hook
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+_TF_CHATTER = re.compile(r"absl::InitializeLog|oneDNN custom operations|cpu_feature_guard|"
+                         r"TensorFlow binary is optimized|rebuild TensorFlow with the appropriate compiler")
+
+
+def _quiet_tensorflow() -> None:
+    """Imports TensorFlow with its start-up chatter hidden (it prints to fd 2 before any log
+    level applies); anything else it prints, such as a real error, is passed through."""
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines():
+                if line.strip() and not _TF_CHATTER.search(line):
+                    print(line, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- targets
+
+def _targets_table(targets) -> str:
+    rows = [("name", "dtype", "blocks [in,out]", "balanced", "tflite", "onnx", "latency", "description")]
+    for t in targets:
+        blocks = " ".join(f"({b[0]},{b[1]})" for b in t.block_shapes)
+        device = "measured here" if t.native else "cost model"
+        rows.append((t.name, t.dtype, blocks, "yes" if t.balanced else "no", t.lowering.tflite,
+                     t.lowering.onnx, device, t.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 11)
+    return "\n".join(lines)
+
+
+def cmd_targets(args) -> int:
+    from .targets import list_targets, load_target
+
+    targets = [load_target(p) for p in args.file] if args.file else list_targets()
+    if args.json:
+        print(json.dumps([t.to_dict() for t in targets], indent=2))
+    else:
+        print(_targets_table(targets))
+        print("\nBlock shapes are (rows, cols) over the [in, out] view of each kernel as Keras stores it.")
+    return 0
+
+
+# --------------------------------------------------------------------------- plan
+
+def load_keras_model(path: str, imports: list[str] | None = None):
+    """Loads a ``.keras`` model for the CLI, with one-line errors."""
+    import importlib
+
+    for module in imports or []:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ValueError(f"--import {module}: {e}") from None
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"model file {path!r} does not exist")
+    if p.suffix not in (".keras", ".h5"):
+        raise ValueError(f"model file {path!r} is not a .keras file (save it with model.save('model.keras'))")
+    _quiet_tensorflow()
+    import keras
+
+    try:
+        return keras.models.load_model(p, compile=False)
+    except Exception as e:  # noqa: BLE001 - Keras raises many types; the user needs one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot load Keras model {path!r}: {first} (custom layers must be registered with "
+                         "keras.saving.register_keras_serializable in a module passed with --import)") from None
+
+
+def cmd_plan(args) -> int:
+    from .plan import plan
+    from .targets import load_target
+
+    target = load_target(args.target)  # fail fast, before TensorFlow loads
+    overrides = {pattern: spec for pattern, spec in args.override or []}
+    for pattern in args.skip or []:
+        overrides[pattern] = "skip"
+    if args.model:
+        model = load_keras_model(args.model, args.imports)
+    else:
+        _quiet_tensorflow()
+        from .examples import EXAMPLES, example_model
+
+        if not args.json:
+            print(f"No MODEL given: planning the built-in example '{args.example}' ({EXAMPLES[args.example]}).\n")
+        model = example_model(args.example)
+    p = plan(model, target, sparsity=args.sparsity, overrides=overrides)
+    if args.output:
+        p.save(args.output)
+    if args.json:
+        print(p.to_json())
+    else:
+        print(p.summary())
+        if args.output:
+            print(f"\nPlan written to {args.output}")
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .examples import EXAMPLES
+
+    parser = _Parser(prog="blockprune", description="Hardware-aware block sparsity for Keras 3 models.")
+    parser.add_argument("--version", action="version", version=f"blockprune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("targets", help="list hardware targets",
+                       description="List the shipped hardware targets (or the descriptor files given).")
+    p.add_argument("file", nargs="*", help="descriptor .toml files to validate and show instead")
+    p.add_argument("--json", action="store_true", help="print a JSON list with the descriptors' TOML fields")
+    p.set_defaults(func=cmd_targets)
+
+    p = sub.add_parser("plan", help="plan block shapes and sparsity for a model",
+                       description="Choose a block shape and sparsity for every prunable weight of a Keras model "
+                                   "for a target, and explain every skipped weight.")
+    p.add_argument("model", nargs="?", help="a .keras model file; omitted: the built-in example model")
+    p.add_argument("--example", choices=sorted(EXAMPLES), default="mlp",
+                   help="built-in model to plan when MODEL is omitted (default: mlp)")
+    p.add_argument("--target", "-t", default="cpu-wide",
+                   help="shipped target name or path to a .toml descriptor (default: cpu-wide)")
+    p.add_argument("--sparsity", "-s", type=_float, default=0.9, help="fraction of blocks to zero (default: 0.9)")
+    p.add_argument("--override", nargs=2, action="append", metavar=("PATTERN", "SPEC"),
+                   help="per-layer change: PATTERN is a layer name, layer/weight, or regex; "
+                        "SPEC is 'skip' or e.g. 'block=4x1,sparsity=0.5' (repeatable)")
+    p.add_argument("--skip", action="append", metavar="PATTERN", help="leave matching layers dense (repeatable)")
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                   help="import this module first (to register custom layers)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("-o", "--output", help="write the plan as JSON to this file")
+    p.set_defaults(func=cmd_plan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``blockprune`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, KeyError) as e:
+        if os.environ.get("BLOCKPRUNE_DEBUG"):
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"blockprune {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"blockprune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

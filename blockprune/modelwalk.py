@@ -1,0 +1,247 @@
+"""Finds every weight of a Keras model that blockprune could prune, and why the others can't be.
+
+``find_weights(model)`` walks Sequential and functional models (nested ones too) and, for a
+subclassed model, its tracked layers. Each *graph-node* layer (a layer of the model or of a
+nested model) yields one ``WeightSite`` per matrix-like weight it owns, its sublayers
+included: MultiHeadAttention yields its four EinsumDense projections as ``query/kernel`` and
+so on. Weights that are not a matmul over an ``[in, out]`` view (depthwise kernels,
+embeddings, ...) are reported too, with the reason, so nothing falls through silently.
+
+This module needs Keras; ``blockprune.plan`` imports it only when planning a live model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+
+from .prunable import is_prunable_layer
+from .views import WeightView, einsum_view
+
+__all__ = ["WeightSite", "find_weights", "model_kind", "matrix_kind"]
+
+_CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+_NOT_PRUNABLE_WHY = {
+    "DepthwiseConv1D": "depthwise kernels are not prunable: XNNPACK and TFLite gain nothing from sparse depthwise convolutions",
+    "DepthwiseConv2D": "depthwise kernels are not prunable: XNNPACK and TFLite gain nothing from sparse depthwise convolutions",
+    "Embedding": "an embedding is a table lookup, not a matmul over an [in, out] view",
+}
+
+
+@dataclass
+class WeightSite:
+    """One matrix-like weight of a model.
+
+    Attributes:
+        layer: path of the graph-node layer that owns it (``"encoder/dense_1"`` inside a nested
+            model ``encoder``); this is the layer a pruning wrapper wraps.
+        weight: the weight's name relative to that layer (``"kernel"``, ``"query/kernel"``).
+        layer_class: class name of the layer that directly holds the weight.
+        kind: one of ``blockprune.targets.LAYER_KINDS``, or the lowercased class name of a
+            layer blockprune cannot prune (``"depthwiseconv2d"``).
+        kernel_shape: the weight's shape as Keras stores it.
+        view: its ``[in, out]`` view, or None when it has none.
+        positions: rows of the matmul per sample (conv output positions, sequence length).
+        not_prunable: why the weight can never be pruned, or None.
+        variable: the Keras variable (not serialized).
+    """
+
+    layer: str
+    weight: str
+    layer_class: str
+    kind: str
+    kernel_shape: tuple[int, ...]
+    view: WeightView | None
+    positions: int = 1
+    not_prunable: str | None = None
+    variable: Any = field(default=None, repr=False, compare=False)
+
+
+def model_kind(model) -> str:
+    """``"sequential"``, ``"functional"`` or ``"subclassed"``."""
+    if isinstance(model, keras.Sequential):
+        return "sequential"
+    try:
+        from keras.src.models.functional import Functional
+    except ImportError:  # pragma: no cover - guards a private Keras path
+        Functional = None
+    if Functional is not None and isinstance(model, Functional):
+        return "functional"
+    return "subclassed"
+
+
+def matrix_kind(layer) -> tuple[str, WeightView | None, str | None]:
+    """Classifies a layer that directly holds a kernel.
+
+    Returns:
+        ``(kind, view, reason)``: the layer kind, the kernel's view, and why it is not
+        prunable (None when it is). ``kind`` is ``"other"`` for unknown layers.
+    """
+    kernel = _own_weight(layer, "kernel")
+    if isinstance(layer, keras.layers.Dense) and kernel is not None:
+        return "dense", WeightView.for_dense(kernel.shape), _dtype_reason(kernel)
+    if isinstance(layer, keras.layers.EinsumDense) and kernel is not None:
+        try:
+            view = einsum_view(layer.equation, kernel.shape)
+        except ValueError as e:
+            return "einsum_dense", None, str(e)
+        return "einsum_dense", view, _dtype_reason(kernel)
+    if isinstance(layer, _CONVS) and kernel is not None:
+        groups = getattr(layer, "groups", 1)
+        if groups != 1:
+            return "conv", None, f"grouped convolution (groups={groups}) has no single [in, out] matrix"
+        spatial = tuple(kernel.shape[:-2])
+        kind = "conv1x1" if all(k == 1 for k in spatial) else "conv"
+        return kind, WeightView.for_conv(kernel.shape), _dtype_reason(kernel)
+    return "other", None, None
+
+
+def _dtype_reason(variable) -> str | None:
+    dtype = str(getattr(variable, "dtype", "float32"))
+    if "float" not in dtype:
+        return f"kernel dtype {dtype} is already quantized; prune the float model before quantizing"
+    return None
+
+
+def _own_weight(layer, name: str):
+    for w in layer.weights:
+        if w.name == name and _owned_by(layer, w):
+            return w
+    return None
+
+
+def _owned_by(layer, variable) -> bool:
+    own_ids = {id(v) for v in getattr(layer, "_trainable_variables", [])}
+    own_ids |= {id(v) for v in getattr(layer, "_non_trainable_variables", [])}
+    return id(variable) in own_ids if own_ids else True
+
+
+def _children(layer) -> list:
+    # Keras 3 keeps a layer's direct sublayers here; it is how Layer.weights itself recurses.
+    return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def _known_positions(shape, n_out: int) -> int | None:
+    """Rows per sample of a matmul whose output has ``shape`` and ``n_out`` output features."""
+    if not shape or any(d is None for d in shape[1:]):
+        return None
+    return max(1, math.prod(int(d) for d in shape[1:]) // n_out)
+
+
+def _output_shape(layer):
+    try:
+        return tuple(layer.output.shape)
+    except (AttributeError, ValueError, RuntimeError):
+        build = getattr(layer, "_build_shapes_dict", None) or {}
+        if len(build) == 1:
+            try:
+                return tuple(layer.compute_output_shape(next(iter(build.values()))))
+            except Exception:  # noqa: BLE001 - a layer may not implement it; the caller falls back
+                return None
+    return None
+
+
+def _positions(layer, view: WeightView | None, node) -> int:
+    """Matmul rows per sample, for the estimate; from the node's output when the layer's is unknown."""
+    if view is None:
+        return 1
+    known = _known_positions(_output_shape(layer), view.view_shape[1])
+    if known is None and node is not layer:
+        node_shape = _output_shape(node)
+        known = _known_positions(node_shape, node_shape[-1]) if node_shape and node_shape[-1] else None
+    return known or 1
+
+
+def _sites_of(layer, node, node_path: str, rel_prefix: str, out: list[WeightSite], covered: set[int]) -> None:
+    """Adds the prunable weights of ``layer`` and of its sublayers (not nested graph nodes)."""
+    if is_prunable_layer(layer):
+        for w in layer.get_prunable_weights():
+            covered.add(id(w))
+            shape = tuple(int(d) for d in w.shape)
+            view = WeightView.for_matrix_like(shape) if len(shape) >= 2 else None
+            reason = None if view else f"weight of rank {len(shape)} has no [in, out] view"
+            out.append(WeightSite(node_path, rel_prefix + w.name, type(layer).__name__, "custom", shape,
+                                  view, _positions(layer, view, node), reason or _dtype_reason(w), w))
+        return
+    kind, view, reason = matrix_kind(layer)
+    if kind != "other":
+        kernel = _own_weight(layer, "kernel")
+        # Biases (rank 2 in EinsumDense) and LoRA factors belong to the kernel's layer, not a matmul.
+        covered.update(id(w) for w in layer.weights)
+        out.append(WeightSite(node_path, rel_prefix + "kernel", type(layer).__name__, kind,
+                              tuple(int(d) for d in kernel.shape), view, _positions(layer, view, node), reason, kernel))
+        return
+    for child in _children(layer):
+        _sites_of(child, node, node_path, f"{rel_prefix}{child.name}/", out, covered)
+
+
+def _uncovered(layer, node_path: str, out: list[WeightSite], covered: set[int]) -> None:
+    """Reports matrix-like trainable weights that no prunable kind claimed."""
+    for w in layer.trainable_weights:
+        if id(w) in covered or len(w.shape) < 2:
+            continue
+        covered.add(id(w))
+        owner = _owner_class(layer, w)
+        if is_prunable_layer(layer):
+            why = f"{type(layer).__name__}.get_prunable_weights() does not list it"
+        else:
+            why = _NOT_PRUNABLE_WHY.get(owner, f"{owner} weights are not a matmul over an [in, out] view "
+                                        "blockprune knows; implement PrunableLayer.get_prunable_weights() to prune them")
+        rel = _relative_name(layer, w)
+        out.append(WeightSite(node_path, rel, owner, owner.lower(), tuple(int(d) for d in w.shape), None, 1, why, w))
+
+
+def _owner_class(layer, variable) -> str:
+    owner = type(layer).__name__
+    for sub in layer._flatten_layers(include_self=True, recursive=True):
+        if any(v is variable for v in getattr(sub, "_trainable_variables", [])):
+            owner = type(sub).__name__
+    return owner
+
+
+def _relative_name(layer, variable) -> str:
+    path = getattr(variable, "path", variable.name)
+    prefix = f"{layer.name}/"
+    idx = path.find(prefix)
+    return path[idx + len(prefix):] if idx >= 0 else variable.name
+
+
+def find_weights(model) -> list[WeightSite]:
+    """All matrix-like weights of ``model``, in layer order.
+
+    Args:
+        model: a built Keras 3 model (Sequential, functional, nested, or subclassed).
+
+    Returns:
+        One ``WeightSite`` per weight; ``not_prunable`` says why a weight can't be pruned.
+
+    Raises:
+        TypeError: ``model`` is not a Keras model.
+        ValueError: the model has no weights yet (it was never built).
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"expected a Keras 3 model (keras.Model), got {type(model).__module__}.{type(model).__name__}")
+    if not model.weights:
+        raise ValueError(f"Model '{model.name}' has no weights yet: build it (give it an Input shape or call it "
+                         "on a batch) before planning")
+    sites: list[WeightSite] = []
+    seen: set[int] = set()
+    covered: set[int] = set()
+
+    def walk(m, prefix: str) -> None:
+        for layer in m.layers:
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            path = prefix + layer.name
+            if isinstance(layer, keras.Model) and not is_prunable_layer(layer):
+                walk(layer, path + "/")
+                continue
+            _sites_of(layer, layer, path, "", sites, covered)
+            _uncovered(layer, path, sites, covered)
+
+    walk(model, "")
+    return sites

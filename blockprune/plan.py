@@ -1,0 +1,550 @@
+"""The planning pass: choose a block shape and sparsity for every prunable weight of a model.
+
+``plan(model, target)`` returns a ``SparsityPlan``: one ``LayerPlan`` per matrix-like weight,
+either planned (block shape, sparsity, estimated speedup) or skipped with the reason. The plan
+is a typed, saveable value (``to_json``/``from_json``) that the later stages read. This module
+does not import TensorFlow; walking a live Keras model is delegated to ``blockprune.modelwalk``,
+imported only inside ``plan()``.
+
+Rules, in order, for each weight:
+
+1. A weight that is not a matmul over an ``[in, out]`` view is skipped (``not_prunable``).
+2. A user override that says ``skip`` (or sparsity 0) excludes it (``excluded``).
+3. An override with an explicit ``block_shape`` is used as given (it must divide the view).
+4. Otherwise the layer kind must be eligible for the target (``kind_not_eligible``), the weight
+   must have at least the target's ``min_weights`` (``too_small``), and the block shape is the
+   first of the target's ``block_shapes`` that divides the view (``no_block_divides``).
+
+Example:
+    >>> import keras
+    >>> m = keras.Sequential([keras.Input((256,)), keras.layers.Dense(512), keras.layers.Dense(10)])
+    >>> p = plan(m, "cpu-wide", sparsity=0.9)
+    >>> [(lp.layer, lp.block_shape, lp.skip_code) for lp in p.layers]
+    [('dense', (1, 64), None), ('dense_1', None, 'too_small')]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from . import cost
+from .targets import TargetDescriptor, load_target, parse_target
+from .views import WeightView
+
+__all__ = ["LayerPlan", "Override", "SparsityPlan", "SKIP_CODES", "plan", "plan_sites", "check_sparsity"]
+
+PLAN_FORMAT_VERSION = 1
+
+#: Why a weight is left dense.
+SKIP_CODES = {
+    "not_prunable": "the weight is not a matmul over an [in, out] view",
+    "excluded": "excluded by the user",
+    "kind_not_eligible": "the layer kind is not eligible for this target",
+    "too_small": "fewer weights than the target's min_weights",
+    "no_block_divides": "no allowed block shape divides the [in, out] view",
+}
+
+
+def check_sparsity(value: Any, where: str) -> float:
+    """Validates a sparsity in ``[0, 1)``.
+
+    Args:
+        value: the sparsity given.
+        where: what it belongs to, for the message (e.g. ``"target 'cpu-wide'"``).
+
+    Raises:
+        TypeError: not a real number.
+        ValueError: outside ``[0, 1)``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"sparsity must be a number in [0, 1), got {type(value).__name__} {value!r} for {where}")
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"sparsity={value!r} is outside [0, 1) for {where}")
+    return float(value)
+
+
+def _check_block_shape(value: Any, where: str) -> tuple[int, int]:
+    ok = (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+    if not ok:
+        raise ValueError(f"block_shape={value!r} is not two positive integers (rows, cols) for {where}")
+    return (int(value[0]), int(value[1]))
+
+
+@dataclass(frozen=True)
+class Override:
+    """A per-layer change to what the target would choose.
+
+    Attributes:
+        block_shape: use this block shape (must divide the view); bypasses the target's
+            eligible kinds and ``min_weights``, since the user asked for it explicitly.
+        sparsity: use this sparsity instead of the plan-wide one; 0 excludes the weight.
+        skip: leave the weight dense.
+
+    Example:
+        >>> Override(block_shape=(4, 1), sparsity=0.5)
+        Override(block_shape=(4, 1), sparsity=0.5, skip=False)
+    """
+
+    block_shape: tuple[int, int] | None = None
+    sparsity: float | None = None
+    skip: bool = False
+
+    @classmethod
+    def parse(cls, value: "Override | Mapping[str, Any] | str", pattern: str) -> "Override":
+        """An ``Override`` from itself, a dict, or the CLI spelling ``skip`` / ``block=4x1,sparsity=0.5``."""
+        if isinstance(value, Override):
+            return cls(value.block_shape and _check_block_shape(value.block_shape, f"override {pattern!r}"),
+                       None if value.sparsity is None else check_sparsity(value.sparsity, f"override {pattern!r}"),
+                       bool(value.skip))
+        if isinstance(value, str):
+            return cls.parse(_parse_override_spec(value, pattern), pattern)
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"block_shape", "sparsity", "skip"}
+            if unknown:
+                raise ValueError(f"override {pattern!r}: unknown keys {sorted(unknown)} "
+                                 "(expected block_shape, sparsity, skip)")
+            return cls.parse(cls(value.get("block_shape"), value.get("sparsity"), bool(value.get("skip", False))),
+                             pattern)
+        raise TypeError(f"override {pattern!r} must be an Override, a dict or a string, got {type(value).__name__}")
+
+
+def _parse_override_spec(spec: str, pattern: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if part == "skip":
+            out["skip"] = True
+            continue
+        key, sep, val = part.partition("=")
+        if not sep:
+            raise ValueError(f"override {pattern!r}: cannot read {part!r} (expected skip, block=RxC or sparsity=S)")
+        if key == "block":
+            rows, x, cols = val.lower().partition("x")
+            if not (x and rows.isdigit() and cols.isdigit()):
+                raise ValueError(f"override {pattern!r}: block={val!r} is not of the form RxC, e.g. 4x1")
+            out["block_shape"] = (int(rows), int(cols))
+        elif key == "sparsity":
+            try:
+                out["sparsity"] = float(val)
+            except ValueError:
+                raise ValueError(f"override {pattern!r}: sparsity={val!r} is not a number") from None
+        else:
+            raise ValueError(f"override {pattern!r}: unknown key {key!r} (expected skip, block or sparsity)")
+    if not out:
+        raise ValueError(f"override {pattern!r} is empty (expected skip, block=RxC or sparsity=S)")
+    return out
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """The plan for one matrix-like weight.
+
+    Attributes:
+        layer: path of the graph-node layer owning the weight (what a pruning wrapper wraps).
+        weight: the weight's name relative to ``layer``.
+        layer_class: class of the layer that holds the weight.
+        kind: layer kind (``dense``, ``conv1x1``, ``conv``, ``einsum_dense``, ``custom``, ``other``).
+        kernel_shape: the weight's shape as Keras stores it.
+        view: its ``[in, out]`` view (axis permutation and split), None if it has none.
+        block_shape: chosen ``(rows, cols)`` block, None when skipped.
+        sparsity: target fraction of zero blocks (0.0 when skipped).
+        skip_code: one of ``SKIP_CODES`` when skipped, else None.
+        skip_reason: a sentence saying why it is skipped, else None.
+        source: ``"target"`` or ``"override"``: who chose the block shape and sparsity.
+        positions: matmul rows per sample, used by the estimate.
+        est_dense_us: cost-model estimate of the dense matmul (microseconds, batch 1).
+        est_sparse_us: cost-model estimate of the block-sparse matmul.
+    """
+
+    layer: str
+    weight: str
+    layer_class: str
+    kind: str
+    kernel_shape: tuple[int, ...]
+    view: WeightView | None
+    block_shape: tuple[int, int] | None
+    sparsity: float
+    skip_code: str | None
+    skip_reason: str | None
+    source: str = "target"
+    positions: int = 1
+    est_dense_us: float | None = None
+    est_sparse_us: float | None = None
+
+    @property
+    def name(self) -> str:
+        """``layer/weight``, unique within a plan."""
+        return f"{self.layer}/{self.weight}"
+
+    @property
+    def pruned(self) -> bool:
+        return self.skip_code is None
+
+    @property
+    def view_shape(self) -> tuple[int, int] | None:
+        return self.view.view_shape if self.view else None
+
+    @property
+    def n_weights(self) -> int:
+        return math.prod(self.kernel_shape)
+
+    @property
+    def est_speedup(self) -> float | None:
+        if self.est_dense_us is None or not self.est_sparse_us:
+            return None
+        return self.est_dense_us / self.est_sparse_us
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "weight": self.weight,
+            "layer_class": self.layer_class,
+            "kind": self.kind,
+            "kernel_shape": list(self.kernel_shape),
+            "view_shape": list(self.view_shape) if self.view_shape else None,
+            "view_perm": list(self.view.perm) if self.view else None,
+            "view_in_axes": self.view.n_in_axes if self.view else None,
+            "block_shape": list(self.block_shape) if self.block_shape else None,
+            "sparsity": self.sparsity,
+            "skip_code": self.skip_code,
+            "skip_reason": self.skip_reason,
+            "source": self.source,
+            "positions": self.positions,
+            "estimate": None if self.est_dense_us is None else {
+                "kind": "cost-model estimate, batch 1",
+                "dense_us": self.est_dense_us,
+                "sparse_us": self.est_sparse_us,
+                "speedup": self.est_speedup,
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "LayerPlan":
+        kernel_shape = tuple(int(v) for v in d["kernel_shape"])
+        view = None
+        if d.get("view_perm") is not None:
+            view = WeightView(kernel_shape, tuple(d["view_perm"]), int(d["view_in_axes"]))
+        est = d.get("estimate")
+        return cls(
+            layer=d["layer"], weight=d["weight"], layer_class=d["layer_class"], kind=d["kind"],
+            kernel_shape=kernel_shape, view=view,
+            block_shape=tuple(d["block_shape"]) if d.get("block_shape") else None,
+            sparsity=float(d["sparsity"]), skip_code=d.get("skip_code"), skip_reason=d.get("skip_reason"),
+            source=d.get("source", "target"), positions=int(d.get("positions", 1)),
+            est_dense_us=est["dense_us"] if est else None, est_sparse_us=est["sparse_us"] if est else None,
+        )
+
+
+@dataclass(frozen=True)
+class SparsityPlan:
+    """A per-weight block-sparsity plan for one model and one target.
+
+    Attributes:
+        model: the model's name.
+        model_kind: ``sequential``, ``functional`` or ``subclassed``.
+        target: the target descriptor the plan was made for (saved inside the plan).
+        sparsity: the plan-wide sparsity requested.
+        layers: one ``LayerPlan`` per matrix-like weight, in layer order.
+        notes: remarks a person should read (e.g. about a subclassed model).
+
+    Example:
+        >>> p2 = SparsityPlan.from_json(p.to_json())   # doctest: +SKIP
+        >>> p2 == p                                     # doctest: +SKIP
+        True
+    """
+
+    model: str
+    model_kind: str
+    target: TargetDescriptor
+    sparsity: float
+    layers: tuple[LayerPlan, ...]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def pruned_layers(self) -> list[LayerPlan]:
+        return [lp for lp in self.layers if lp.pruned]
+
+    @property
+    def skipped_layers(self) -> list[LayerPlan]:
+        return [lp for lp in self.layers if not lp.pruned]
+
+    def get(self, layer: str, weight: str | None = None) -> LayerPlan:
+        """The plan entry for ``layer`` (and ``weight``, when the layer has several)."""
+        matches = [lp for lp in self.layers if lp.layer == layer and (weight is None or lp.weight == weight)]
+        if len(matches) != 1:
+            known = ", ".join(lp.name for lp in self.layers)
+            what = f"{layer}/{weight}" if weight else layer
+            raise KeyError(f"{len(matches)} plan entries match {what!r} (entries: {known})")
+        return matches[0]
+
+    @property
+    def overall_sparsity(self) -> float:
+        """Fraction of all matrix-like weights planned to be zero."""
+        total = sum(lp.n_weights for lp in self.layers)
+        zero = sum(lp.n_weights * lp.sparsity for lp in self.pruned_layers)
+        return zero / total if total else 0.0
+
+    @property
+    def est_speedup(self) -> float | None:
+        """Cost-model estimate over all matrix-like weights (skipped ones count as dense)."""
+        dense = sparse = 0.0
+        for lp in self.layers:
+            if lp.est_dense_us is None:
+                continue
+            dense += lp.est_dense_us
+            sparse += lp.est_sparse_us if lp.pruned else lp.est_dense_us
+        return dense / sparse if sparse else None
+
+    def to_dict(self) -> dict[str, Any]:
+        target = self.target.to_dict()
+        target.pop("source", None)
+        return {
+            "format": "blockprune-plan",
+            "version": PLAN_FORMAT_VERSION,
+            "model": self.model,
+            "model_kind": self.model_kind,
+            "target": self.target.name,
+            "target_descriptor": target,
+            "sparsity": self.sparsity,
+            "overall_sparsity": self.overall_sparsity,
+            "estimated_speedup": self.est_speedup,
+            "notes": list(self.notes),
+            "layers": [lp.to_dict() for lp in self.layers],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The plan as JSON text (see ``from_json``)."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<plan json>") -> "SparsityPlan":
+        """Reads a plan written by ``to_json``.
+
+        Raises:
+            ValueError: the text is not a blockprune plan, or a field is missing or invalid.
+        """
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{source}: not valid JSON: {e}") from None
+        if not isinstance(d, dict) or d.get("format") != "blockprune-plan":
+            raise ValueError(f"{source}: not a blockprune plan (missing \"format\": \"blockprune-plan\")")
+        if d.get("version") != PLAN_FORMAT_VERSION:
+            raise ValueError(f"{source}: plan format version {d.get('version')!r} is not supported "
+                             f"(this blockprune reads version {PLAN_FORMAT_VERSION})")
+        try:
+            target = parse_target(d["target_descriptor"], f"{source} (target_descriptor)")
+            return cls(model=d["model"], model_kind=d["model_kind"], target=target, sparsity=float(d["sparsity"]),
+                       layers=tuple(LayerPlan.from_dict(x) for x in d["layers"]), notes=tuple(d.get("notes", ())))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{source}: malformed plan: missing or invalid field {e}") from None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes the plan as JSON atomically (a temporary file, then a rename)."""
+        return write_text_atomic(path, self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SparsityPlan":
+        """Reads a plan file written by ``save``."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read plan: {e.strerror or e}") from None
+        return cls.from_json(text, str(path))
+
+    def summary(self) -> str:
+        """A table a person can read: one row per weight, skipped ones with their reason."""
+        t = self.target
+        head = [
+            f"Plan for model '{self.model}' ({self.model_kind}) on target '{t.name}': {t.description}",
+            f"  {len(self.pruned_layers)} of {len(self.layers)} matrix-like weights pruned; "
+            f"requested sparsity {self.sparsity:.0%}, overall {self.overall_sparsity:.1%} of all their weights zero",
+        ]
+        if self.est_speedup is not None:
+            head.append(f"  estimated speedup of all matmuls {self.est_speedup:.2f}x on {t.hardware} "
+                        "(cost-model ESTIMATE, batch 1; `blockprune bench` measures)")
+        head.extend(f"  note: {n}" for n in self.notes)
+        rows = [("layer/weight", "kind", "view [in,out]", "block", "sparsity", "est. speedup", "note")]
+        for lp in self.layers:
+            view = "x".join(map(str, lp.view_shape)) if lp.view_shape else "x".join(map(str, lp.kernel_shape))
+            if lp.pruned:
+                block = f"({lp.block_shape[0]}, {lp.block_shape[1]})"
+                speed = f"~{lp.est_speedup:.1f}x" if lp.est_speedup else "-"
+                note = "override" if lp.source == "override" else ""
+                rows.append((lp.name, lp.kind, view, block, f"{lp.sparsity:.0%}", speed, note))
+            else:
+                rows.append((lp.name, lp.kind, view, "-", "dense", "-", f"skipped: {lp.skip_reason}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+        lines = []
+        for i, r in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 4)
+        return "\n".join(head + [""] + [ln.rstrip() for ln in lines])
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Writes ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give a file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- planning
+
+def _compile_overrides(overrides: Mapping[str, Any] | None) -> list[tuple[str, re.Pattern, Override]]:
+    compiled = []
+    for pattern, value in (overrides or {}).items():
+        if not isinstance(pattern, str) or not pattern:
+            raise TypeError(f"override keys must be non-empty layer names or regexes, got {pattern!r}")
+        try:
+            rx = re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"override {pattern!r} is not a valid regular expression: {e}") from None
+        compiled.append((pattern, rx, Override.parse(value, pattern)))
+    return compiled
+
+
+def _matching_override(site, compiled) -> tuple[str, Override] | None:
+    names = (site.layer, f"{site.layer}/{site.weight}")
+    for pattern, _, ov in compiled:  # an exact name wins over any regex
+        if pattern in names:
+            return pattern, ov
+    for pattern, rx, ov in compiled:
+        if any(rx.fullmatch(n) for n in names):
+            return pattern, ov
+    return None
+
+
+def _divides(view_shape: tuple[int, int], block: tuple[int, int]) -> bool:
+    return view_shape[0] % block[0] == 0 and view_shape[1] % block[1] == 0
+
+
+def _plan_one(site, target: TargetDescriptor, sparsity: float, match) -> LayerPlan:
+    def _skip(code: str, reason: str, source: str = "target") -> LayerPlan:
+        # A skipped weight still costs its dense time; the model-wide estimate counts it.
+        dense_us = None
+        if site.view is not None:
+            dense_us = cost.estimate(site.view.view_shape, (1, 1), 0.0, target, positions=site.positions).dense_us
+        return LayerPlan(site.layer, site.weight, site.layer_class, site.kind, site.kernel_shape, site.view,
+                         None, 0.0, code, reason, source, site.positions, dense_us, dense_us)
+
+    where = f"Layer '{site.layer}' weight '{site.weight}'"
+    if site.not_prunable or site.view is None:
+        if match and (match[1].block_shape or match[1].sparsity):
+            raise ValueError(f"{where}: override {match[0]!r} asks to prune a weight that cannot be pruned for "
+                             f"target '{target.name}': {site.not_prunable}")
+        return _skip("not_prunable", site.not_prunable or "no [in, out] view")
+    ov = match[1] if match else None
+    source = "override" if ov and (ov.block_shape or ov.sparsity is not None) else "target"
+    if ov and (ov.skip or ov.sparsity == 0):
+        why = "skip" if ov.skip else "sparsity=0"
+        return _skip("excluded", f"excluded by the user (override {match[0]!r}: {why})", "override")
+    s = ov.sparsity if ov and ov.sparsity is not None else sparsity
+    view_shape = site.view.view_shape
+    if ov and ov.block_shape:
+        block = ov.block_shape
+        if not _divides(view_shape, block):
+            raise ValueError(f"Layer '{site.layer}': block_shape={block} does not divide the [in, out] view "
+                             f"{view_shape} of weight '{site.weight}' for target '{target.name}' "
+                             f"(override {match[0]!r})")
+    else:
+        if site.kind not in target.layer_kinds:
+            return _skip("kind_not_eligible",
+                         f"{site.kind} layers are not eligible for target '{target.name}' "
+                         f"(it speeds up: {', '.join(target.layer_kinds)})")
+        n = math.prod(site.kernel_shape)
+        if n < target.min_weights:
+            return _skip("too_small", f"{n} weights < min_weights={target.min_weights} of target '{target.name}'")
+        block = next((b for b in target.block_shapes if _divides(view_shape, b)), None)
+        if block is None:
+            tried = ", ".join(f"({b[0]}, {b[1]})" for b in target.block_shapes)
+            return _skip("no_block_divides",
+                         f"no block shape of target '{target.name}' ({tried}) divides the view {view_shape}")
+    est = cost.estimate(view_shape, block, s, target, positions=site.positions)
+    return LayerPlan(site.layer, site.weight, site.layer_class, site.kind, site.kernel_shape, site.view,
+                     block, s, None, None, source, site.positions, est.dense_us, est.sparse_us)
+
+
+def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sparsity: float = 0.9,
+               overrides: Mapping[str, Any] | None = None, model_name: str = "model",
+               model_kind: str = "functional") -> SparsityPlan:
+    """Plans a list of ``WeightSite``-like records (no Keras needed; ``plan`` walks the model).
+
+    Args and Raises: as for ``plan``.
+    """
+    target = load_target(target)
+    sparsity = check_sparsity(sparsity, f"target '{target.name}'")
+    compiled = _compile_overrides(overrides)
+    sites = list(sites)
+    used: set[str] = set()
+    layers = []
+    for site in sites:
+        match = _matching_override(site, compiled)
+        if match:
+            used.add(match[0])
+        layers.append(_plan_one(site, target, sparsity, match))
+    unused = [p for p, _, _ in compiled if p not in used]
+    if unused:
+        known = ", ".join(f"{s.layer}/{s.weight}" for s in sites) or "none"
+        raise ValueError(f"override {unused[0]!r} matches no weight of model '{model_name}' "
+                         f"(weights: {known})")
+    notes = []
+    if model_kind == "subclassed":
+        notes.append("subclassed model: planned through its tracked layers; pruning needs a Sequential or "
+                     "functional model (rebuild it with keras.Input)")
+    if not any(lp.pruned for lp in layers):
+        notes.append(f"nothing is pruned: no weight of this model fits target '{target.name}'")
+    return SparsityPlan(model_name, model_kind, target, sparsity, tuple(layers), tuple(notes))
+
+
+def plan(model, target: str | os.PathLike | TargetDescriptor, sparsity: float = 0.9,
+         overrides: Mapping[str, Any] | None = None) -> SparsityPlan:
+    """Chooses a block shape and sparsity for every prunable weight of a Keras model.
+
+    Args:
+        model: a built Keras 3 model: Sequential, functional, nested, or subclassed (planned
+            through its tracked layers).
+        target: a shipped target name, a path to a ``.toml`` descriptor, or a descriptor.
+        sparsity: fraction of blocks to zero in each planned weight, in ``[0, 1)``.
+        overrides: ``{pattern: Override | dict | "block=4x1,sparsity=0.5" | "skip"}``. A pattern
+            is a layer name, ``layer/weight``, or a regex matched in full against either; an
+            exact name wins over a regex, and among regexes the first listed wins. Every
+            pattern must match some weight.
+
+    Returns:
+        A ``SparsityPlan`` with one ``LayerPlan`` per matrix-like weight.
+
+    Raises:
+        TypeError: ``model`` is not a Keras model, or an argument has the wrong type.
+        ValueError: sparsity outside ``[0, 1)``, a bad override (unknown pattern, block shape
+            that does not divide), or an unbuilt model.
+        blockprune.targets.TargetError: unknown or invalid target.
+
+    Example:
+        >>> p = plan(model, "simd-4x1", sparsity=0.9, overrides={"dense_2": "skip"})  # doctest: +SKIP
+        >>> print(p.summary())                                                     # doctest: +SKIP
+    """
+    from .modelwalk import find_weights, model_kind
+
+    target = load_target(target)
+    sites = find_weights(model)
+    return plan_sites(sites, target, sparsity, overrides, model_name=model.name, model_kind=model_kind(model))
+

@@ -1,0 +1,145 @@
+"""The one place where a kernel is flattened to its 2-D ``[in, out]`` view.
+
+blockprune states block shapes over the 2-D view ``[in, out]`` of a kernel as Keras stores it
+(DESIGN.md section 2):
+
+- Dense: the kernel ``[in, out]`` itself.
+- Conv1D/Conv2D/Conv3D: ``[k..., cin, cout]`` reshaped to ``[prod(k) * cin, cout]``.
+- EinsumDense: the contracted axes (shared with the input, absent from the output) by the
+  output axes, each group in the kernel's own axis order.
+- A custom ``PrunableLayer`` weight: all axes but the last by the last.
+
+A ``WeightView`` records the axis permutation and the split point, so the same transform is
+applied to NumPy arrays here and to tensors in the training wrapper. This module does not
+import TensorFlow.
+
+Example:
+    >>> import numpy as np
+    >>> v = WeightView.for_conv((3, 3, 16, 32))
+    >>> v.view_shape
+    (144, 32)
+    >>> w = np.arange(3 * 3 * 16 * 32, dtype="float32").reshape(3, 3, 16, 32)
+    >>> bool((v.from_2d(v.to_2d(w)) == w).all())
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["WeightView", "einsum_view"]
+
+
+@dataclass(frozen=True)
+class WeightView:
+    """How a kernel of any rank maps onto its 2-D ``[in, out]`` view.
+
+    Attributes:
+        kernel_shape: the kernel's shape as Keras stores it.
+        perm: axis permutation applied before reshaping (identity for Dense and Conv).
+        n_in_axes: how many of the permuted axes form the ``in`` (row) dimension.
+    """
+
+    kernel_shape: tuple[int, ...]
+    perm: tuple[int, ...]
+    n_in_axes: int
+
+    def __post_init__(self):
+        if sorted(self.perm) != list(range(len(self.kernel_shape))):
+            raise ValueError(f"perm {self.perm} is not a permutation of the axes of {self.kernel_shape}")
+        if not 1 <= self.n_in_axes < len(self.kernel_shape):
+            raise ValueError(f"n_in_axes={self.n_in_axes} must leave at least one axis on each side "
+                             f"of the view of kernel shape {self.kernel_shape}")
+
+    @classmethod
+    def for_matrix_like(cls, kernel_shape) -> "WeightView":
+        """All axes but the last are ``in``; the last is ``out`` (Dense, Conv, custom)."""
+        shape = tuple(int(d) for d in kernel_shape)
+        if len(shape) < 2:
+            raise ValueError(f"a kernel needs at least 2 axes to have an [in, out] view, got shape {shape}")
+        return cls(shape, tuple(range(len(shape))), len(shape) - 1)
+
+    for_dense = for_matrix_like
+    for_conv = for_matrix_like
+
+    @property
+    def is_identity(self) -> bool:
+        return self.perm == tuple(range(len(self.perm)))
+
+    @property
+    def view_shape(self) -> tuple[int, int]:
+        """``(in, out)``: rows and columns of the 2-D view."""
+        permuted = [self.kernel_shape[a] for a in self.perm]
+        return (math.prod(permuted[: self.n_in_axes]), math.prod(permuted[self.n_in_axes:]))
+
+    def to_2d(self, kernel: np.ndarray) -> np.ndarray:
+        """The ``[in, out]`` view of ``kernel`` (a NumPy array of ``kernel_shape``)."""
+        kernel = np.asarray(kernel)
+        if tuple(kernel.shape) != self.kernel_shape:
+            raise ValueError(f"expected a kernel of shape {self.kernel_shape}, got {tuple(kernel.shape)}")
+        return np.transpose(kernel, self.perm).reshape(self.view_shape)
+
+    def from_2d(self, view: np.ndarray) -> np.ndarray:
+        """The inverse of ``to_2d``: a kernel of ``kernel_shape`` from its ``[in, out]`` view."""
+        view = np.asarray(view)
+        if tuple(view.shape) != self.view_shape:
+            raise ValueError(f"expected a view of shape {self.view_shape}, got {tuple(view.shape)}")
+        permuted_shape = [self.kernel_shape[a] for a in self.perm]
+        inverse = np.argsort(self.perm)
+        return np.transpose(view.reshape(permuted_shape), inverse)
+
+    def to_json(self) -> dict:
+        return {"kernel_shape": list(self.kernel_shape), "perm": list(self.perm), "n_in_axes": self.n_in_axes}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "WeightView":
+        return cls(tuple(data["kernel_shape"]), tuple(data["perm"]), int(data["n_in_axes"]))
+
+
+def einsum_view(equation: str, kernel_shape) -> WeightView:
+    """The ``[in, out]`` view of an EinsumDense kernel.
+
+    Args:
+        equation: the layer's equation, e.g. ``"abc,cde->abde"``.
+        kernel_shape: the kernel's shape.
+
+    Returns:
+        A ``WeightView`` whose rows are the contracted axes and whose columns are the kernel
+        axes that appear in the output.
+
+    Raises:
+        ValueError: the equation is not a plain matrix product over the kernel (an axis shared
+            by input, kernel and output, or a kernel axis summed on its own).
+
+    Example:
+        >>> einsum_view("abc,cde->abde", (16, 2, 8)).view_shape
+        (16, 16)
+    """
+    shape = tuple(int(d) for d in kernel_shape)
+    try:
+        lhs, out = equation.replace(" ", "").split("->")
+        inp, ker = lhs.split(",")
+    except ValueError:
+        raise ValueError(f"cannot parse einsum equation {equation!r}") from None
+    if "." in equation:
+        raise ValueError(f"einsum equation {equation!r} uses '...', which has no fixed [in, out] view")
+    if len(ker) != len(shape):
+        raise ValueError(f"einsum equation {equation!r} names {len(ker)} kernel axes, kernel has shape {shape}")
+    contracted, produced = [], []
+    for axis, letter in enumerate(ker):
+        in_input, in_output = letter in inp, letter in out
+        if in_input and not in_output:
+            contracted.append(axis)
+        elif in_output and not in_input:
+            produced.append(axis)
+        elif in_input and in_output:
+            raise ValueError(f"einsum equation {equation!r}: kernel axis {letter!r} is shared by input and "
+                             "output (a batched product), which is not a single [in, out] matrix")
+        else:
+            raise ValueError(f"einsum equation {equation!r}: kernel axis {letter!r} is summed on its own")
+    if not contracted or not produced:
+        raise ValueError(f"einsum equation {equation!r} has no contracted or no output kernel axis")
+    return WeightView(shape, tuple(contracted + produced), len(contracted))

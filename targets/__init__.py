@@ -1,0 +1,1 @@
+"""Shipped hardware target descriptors (TOML data files), installed as blockprune._targets."""

@@ -1,0 +1,57 @@
+"""Shared fixtures. TensorFlow is imported quietly and only by tests that need it."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def write_toml(tmp_path):
+    """Writes a descriptor file from text and returns its path."""
+
+    def write(text: str, name: str = "custom.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+VALID_TOML = """
+name = "my-target"
+description = "a test target"
+hardware = "a test machine"
+dtype = "float32"
+block_shapes = [[4, 1], [2, 2]]
+balanced = false
+min_weights = 64
+layer_kinds = ["dense", "conv1x1"]
+native = true
+
+[lowering]
+tflite = "builtin-sparse"
+onnx = "dense"
+
+[runtime.tflite]
+default_delegates = false
+
+[runtime.onnx]
+opset = 18
+
+[cost_model]
+vector_lanes = 4
+lane_axis = "in"
+peak_gflops = 10.0
+memory_gbps = 5
+"""
+
+
+@pytest.fixture
+def valid_toml() -> str:
+    return VALID_TOML
