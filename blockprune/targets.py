@@ -366,7 +366,12 @@ def parse_target(data: Mapping[str, Any], source: str) -> TargetDescriptor:
 # --------------------------------------------------------------------------- lookup
 
 def _shipped_dir():
-    return resources.files("blockprune._targets")
+    """The shipped descriptors: installed as ``blockprune._targets``; in a source checkout
+    that has not been installed, the repository's ``targets/`` folder."""
+    try:
+        return resources.files("blockprune._targets")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "targets"
 
 
 def shipped_target_names() -> list[str]:
