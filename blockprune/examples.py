@@ -38,18 +38,13 @@ def example_model(name: str = "mlp", seed: int = 0):
 
     keras.utils.set_random_seed(seed)
     layers = keras.layers
-    if name == "mlp":
-        inputs = keras.Input((64,), name="pixels")
-        x = layers.Dense(512, activation="relu", name="hidden_1")(inputs)
-        x = layers.Dense(512, activation="relu", name="hidden_2")(x)
+    if name in ("mlp", "mlp2048"):
+        n_in, width = (64, 512) if name == "mlp" else (2048, 2048)
+        inputs = keras.Input((n_in,), name="features")
+        x = layers.Dense(width, activation="relu", name="hidden_1")(inputs)
+        x = layers.Dense(width, activation="relu", name="hidden_2")(x)
         outputs = layers.Dense(10, name="logits")(x)
-        return keras.Model(inputs, outputs, name="digits_mlp")
-    if name == "mlp2048":
-        inputs = keras.Input((2048,), name="features")
-        x = layers.Dense(2048, activation="relu", name="hidden_1")(inputs)
-        x = layers.Dense(2048, activation="relu", name="hidden_2")(x)
-        outputs = layers.Dense(10, name="logits")(x)
-        return keras.Model(inputs, outputs, name="mlp2048")
+        return keras.Model(inputs, outputs, name="digits_mlp" if name == "mlp" else "mlp2048")
     if name == "mobilenetv2":
         return keras.applications.MobileNetV2(weights=None)
     inputs = keras.Input((64, 256), name="tokens")
