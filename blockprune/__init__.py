@@ -4,7 +4,12 @@ Pick a hardware target, plan a block shape and sparsity for every prunable weigh
 with block masks, export packed sparse weights to TFLite and ONNX, and measure.
 
 Block shapes are always ``(rows, cols)`` over the 2-D view ``[in, out]`` of a kernel as Keras
-stores it (see ``blockprune.views``). Importing this package does not import TensorFlow.
+stores it (see ``blockprune.views``).
+
+Importing ``blockprune`` imports Keras and registers the pruning wrapper and schedules, so
+``keras.models.load_model("pruned.keras")`` works with no custom-object scope. The modules
+``blockprune.targets``, ``blockprune.plan``, ``blockprune.views``, ``blockprune.cost`` and
+``blockprune.masks`` themselves do not import TensorFlow.
 
 Example:
     >>> import blockprune
@@ -14,20 +19,42 @@ Example:
 
 from .plan import LayerPlan, Override, SparsityPlan, plan
 from .prunable import PrunableLayer
+from .pruning import (
+    ConstantSparsity,
+    PolynomialDecay,
+    PruneLowMagnitude,
+    PruningSchedule,
+    PruningSummaries,
+    UpdatePruningStep,
+    prune,
+    prune_low_magnitude,
+    strip_pruning,
+    verify,
+)
 from .targets import TargetDescriptor, TargetError, list_targets, load_target
 from .views import WeightView
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConstantSparsity",
     "LayerPlan",
     "Override",
+    "PolynomialDecay",
     "PrunableLayer",
+    "PruneLowMagnitude",
+    "PruningSchedule",
+    "PruningSummaries",
     "SparsityPlan",
     "TargetDescriptor",
     "TargetError",
+    "UpdatePruningStep",
     "WeightView",
     "list_targets",
     "load_target",
     "plan",
+    "prune",
+    "prune_low_magnitude",
+    "strip_pruning",
+    "verify",
 ]

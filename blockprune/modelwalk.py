@@ -21,7 +21,7 @@ import keras
 from .prunable import is_prunable_layer
 from .views import WeightView, einsum_view
 
-__all__ = ["WeightSite", "find_weights", "model_kind", "matrix_kind"]
+__all__ = ["WeightSite", "find_weights", "layer_sites", "model_kind", "matrix_kind"]
 
 _CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 _NOT_PRUNABLE_WHY = {
@@ -244,4 +244,13 @@ def find_weights(model) -> list[WeightSite]:
             _uncovered(layer, path, sites, covered)
 
     walk(model, "")
+    return sites
+
+
+def layer_sites(layer) -> list[WeightSite]:
+    """The matrix-like weights of one (built) layer, named relative to it."""
+    sites: list[WeightSite] = []
+    covered: set[int] = set()
+    _sites_of(layer, layer, layer.name, "", sites, covered)
+    _uncovered(layer, layer.name, sites, covered)
     return sites

@@ -1,0 +1,138 @@
+"""Block-mask math: pure NumPy functions over the 2-D ``[in, out]`` view of a weight.
+
+A weight's view is cut into ``block_shape = (rows, cols)`` blocks; each block gets a score
+(``AVG`` or ``MAX`` of ``|w|`` over the block); the lowest-scoring blocks are zeroed so that
+exactly ``round(sparsity * n_blocks)`` blocks are zero. The *balanced* variant zeroes
+``round(sparsity * n_block_rows)`` blocks in every block-column, so that every block-column
+keeps the same number of blocks (what the gather-matmul lowering needs, DESIGN.md section 3).
+
+Ties are broken deterministically: among blocks with equal scores, the one that comes first
+(row-major over the block grid; top to bottom within a block-column when balanced) is kept.
+This module does not import TensorFlow.
+
+Example:
+    >>> import numpy as np
+    >>> w = np.array([[1., 1., 0., 0.],
+    ...               [1., 1., 0., 0.],
+    ...               [0., 0., 3., 3.],
+    ...               [0., 0., 3., 3.]])
+    >>> block_mask(w, (2, 2), 0.5).astype(int).tolist()
+    [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["POOLING_TYPES", "block_scores", "block_mask", "kept_block_grid", "check_blocks_divide",
+           "block_structure"]
+
+POOLING_TYPES = ("AVG", "MAX")
+
+
+def check_blocks_divide(view_shape: tuple[int, int], block_shape: tuple[int, int], where: str = "") -> None:
+    """Raises ``ValueError`` unless ``block_shape`` tiles ``view_shape`` exactly."""
+    bh, bw = block_shape
+    if bh <= 0 or bw <= 0 or view_shape[0] % bh or view_shape[1] % bw:
+        prefix = f"{where}: " if where else ""
+        raise ValueError(f"{prefix}block_shape={tuple(block_shape)} does not divide the [in, out] view "
+                         f"{tuple(view_shape)}")
+
+
+def block_scores(weight2d: np.ndarray, block_shape: tuple[int, int], pooling: str = "AVG") -> np.ndarray:
+    """Pools ``|weight2d|`` over each block.
+
+    Args:
+        weight2d: the ``[in, out]`` view.
+        block_shape: ``(rows, cols)``; must divide the view.
+        pooling: ``"AVG"`` (mean) or ``"MAX"``.
+
+    Returns:
+        Scores of shape ``[in // rows, out // cols]`` (float64).
+    """
+    if pooling not in POOLING_TYPES:
+        raise ValueError(f"block_pooling_type={pooling!r} is not one of {POOLING_TYPES}")
+    w = np.abs(np.asarray(weight2d, dtype=np.float64))
+    if w.ndim != 2:
+        raise ValueError(f"expected a 2-D [in, out] view, got shape {w.shape}")
+    check_blocks_divide(w.shape, block_shape)
+    bh, bw = block_shape
+    grid = w.reshape(w.shape[0] // bh, bh, w.shape[1] // bw, bw)
+    return grid.mean(axis=(1, 3)) if pooling == "AVG" else grid.max(axis=(1, 3))
+
+
+def _keep_first(order_scores: np.ndarray, n_keep: int) -> np.ndarray:
+    """Boolean mask of the ``n_keep`` highest scores of a 1-D array; equal scores: first wins."""
+    keep = np.zeros(order_scores.shape, dtype=bool)
+    if n_keep > 0:
+        # A stable sort of the negated scores lists equal scores in their original order.
+        keep[np.argsort(-order_scores, kind="stable")[:n_keep]] = True
+    return keep
+
+
+def kept_block_grid(scores: np.ndarray, sparsity: float, balanced: bool = False) -> np.ndarray:
+    """Which blocks to keep, given their scores.
+
+    Args:
+        scores: ``[n_block_rows, n_block_cols]`` block scores.
+        sparsity: fraction of blocks to zero, in ``[0, 1)``.
+        balanced: zero ``round(sparsity * n_block_rows)`` blocks in every block-column.
+
+    Returns:
+        A boolean grid of the same shape, True for kept blocks.
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity={sparsity!r} is outside [0, 1)")
+    n_rows, n_cols = scores.shape
+    if balanced:
+        n_keep = n_rows - int(round(sparsity * n_rows))
+        return np.stack([_keep_first(scores[:, j], n_keep) for j in range(n_cols)], axis=1)
+    n_keep = scores.size - int(round(sparsity * scores.size))
+    return _keep_first(scores.reshape(-1), n_keep).reshape(scores.shape)
+
+
+def block_mask(weight2d: np.ndarray, block_shape: tuple[int, int], sparsity: float, pooling: str = "AVG",
+               balanced: bool = False) -> np.ndarray:
+    """The block mask of a 2-D ``[in, out]`` view.
+
+    Args:
+        weight2d: the weight's ``[in, out]`` view.
+        block_shape: ``(rows, cols)`` block; must divide the view.
+        sparsity: fraction of blocks to zero, in ``[0, 1)``.
+        pooling: block score, ``"AVG"`` or ``"MAX"`` of ``|w|``.
+        balanced: keep the same number of blocks in every block-column.
+
+    Returns:
+        A float mask of the view's shape and dtype: 1 for kept weights, 0 for pruned ones.
+
+    Raises:
+        ValueError: the block shape does not divide the view, or a bad sparsity or pooling.
+    """
+    weight2d = np.asarray(weight2d)
+    grid = kept_block_grid(block_scores(weight2d, block_shape, pooling), sparsity, balanced)
+    mask = np.repeat(np.repeat(grid, block_shape[0], axis=0), block_shape[1], axis=1)
+    return mask.astype(weight2d.dtype if weight2d.dtype.kind == "f" else np.float32)
+
+
+def block_structure(weight2d: np.ndarray, block_shape: tuple[int, int]) -> dict:
+    """Measures how block-sparse a 2-D view really is.
+
+    Returns:
+        ``zero_fraction`` (of weights), ``zero_block_fraction``, ``partial_blocks`` (blocks
+        with some but not all weights zero; 0 means the zeros come in whole blocks),
+        ``kept_per_block_column`` (min and max count of nonzero blocks over block-columns).
+    """
+    w = np.asarray(weight2d)
+    check_blocks_divide(w.shape, block_shape)
+    bh, bw = block_shape
+    zero = (w == 0).reshape(w.shape[0] // bh, bh, w.shape[1] // bw, bw)
+    zeros_per_block = zero.sum(axis=(1, 3))
+    all_zero = zeros_per_block == bh * bw
+    partial = (zeros_per_block > 0) & ~all_zero
+    kept_per_col = (~all_zero).sum(axis=0)
+    return {
+        "zero_fraction": float(zero.mean()) if w.size else 0.0,
+        "zero_block_fraction": float(all_zero.mean()) if all_zero.size else 0.0,
+        "partial_blocks": int(partial.sum()),
+        "kept_per_block_column": (int(kept_per_col.min()), int(kept_per_col.max())) if kept_per_col.size else (0, 0),
+    }

@@ -1,0 +1,111 @@
+"""Training callbacks: ``UpdatePruningStep`` (required) and ``PruningSummaries``."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from .wrapper import PruneLowMagnitude
+
+__all__ = ["UpdatePruningStep", "PruningSummaries", "collect_wrappers"]
+
+
+def collect_wrappers(model) -> list[PruneLowMagnitude]:
+    """Every ``PruneLowMagnitude`` in ``model``, nested models included."""
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, PruneLowMagnitude)]
+
+
+class UpdatePruningStep(keras.callbacks.Callback):
+    """Advances the pruning step before every train batch and updates masks on schedule.
+
+    Required when training a pruned model (as in tfmot). Training resumes from the step
+    stored in the wrappers, so a reloaded model continues its schedule where it stopped.
+
+    Example:
+        >>> model.fit(x, y, epochs=2, callbacks=[UpdatePruningStep()])  # doctest: +SKIP
+
+    In a custom training loop, call ``set_model``, ``on_train_begin`` once, and
+    ``on_train_batch_begin`` before each step.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.wrappers: list[PruneLowMagnitude] = []
+        self.step = -1
+
+    def on_train_begin(self, logs=None):
+        self.wrappers = collect_wrappers(self.model)
+        if not self.wrappers:
+            raise ValueError(f"UpdatePruningStep: model '{self.model.name}' has no layer wrapped for pruning; "
+                             "wrap it with blockprune.prune(...) or prune_low_magnitude(...) first")
+        for w in self.wrappers:
+            w._step_callback_active = True
+        # A fresh model starts at step 0; a reloaded one continues after its saved step.
+        saved = int(keras.ops.convert_to_numpy(self.wrappers[0].pruning_step))
+        self.step = saved + 1 if saved >= 0 else 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        for w in self.wrappers:
+            w.update_masks(self.step)
+        self.step += 1
+
+    def on_train_end(self, logs=None):
+        for w in self.wrappers:
+            w._step_callback_active = False
+
+
+class PruningSummaries(keras.callbacks.Callback):
+    """Writes per-weight sparsity and mask threshold as TensorBoard scalars.
+
+    Scalars are named ``pruning/<layer>/<weight>/sparsity`` and ``.../threshold`` and are
+    written through ``tf.summary`` at the end of every epoch (and every ``update_freq``
+    batches when it is an integer), at the pruning step.
+
+    Args:
+        log_dir: the TensorBoard log directory.
+        update_freq: ``"epoch"`` or a number of batches.
+    """
+
+    def __init__(self, log_dir: str, update_freq="epoch"):
+        super().__init__()
+        if not isinstance(log_dir, str) or not log_dir:
+            raise ValueError(f"PruningSummaries: log_dir must be a non-empty path, got {log_dir!r}")
+        if update_freq != "epoch" and (not isinstance(update_freq, int) or update_freq <= 0):
+            raise ValueError(f"PruningSummaries: update_freq must be 'epoch' or a positive integer, "
+                             f"got {update_freq!r}")
+        self.log_dir = log_dir
+        self.update_freq = update_freq
+        self._writer = None
+        self._batches = 0
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
+        self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    def _write(self):
+        import tensorflow as tf
+
+        with self._writer.as_default():
+            for wrapper in collect_wrappers(self.model):
+                step = int(keras.ops.convert_to_numpy(wrapper.pruning_step))
+                for t in wrapper.targets:
+                    tag = f"pruning/{wrapper.layer.name}/{t['name']}"
+                    value = keras.ops.convert_to_numpy(t["variable"])
+                    tf.summary.scalar(f"{tag}/sparsity", float(np.mean(value == 0)), step=max(step, 0))
+                    tf.summary.scalar(f"{tag}/threshold", float(keras.ops.convert_to_numpy(t["threshold"])),
+                                      step=max(step, 0))
+        self._writer.flush()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+        if isinstance(self.update_freq, int) and self._batches % self.update_freq == 0:
+            self._write()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._write()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,267 @@
+"""``PruneLowMagnitude``: a Keras 3 wrapper that trains a layer with block masks.
+
+The wrapper owns, as non-trainable weights created in ``build``, one mask per pruned weight
+(the kernel's shape), one threshold per pruned weight, and a step counter. It keeps pruned
+weights exactly zero in two ways:
+
+- when the schedule says so, ``update_masks(step)`` (called by the ``UpdatePruningStep``
+  callback before a train step) recomputes each mask from the current weights and multiplies
+  the weight by it;
+- each pruned weight gets a variable constraint that multiplies it by its mask, which the
+  Keras optimizer applies right after every update, so momentum cannot resurrect a pruned
+  weight.
+
+The train step itself is not touched, so the wrapper works in eager mode, in compiled
+``fit`` (graph mode and XLA) and under ``tf.distribute`` strategies.
+"""
+
+from __future__ import annotations
+
+import re
+
+import keras
+import numpy as np
+
+from ..masks import POOLING_TYPES, block_mask, block_scores, check_blocks_divide
+from ..modelwalk import layer_sites
+from .schedules import ConstantSparsity, PruningSchedule
+
+__all__ = ["PruneLowMagnitude", "MaskConstraint"]
+
+
+@keras.saving.register_keras_serializable(package="blockprune")
+class MaskConstraint(keras.constraints.Constraint):
+    """Multiplies a weight by its mask after each optimizer update (then applies ``inner``).
+
+    Not serialized with the layer: the wrapper re-attaches it when built.
+    """
+
+    def __init__(self, mask, inner=None):
+        self.mask = mask
+        self.inner = inner
+
+    def __call__(self, w):
+        if self.inner is not None:
+            w = self.inner(w)
+        return w * keras.ops.cast(self.mask, w.dtype)
+
+    def get_config(self):
+        return {}
+
+
+def _check_block_size(value, where: str) -> tuple[int, int]:
+    ok = (isinstance(value, (tuple, list)) and len(value) == 2
+          and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value))
+    if not ok:
+        raise ValueError(f"{where}: block_size={value!r} is not two positive integers (rows, cols)")
+    return (int(value[0]), int(value[1]))
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_]", "_", name)
+
+
+class _Target:
+    """One pruned weight inside a wrapper (plain Python, rebuilt by ``build``)."""
+
+    def __init__(self, name, variable, view, block_shape, schedule, mask, threshold):
+        self.name = name
+        self.variable = variable
+        self.view = view
+        self.block_shape = block_shape
+        self.schedule = schedule
+        self.mask = mask
+        self.threshold = threshold
+
+
+@keras.saving.register_keras_serializable(package="blockprune")
+class PruneLowMagnitude(keras.layers.Wrapper):
+    """Wraps a layer so that its prunable weights are trained with block masks.
+
+    Args:
+        layer: the layer to wrap: Dense, Conv1D/2D/3D, EinsumDense, MultiHeadAttention, or a
+            ``PrunableLayer``.
+        pruning_schedule: a ``PruningSchedule`` (default ``ConstantSparsity(0.5, 0)``).
+        block_size: ``(rows, cols)`` block over each weight's ``[in, out]`` view (default
+            ``(1, 1)``, unstructured), used for weights ``prune_weights`` does not configure.
+        block_pooling_type: ``"AVG"`` or ``"MAX"`` of ``|w|`` over a block.
+        balanced: keep the same number of blocks in every block-column.
+        prune_weights: optional ``{weight_name: {"block_shape": (r, c), "sparsity": s}}`` to
+            prune only these weights (names relative to the layer, e.g. ``"query/kernel"``),
+            each with its own block shape and final sparsity (the schedule is retargeted with
+            ``for_sparsity``). Default: every prunable weight of the layer.
+        **kwargs: passed to ``keras.layers.Layer``.
+
+    Example:
+        >>> import keras
+        >>> from blockprune import PruneLowMagnitude, PolynomialDecay
+        >>> dense = PruneLowMagnitude(keras.layers.Dense(64), PolynomialDecay(0.0, 0.9, 0, 1000),
+        ...                           block_size=(4, 1))
+    """
+
+    def __init__(self, layer, pruning_schedule: PruningSchedule | None = None, block_size=(1, 1),
+                 block_pooling_type: str = "AVG", balanced: bool = False, prune_weights: dict | None = None,
+                 **kwargs):
+        if not isinstance(layer, keras.layers.Layer):
+            raise TypeError(f"PruneLowMagnitude wraps a Keras layer, got {type(layer).__name__}")
+        if isinstance(layer, PruneLowMagnitude):
+            raise ValueError(f"Layer '{layer.name}' is already wrapped for pruning")
+        if isinstance(layer, keras.Model):
+            raise ValueError(f"Layer '{layer.name}' is a model; use prune_low_magnitude(model) to wrap its layers")
+        kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
+        super().__init__(layer, **kwargs)
+        if pruning_schedule is None:
+            pruning_schedule = ConstantSparsity(0.5, begin_step=0)
+        if not isinstance(pruning_schedule, PruningSchedule):
+            raise TypeError(f"Layer '{layer.name}': pruning_schedule must be a PruningSchedule, "
+                            f"got {type(pruning_schedule).__name__}")
+        if block_pooling_type not in POOLING_TYPES:
+            raise ValueError(f"Layer '{layer.name}': block_pooling_type={block_pooling_type!r} is not one of "
+                             f"{POOLING_TYPES}")
+        self.pruning_schedule = pruning_schedule
+        self.block_size = _check_block_size(block_size, f"Layer '{layer.name}'")
+        self.block_pooling_type = block_pooling_type
+        self.balanced = bool(balanced)
+        self.prune_weights = None if prune_weights is None else {
+            str(k): {"block_shape": list(_check_block_size(v.get("block_shape", self.block_size),
+                                                           f"Layer '{layer.name}' weight '{k}'")),
+                     "sparsity": v.get("sparsity")}
+            for k, v in dict(prune_weights).items()
+        }
+        self._targets: list[_Target] = []
+        self._step_callback_active = False
+
+    # ------------------------------------------------------------------ state
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            try:
+                self.layer.build(input_shape)
+            except TypeError as e:
+                raise ValueError(f"Layer '{self.layer.name}' must be built before it is wrapped for pruning "
+                                 f"(call it on its inputs first): {e}") from None
+        sites = [s for s in layer_sites(self.layer) if s.not_prunable is None]
+        by_name = {s.weight: s for s in sites}
+        if self.prune_weights is None:
+            chosen = {s.weight: {"block_shape": list(self.block_size), "sparsity": None} for s in sites}
+        else:
+            unknown = [n for n in self.prune_weights if n not in by_name]
+            if unknown:
+                raise ValueError(f"Layer '{self.layer.name}' has no prunable weight {unknown[0]!r} "
+                                 f"(prunable: {', '.join(by_name) or 'none'})")
+            chosen = self.prune_weights
+        if not chosen:
+            raise ValueError(f"Layer '{self.layer.name}' ({type(self.layer).__name__}) has nothing to prune: "
+                             "it holds no Dense, convolution or EinsumDense kernel and is not a PrunableLayer")
+        # -1 until UpdatePruningStep starts training (tfmot's convention).
+        self.pruning_step = self.add_weight(name="pruning_step", shape=(), dtype="int64",
+                                            initializer=keras.initializers.Constant(-1), trainable=False,
+                                            aggregation="only_first_replica")
+        self._targets = []
+        for name, spec in chosen.items():
+            site = by_name[name]
+            block = tuple(spec["block_shape"])
+            check_blocks_divide(site.view.view_shape, block, f"Layer '{self.layer.name}' weight '{name}'")
+            schedule = self.pruning_schedule
+            if spec.get("sparsity") is not None:
+                schedule = schedule.for_sparsity(spec["sparsity"])
+            mask = self.add_weight(name=f"{_slug(name)}_mask", shape=tuple(site.kernel_shape),
+                                   dtype=site.variable.dtype, initializer="ones", trainable=False,
+                                   aggregation="only_first_replica")
+            threshold = self.add_weight(name=f"{_slug(name)}_threshold", shape=(), dtype="float32",
+                                        initializer="zeros", trainable=False, aggregation="only_first_replica")
+            self._targets.append(_Target(name, site.variable, site.view, block, schedule, mask, threshold))
+        self._attach_constraints()
+        self.built = True
+
+    def _attach_constraints(self):
+        for t in self._targets:
+            inner = t.variable.constraint
+            if isinstance(inner, MaskConstraint):
+                inner = inner.inner
+            t.variable.constraint = MaskConstraint(t.mask, inner)
+
+    def detach_constraints(self):
+        """Restores each pruned weight's own constraint (used by ``strip_pruning``)."""
+        for t in self._targets:
+            if isinstance(t.variable.constraint, MaskConstraint):
+                t.variable.constraint = t.variable.constraint.inner
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        self._attach_constraints()
+
+    # ------------------------------------------------------------------ pruning
+
+    @property
+    def targets(self) -> list[dict]:
+        """The pruned weights: name, variable, view, block shape, schedule, mask, threshold."""
+        return [dict(vars(t)) for t in self._targets]
+
+    def update_masks(self, step: int) -> bool:
+        """Sets the step and, where the schedule says so, recomputes masks and applies them.
+
+        Runs eagerly (from ``UpdatePruningStep``), outside any compiled function.
+
+        Args:
+            step: the 0-based training step about to run.
+
+        Returns:
+            True when at least one mask was updated.
+        """
+        self.pruning_step.assign(step)
+        updated = False
+        for t in self._targets:
+            should_prune, sparsity = t.schedule(step)
+            if not should_prune:
+                continue
+            view = t.view.to_2d(keras.ops.convert_to_numpy(t.variable))
+            mask2d = block_mask(view, t.block_shape, sparsity, self.block_pooling_type, self.balanced)
+            mask = t.view.from_2d(mask2d)
+            t.mask.assign(mask)
+            t.threshold.assign(self._threshold(view, mask2d, t.block_shape))
+            updated = True
+        if updated:  # between updates the MaskConstraint keeps pruned weights at zero
+            self.apply_masks()
+        return updated
+
+    def _threshold(self, view, mask2d, block_shape) -> float:
+        scores = block_scores(view, block_shape, self.block_pooling_type)
+        kept = mask2d[:: block_shape[0], :: block_shape[1]] > 0
+        return float(scores[kept].min()) if kept.any() else 0.0
+
+    def apply_masks(self):
+        """Multiplies every pruned weight by its mask (eagerly)."""
+        for t in self._targets:
+            t.variable.assign(t.variable * keras.ops.cast(t.mask, t.variable.dtype))
+
+    # ------------------------------------------------------------------ call
+
+    def call(self, inputs, *args, training=None, **kwargs):
+        if training and not self._step_callback_active:
+            raise ValueError(f"Layer '{self.name}': training a pruned model needs the UpdatePruningStep "
+                             "callback, e.g. model.fit(x, y, callbacks=[blockprune.UpdatePruningStep()])")
+        if self.layer._call_has_training_arg:
+            kwargs["training"] = training
+        return self.layer(inputs, *args, **kwargs)
+
+    # ------------------------------------------------------------------ config
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "pruning_schedule": keras.saving.serialize_keras_object(self.pruning_schedule),
+            "block_size": list(self.block_size),
+            "block_pooling_type": self.block_pooling_type,
+            "balanced": self.balanced,
+            "prune_weights": self.prune_weights,
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["pruning_schedule"] = keras.saving.deserialize_keras_object(config["pruning_schedule"],
+                                                                           custom_objects=custom_objects)
+        layer = keras.saving.deserialize_keras_object(config.pop("layer"), custom_objects=custom_objects)
+        return cls(layer, **config)
