@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -112,12 +113,11 @@ def test_every_command_has_help(capsys):
         assert "usage:" in capsys.readouterr().out
 
 
-def test_console_script_runs_without_tensorflow():
-    code = ("import sys; from blockprune.cli import main; rc = main(['targets']); "
-            "assert 'tensorflow' not in sys.modules; sys.exit(rc)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+def test_console_script_is_installed():
+    done = subprocess.run([str(Path(sys.executable).parent / "blockprune"), "targets"], capture_output=True,
+                          text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "cpu-wide" in done.stdout
+    assert "cpu-wide" in done.stdout and "Traceback" not in done.stderr
 
 
 def test_readme_test_command_is_what_ci_runs():

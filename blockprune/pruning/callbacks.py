@@ -55,6 +55,18 @@ class UpdatePruningStep(keras.callbacks.Callback):
             w._step_callback_active = False
 
 
+def _scalar(tf, tag: str, value: float, step: int) -> None:
+    """A TensorBoard scalar through TensorFlow's core summary op (``tf.summary.scalar`` needs
+    the tensorboard package; the event written is the same)."""
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+        data_class=summary_pb2.DATA_CLASS_SCALAR,
+    )
+    tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=metadata.SerializeToString())
+
+
 class PruningSummaries(keras.callbacks.Callback):
     """Writes per-weight sparsity and mask threshold as TensorBoard scalars.
 
@@ -89,13 +101,12 @@ class PruningSummaries(keras.callbacks.Callback):
 
         with self._writer.as_default():
             for wrapper in collect_wrappers(self.model):
-                step = int(keras.ops.convert_to_numpy(wrapper.pruning_step))
+                step = max(int(keras.ops.convert_to_numpy(wrapper.pruning_step)), 0)
                 for t in wrapper.targets:
                     tag = f"pruning/{wrapper.layer.name}/{t['name']}"
                     value = keras.ops.convert_to_numpy(t["variable"])
-                    tf.summary.scalar(f"{tag}/sparsity", float(np.mean(value == 0)), step=max(step, 0))
-                    tf.summary.scalar(f"{tag}/threshold", float(keras.ops.convert_to_numpy(t["threshold"])),
-                                      step=max(step, 0))
+                    _scalar(tf, f"{tag}/sparsity", float(np.mean(value == 0)), step)
+                    _scalar(tf, f"{tag}/threshold", float(keras.ops.convert_to_numpy(t["threshold"])), step)
         self._writer.flush()
 
     def on_train_batch_end(self, batch, logs=None):

@@ -1,0 +1,27 @@
+"""Imports flow one way: the planning modules do not import TensorFlow or Keras at module level."""
+
+import ast
+
+import pytest
+
+from conftest import REPO
+
+TF_FREE = ["targets", "plan", "views", "cost", "masks", "prunable"]
+KERAS_MODULES = {"pruning", "modelwalk", "examples", "cli"}
+
+
+@pytest.mark.parametrize("module", TF_FREE)
+def test_module_level_imports_are_tensorflow_free(module):
+    tree = ast.parse((REPO / "blockprune" / f"{module}.py").read_text())
+    for node in tree.body:  # module level only; lazy imports inside functions are fine
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module]
+        elif isinstance(node, ast.ImportFrom):
+            local = [node.module] if node.module else [a.name for a in node.names]
+            # A relative import of a Keras-dependent module of blockprune counts as importing Keras.
+            names = ["keras" for m in local if m.split(".")[0] in KERAS_MODULES]
+        for name in names:
+            assert not name.split(".")[0] in ("tensorflow", "keras"), f"{module}.py imports {name}"

@@ -1,0 +1,280 @@
+"""The pruning wrapper contract over every supported layer kind, and the entry points."""
+
+import numpy as np
+import pytest
+
+import keras
+
+import blockprune
+from blockprune import (
+    ConstantSparsity,
+    PolynomialDecay,
+    PrunableLayer,
+    PruneLowMagnitude,
+    UpdatePruningStep,
+    prune,
+    prune_low_magnitude,
+    strip_pruning,
+    verify,
+)
+
+
+@keras.saving.register_keras_serializable("blockprune_tests")
+class Bilinear(keras.layers.Layer, PrunableLayer):
+    """A custom layer with one rank-3 prunable weight."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], 2, self.units), name="w")
+
+    def call(self, x):
+        return keras.ops.einsum("bi,iku->bu", x, self.w)
+
+    def get_prunable_weights(self):
+        return [self.w]
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def _model(kind):
+    """(model, x, y) for one layer kind; every prunable view is divisible by (4, 4)."""
+    rng = np.random.default_rng(0)
+    if kind == "dense":
+        inputs = keras.Input((32,))
+        x = keras.layers.Dense(64, activation="relu", name="target")(inputs)
+        data = rng.normal(size=(64, 32))
+    elif kind == "conv2d":
+        inputs = keras.Input((8, 8, 8))
+        x = keras.layers.Conv2D(16, 3, padding="same", name="target")(inputs)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        data = rng.normal(size=(64, 8, 8, 8))
+    elif kind == "conv1d":
+        inputs = keras.Input((12, 8))
+        x = keras.layers.Conv1D(16, 2, name="target")(inputs)
+        x = keras.layers.GlobalAveragePooling1D()(x)
+        data = rng.normal(size=(64, 12, 8))
+    elif kind == "einsum_dense":
+        inputs = keras.Input((6, 16))
+        x = keras.layers.EinsumDense("abc,cd->abd", output_shape=(6, 32), name="target")(inputs)
+        x = keras.layers.Flatten()(x)
+        data = rng.normal(size=(64, 6, 16))
+    elif kind == "mha":
+        inputs = keras.Input((6, 16))
+        x = keras.layers.MultiHeadAttention(num_heads=2, key_dim=8, name="target")(inputs, inputs)
+        x = keras.layers.Flatten()(x)
+        data = rng.normal(size=(64, 6, 16))
+    elif kind == "custom":
+        inputs = keras.Input((16,))
+        x = Bilinear(16, name="target")(inputs)
+        data = rng.normal(size=(64, 16))
+    outputs = keras.layers.Dense(3, name="head")(x)
+    model = keras.Model(inputs, outputs, name=f"{kind}_model")
+    y = rng.integers(0, 3, size=(64,))
+    return model, data.astype("float32"), y
+
+
+def _compile(model, **kwargs):
+    model.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  **kwargs)
+    return model
+
+
+KINDS = ["dense", "conv2d", "conv1d", "einsum_dense", "mha", "custom"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_wrapper_contract(kind, tmp_path):
+    model, x, y = _model(kind)
+    p = blockprune.plan(model, "tensor-core-2x2", sparsity=0.75, overrides={"target": "block=4x4"})
+    planned = [lp for lp in p.pruned_layers if lp.layer == "target"]
+    assert planned, p.summary()
+    pruned = _compile(prune(model, p, PolynomialDecay(0.0, 0.75, begin_step=0, end_step=6, frequency=2)))
+    wrapper = pruned.get_layer("prune_low_magnitude_target")
+    assert isinstance(wrapper, PruneLowMagnitude)
+    assert {t["name"] for t in wrapper.targets} == {lp.weight for lp in planned}
+    # The original model is untouched and keeps its weights.
+    assert not (model.get_layer("target").weights[0].numpy() == 0).any()
+
+    pruned.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])  # 8 steps
+    check = verify(pruned, p)
+    assert check.ok, check.summary()
+    for c in check.layers:
+        assert c.block_sparsity == pytest.approx(0.75, abs=0.03) and c.partial_blocks == 0
+
+    path = tmp_path / "pruned.keras"
+    pruned.save(path)
+    again = keras.models.load_model(path)
+    np.testing.assert_allclose(again.predict(x, verbose=0), pruned.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    w2 = again.get_layer("prune_low_magnitude_target")
+    assert int(w2.pruning_step.numpy()) == 7
+    for a, b in zip(w2.targets, wrapper.targets):
+        np.testing.assert_array_equal(a["mask"].numpy(), b["mask"].numpy())
+
+    stripped = strip_pruning(pruned)
+    assert not any(isinstance(layer, PruneLowMagnitude) for layer in stripped._flatten_layers())
+    assert len(stripped.weights) == len(model.weights)
+    np.testing.assert_allclose(stripped.predict(x, verbose=0), pruned.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    assert verify(stripped, p).ok
+
+
+def test_optimizer_momentum_does_not_resurrect_pruned_weights():
+    model, x, y = _model("dense")
+    # One mask update at step 0, then 7 Adam steps with no mask update.
+    pruned = _compile(prune_low_magnitude(model, ConstantSparsity(0.5, 0, end_step=0), block_size=(4, 1)))
+    pruned.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])
+    wrapper = pruned.get_layer("prune_low_magnitude_target")
+    kernel, mask = wrapper.layer.kernel.numpy(), wrapper.targets[0]["mask"].numpy()
+    assert (mask == 0).mean() == 0.5
+    assert (kernel[mask == 0] == 0).all()
+    assert (kernel[mask == 1] != 0).all()
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_fit_modes(mode):
+    model, x, y = _model("dense")
+    pruned = prune_low_magnitude(model, ConstantSparsity(0.9, 0, frequency=3), block_size=(4, 1), balanced=True)
+    _compile(pruned, run_eagerly=mode == "eager", jit_compile=mode == "xla")
+    pruned.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[UpdatePruningStep()])
+    kernel = pruned.get_layer("prune_low_magnitude_target").layer.kernel.numpy()
+    from blockprune.masks import block_structure
+
+    st = block_structure(kernel, (4, 1))
+    assert st["partial_blocks"] == 0 and st["kept_per_block_column"] == (1, 1)  # 8 block rows, 90% -> 7 zero
+
+
+def test_missing_update_pruning_step_callback_is_a_clear_error():
+    model, x, y = _model("dense")
+    pruned = _compile(prune_low_magnitude(model, block_size=(4, 1)))
+    with pytest.raises(ValueError, match="needs the UpdatePruningStep callback"):
+        pruned.fit(x, y, epochs=1, verbose=0)
+
+
+def test_resume_continues_the_schedule(tmp_path):
+    model, x, y = _model("dense")
+    schedule = PolynomialDecay(0.0, 0.9, begin_step=0, end_step=16, frequency=4)
+    pruned = _compile(prune_low_magnitude(model, schedule, block_size=(4, 1)))
+    pruned.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])  # steps 0..7
+    wrapper = pruned.get_layer("prune_low_magnitude_target")
+    half = (wrapper.layer.kernel.numpy() == 0).mean()
+    assert 0.3 < half < 0.9  # schedule(4) = 0.9 - 0.9 * 0.75**3
+    pruned.save(tmp_path / "ckpt.keras")
+
+    resumed = keras.models.load_model(tmp_path / "ckpt.keras")
+    assert resumed.optimizer is not None and int(resumed.optimizer.iterations.numpy()) == 8
+    resumed.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])  # steps 8..15
+    w2 = resumed.get_layer("prune_low_magnitude_target")
+    assert int(w2.pruning_step.numpy()) == 15
+    assert int(resumed.optimizer.iterations.numpy()) == 16
+    later = (w2.layer.kernel.numpy() == 0).mean()
+    assert later == pytest.approx(schedule(12)[1], abs=0.02)  # last update at step 12, not restarted
+    assert later > half
+
+
+def test_prune_low_magnitude_accepts_layer_list_and_model():
+    layer = prune_low_magnitude(keras.layers.Dense(8), block_size=(1, 4))
+    assert isinstance(layer, PruneLowMagnitude) and layer.block_size == (1, 4)
+    layers = prune_low_magnitude([keras.layers.Dense(8), keras.layers.Conv2D(4, 1)])
+    assert all(isinstance(w, PruneLowMagnitude) for w in layers)
+    model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(16), keras.layers.BatchNormalization(),
+                              keras.layers.Dense(4)])
+    pruned = prune_low_magnitude(model, block_size=(4, 4))
+    kinds = [type(layer).__name__ for layer in pruned.layers]
+    assert kinds == ["PruneLowMagnitude", "BatchNormalization", "PruneLowMagnitude"]
+    np.testing.assert_allclose(pruned.predict(np.ones((2, 16)), verbose=0), model.predict(np.ones((2, 16)), verbose=0),
+                               rtol=1e-6)
+
+
+def test_wrapped_layer_in_a_new_model():
+    inputs = keras.Input((16,))
+    outputs = prune_low_magnitude(keras.layers.Dense(8, name="d"), ConstantSparsity(0.5, 0), block_size=(4, 1))(inputs)
+    model = _compile(keras.Model(inputs, outputs))
+    model.fit(np.ones((8, 16)), np.zeros((8,)), verbose=0, callbacks=[UpdatePruningStep()])
+    assert (model.layers[1].layer.kernel.numpy() == 0).mean() == 0.5
+
+
+def test_nested_model_layers_are_wrapped_in_place():
+    inner = keras.Sequential([keras.Input((16,)), keras.layers.Dense(32, name="a")], name="encoder")
+    inputs = keras.Input((16,))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(inner(inputs)))
+    p = blockprune.plan(model, "simd-4x1", overrides={"encoder/a": "block=4x1,sparsity=0.5"})
+    pruned = _compile(prune(model, p))
+    encoder = pruned.get_layer("encoder")
+    assert isinstance(encoder.layers[0], PruneLowMagnitude)
+    pruned.fit(np.ones((8, 16)), np.zeros((8,)), verbose=0, callbacks=[UpdatePruningStep()])
+    assert verify(pruned, p).ok and verify(strip_pruning(pruned), p).ok
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda m: prune_low_magnitude(m, block_size=(3, 1)), ValueError,
+     r"Layer 'target' weight 'kernel': block_shape=\(3, 1\) does not divide the \[in, out\] view \(32, 64\)"),
+    (lambda m: prune_low_magnitude(m, block_size=(0, 1)), ValueError, "not two positive integers"),
+    (lambda m: prune_low_magnitude(m, block_pooling_type="MIN"), ValueError, "block_pooling_type='MIN'"),
+    (lambda m: prune_low_magnitude(m, pruning_schedule=0.5), TypeError, "must be a PruningSchedule"),
+    (lambda m: prune_low_magnitude(m, ConstantSparsity(1.0, 0)), ValueError, r"outside \[0, 1\)"),
+    (lambda m: prune_low_magnitude("model"), TypeError, "expects a Keras layer"),
+    (lambda m: prune(m, "plan.json"), TypeError, "plan must be a SparsityPlan"),
+])
+def test_bad_input(make, error, message):
+    model, _, _ = _model("dense")
+    with pytest.raises(error, match=message):
+        make(model)
+
+
+def test_a_layer_with_nothing_to_prune():
+    inputs = keras.Input((8,))
+    with pytest.raises(ValueError, match="has nothing to prune"):
+        PruneLowMagnitude(keras.layers.LayerNormalization(name="ln"))(inputs)
+    model = keras.Model(inputs, keras.layers.LayerNormalization()(inputs))
+    with pytest.raises(ValueError, match="has no prunable layer"):
+        prune_low_magnitude(model)
+
+
+def test_subclassed_model_is_refused():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__(name="net")
+            self.a = keras.layers.Dense(8, name="a")
+
+        def call(self, x):
+            return self.a(x)
+
+    net = Net()
+    net(np.zeros((1, 4)))
+    with pytest.raises(ValueError, match="Model 'net' is a subclassed model"):
+        prune_low_magnitude(net)
+    with pytest.raises(ValueError, match="subclassed"):
+        prune(net, blockprune.plan(net, "simd-4x1", overrides={"a": "block=4x1"}))
+
+
+def test_plan_for_another_model_is_refused():
+    model, _, _ = _model("dense")
+    p = blockprune.plan(model, "simd-4x1", overrides={"target": "block=4x1"})
+    inputs = keras.Input((16,))
+    other = keras.Model(inputs, keras.layers.Dense(64, name="target")(inputs))
+    with pytest.raises(ValueError, match=r"has shape \(16, 64\) in model .* but \(32, 64\) in the plan"):
+        prune(other, p)
+    with pytest.raises(ValueError, match="prunes no weight"):
+        prune(model, blockprune.plan(model, "simd-4x1"))
+
+
+def test_pruning_summaries_write_sparsity_scalars(tmp_path):
+    import tensorflow as tf
+
+    model, x, y = _model("dense")
+    pruned = _compile(prune_low_magnitude(model, ConstantSparsity(0.5, 0), block_size=(4, 1)))
+    pruned.fit(x, y, batch_size=16, epochs=2, verbose=0,
+               callbacks=[UpdatePruningStep(), blockprune.PruningSummaries(str(tmp_path))])
+    values = {}
+    for event_file in tmp_path.rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            for v in event.summary.value:
+                values.setdefault(v.tag, []).append(float(tf.make_ndarray(v.tensor)))
+    assert values["pruning/target/kernel/sparsity"][-1] == pytest.approx(0.5)
+    assert values["pruning/target/kernel/threshold"][-1] > 0
+    assert "pruning/head/kernel/sparsity" in values
+    with pytest.raises(ValueError, match="update_freq"):
+        blockprune.PruningSummaries(str(tmp_path), update_freq=0)
