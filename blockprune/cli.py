@@ -111,9 +111,7 @@ def cmd_plan(args) -> int:
     from .targets import load_target
 
     target = load_target(args.target)  # fail fast, before TensorFlow loads
-    overrides = {pattern: spec for pattern, spec in args.override or []}
-    for pattern in args.skip or []:
-        overrides[pattern] = "skip"
+    overrides = _overrides(args)
     if args.model:
         model = load_keras_model(args.model, args.imports)
     else:
@@ -132,6 +130,68 @@ def cmd_plan(args) -> int:
         print(p.summary())
         if args.output:
             print(f"\nPlan written to {args.output}")
+    return 0
+
+
+# --------------------------------------------------------------------------- prune
+
+def _overrides(args) -> dict:
+    overrides = {pattern: spec for pattern, spec in args.override or []}
+    for pattern in args.skip or []:
+        overrides[pattern] = "skip"
+    return overrides
+
+
+def cmd_prune(args) -> int:
+    from .data import digits, load_npz
+    from .plan import SparsityPlan, write_text_atomic
+    from .targets import load_target
+
+    out = Path(args.output)
+    if out.suffix != ".keras":
+        raise ValueError(f"-o {args.output}: the output model must end in .keras")
+    plan_out = out.with_suffix(".plan.json")
+    checkpoint = out.with_name(f"{out.stem}.checkpoint.keras")
+    pinned = SparsityPlan.load(args.plan) if args.plan else None
+    if pinned is None:
+        load_target(args.target)  # fail fast, before TensorFlow loads
+    data = load_npz(args.data) if args.data else digits()
+    model = load_keras_model(args.model, args.imports)
+    import keras
+
+    from .plan import plan as make_plan
+    from .pruning.api import save_model_atomic
+    from .pruning.finetune import finetune
+
+    keras.utils.set_random_seed(args.seed)
+    p = pinned or make_plan(model, args.target, sparsity=args.sparsity, overrides=_overrides(args))
+    print(p.summary(), end="\n\n")
+    if args.resume and checkpoint.is_file():
+        print(f"Resuming from {checkpoint}")
+    try:
+        result = finetune(model, p, data, epochs=args.epochs, batch_size=args.batch_size,
+                          learning_rate=args.learning_rate, checkpoint=checkpoint, resume=args.resume,
+                          verbose=1 if sys.stdout.isatty() else 2)
+    except KeyboardInterrupt:
+        hint = f"; rerun with --resume to continue from {checkpoint}" if checkpoint.is_file() else ""
+        print(f"blockprune prune: interrupted{hint}", file=sys.stderr)
+        return 130
+    print("\nBlock structure of the stripped model:")
+    print(result.verification.summary())
+    if not result.verification.ok:
+        raise ValueError(f"the pruned model does not have the planned block structure for target "
+                         f"'{p.target.name}'; nothing was written (checkpoint kept at {checkpoint})")
+    save_model_atomic(result.model, out)
+    write_text_atomic(plan_out, p.to_json() + "\n")
+    checkpoint.unlink(missing_ok=True)
+    if result.dense_metrics:
+        for key, dense in result.dense_metrics.items():
+            sparse = result.sparse_metrics[key]
+            print(f"\nTest {key}: dense {dense:.4f}, block-sparse {sparse:.4f} ({sparse - dense:+.4f})")
+    print(f"Wrote {out} (stripped block-sparse model) and {plan_out}")
+    if args.json:
+        print(json.dumps({"model": str(out), "plan": str(plan_out), "verification": result.verification.to_dict(),
+                          "dense_metrics": result.dense_metrics, "sparse_metrics": result.sparse_metrics}))
     return 0
 
 
@@ -175,6 +235,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("-o", "--output", help="write the plan as JSON to this file")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("prune", help="prune a trained model to a plan while fine-tuning",
+                       description="Plan, then fine-tune with block masks on a cubic polynomial schedule, strip "
+                                   "the wrappers, verify the block structure, and write the block-sparse model "
+                                   "and its plan. Interrupted runs continue with --resume.")
+    p.add_argument("model", help="a trained .keras model")
+    p.add_argument("--target", "-t", default="cpu-wide", help="target name or .toml path (default: cpu-wide)")
+    p.add_argument("--sparsity", "-s", type=_float, default=0.9, help="fraction of blocks to zero (default: 0.9)")
+    p.add_argument("--plan", help="use this plan JSON instead of planning (pins target and sparsity)")
+    p.add_argument("--data", help=".npz with x_train, y_train (and x_test, y_test); default: the built-in digits")
+    p.add_argument("--epochs", type=int, default=10, help="epochs of pruning and fine-tuning (default: 10)")
+    p.add_argument("--batch-size", type=int, default=32, help="default: 32")
+    p.add_argument("--learning-rate", type=_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint after an interruption")
+    p.add_argument("--override", nargs=2, action="append", metavar=("PATTERN", "SPEC"),
+                   help="per-layer change, as for 'blockprune plan'")
+    p.add_argument("--skip", action="append", metavar="PATTERN", help="leave matching layers dense")
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                   help="import this module first (to register custom layers)")
+    p.add_argument("--json", action="store_true", help="also print a JSON summary line")
+    p.add_argument("-o", "--output", required=True, help="the stripped model to write (.keras); the plan goes "
+                                                         "beside it as .plan.json")
+    p.set_defaults(func=cmd_prune)
     return parser
 
 

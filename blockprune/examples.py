@@ -8,7 +8,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["EXAMPLES", "example_model"]
+__all__ = ["EXAMPLES", "example_model", "train_dense"]
 
 #: Name -> one-line description of each built-in model.
 EXAMPLES = {
@@ -54,3 +54,24 @@ def example_model(name: str = "mlp", seed: int = 0):
     ff = layers.Dense(256, name="ff_2")(ff)
     outputs = layers.LayerNormalization(name="norm_2")(layers.Add()([x, ff]))
     return keras.Model(inputs, outputs, name="transformer_block")
+
+
+def train_dense(model, data, epochs: int = 30, batch_size: int = 32, learning_rate: float = 1e-3,
+                seed: int = 0, verbose: int = 0):
+    """Trains a built-in classification example densely (Adam, cross-entropy on logits).
+
+    Args:
+        model: a model whose outputs are logits, e.g. ``example_model("mlp")``.
+        data: a ``blockprune.data.Dataset`` with integer labels.
+        epochs, batch_size, learning_rate, seed, verbose: as for ``keras.Model.fit``.
+
+    Returns:
+        The same model, trained and compiled.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model.compile(keras.optimizers.Adam(learning_rate),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=verbose)
+    return model

@@ -29,12 +29,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from . import cost
+from ._atomic import atomic_path
 from .targets import TargetDescriptor, load_target, parse_target
 from .views import WeightView
 
@@ -391,20 +391,10 @@ class SparsityPlan:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Writes ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory; give a file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Writes ``text`` to ``path`` atomically (a temporary file, then a rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 # --------------------------------------------------------------------------- planning

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import REPO
 
-TF_FREE = ["targets", "plan", "views", "cost", "masks", "prunable"]
+TF_FREE = ["targets", "plan", "views", "cost", "masks", "prunable", "data", "_atomic"]
 KERAS_MODULES = {"pruning", "modelwalk", "examples", "cli"}
 
 

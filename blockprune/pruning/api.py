@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 
+from .._atomic import atomic_path
 from ..masks import block_structure
 from ..modelwalk import find_weights, layer_sites, model_kind
 from ..plan import SparsityPlan
@@ -30,8 +30,13 @@ def _require_graph_model(model, what: str) -> None:
 
 
 def _copy_model(model):
-    """An independent copy of a Sequential/functional model, weights included."""
-    copy = keras.models.clone_model(model)
+    """An independent, uncompiled copy of a Sequential/functional model, weights included.
+
+    Rebuilt from its config (``clone_model`` would also copy the compile state and so an
+    optimizer); the model's own layer classes are passed so unregistered custom layers work.
+    """
+    classes = {type(layer).__name__: type(layer) for layer in model._flatten_layers(include_self=False)}
+    copy = type(model).from_config(model.get_config(), custom_objects=classes)
     copy.set_weights(model.get_weights())
     return copy
 
@@ -289,13 +294,6 @@ def save_model_atomic(model, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix != ".keras":
         raise ValueError(f"{path}: a Keras model file must end in .keras")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.keras", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".tmp.keras") as tmp:
         model.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

@@ -1,0 +1,134 @@
+"""Training data: ``.npz`` files with ``x_train``, ``y_train`` (and optionally ``x_test``,
+``y_test``), the built-in digits dataset, and checks that data fits a model.
+
+This module does not import TensorFlow.
+
+Example:
+    >>> d = digits()                      # scikit-learn's bundled 8x8 digits, no network
+    >>> d.x_train.shape[1], d.n_classes
+    (64, 10)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._atomic import atomic_path
+
+__all__ = ["Dataset", "digits", "load_npz", "save_npz", "check_fits"]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Arrays for training and (optionally) testing."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    name: str = "data"
+
+    @property
+    def n_classes(self) -> int | None:
+        """Number of classes for integer labels, else None."""
+        if self.y_train.dtype.kind in "iu" and self.y_train.ndim == 1:
+            ys = self.y_train if self.y_test is None else np.concatenate([self.y_train, self.y_test])
+            return int(ys.max()) + 1
+        return None
+
+
+def digits(test_fraction: float = 0.25, seed: int = 0) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1797 images), scaled to [0, 1], split deterministically.
+
+    Args:
+        test_fraction: share of the samples held out for testing.
+        seed: seed of the shuffle before the split.
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:  # pragma: no cover - scikit-learn is a dependency
+        raise ImportError("the built-in digits data needs scikit-learn: pip install scikit-learn") from e
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32)
+    y = bunch.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_test = int(round(len(x) * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    return Dataset(x[train], y[train], x[test], y[test], name="digits")
+
+
+def load_npz(path: str | os.PathLike) -> Dataset:
+    """Reads a dataset file.
+
+    Args:
+        path: an ``.npz`` with ``x_train`` and ``y_train``, and optionally ``x_test`` and ``y_test``.
+
+    Raises:
+        ValueError: a missing file or key, or arrays whose lengths disagree.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"data file '{path}' does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise ValueError(f"data file '{path}' is not a readable .npz: {e}") from None
+    for key in ("x_train", "y_train"):
+        if key not in arrays:
+            raise ValueError(f"data file '{path}' has no '{key}' array (keys: {', '.join(arrays) or 'none'}; "
+                             "expected x_train, y_train and optionally x_test, y_test)")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        raise ValueError(f"data file '{path}': x_test and y_test must come together")
+    for split in ("train", "test"):
+        x, y = arrays.get(f"x_{split}"), arrays.get(f"y_{split}")
+        if x is not None and len(x) != len(y):
+            raise ValueError(f"data file '{path}': x_{split} has {len(x)} samples but y_{split} has {len(y)}")
+    if len(arrays["x_train"]) == 0:
+        raise ValueError(f"data file '{path}': x_train is empty")
+    return Dataset(arrays["x_train"], arrays["y_train"], arrays.get("x_test"), arrays.get("y_test"), name=path.name)
+
+
+def save_npz(data: Dataset, path: str | os.PathLike) -> Path:
+    """Writes a dataset as ``.npz`` atomically."""
+    path = Path(path)
+    arrays = {"x_train": data.x_train, "y_train": data.y_train}
+    if data.x_test is not None:
+        arrays.update(x_test=data.x_test, y_test=data.y_test)
+    with atomic_path(path, suffix=".tmp.npz") as tmp:
+        np.savez(tmp, **arrays)
+    return path
+
+
+def _fits(shape: tuple, spec: tuple) -> bool:
+    return len(shape) == len(spec) and all(s is None or s == d for s, d in zip(spec, shape))
+
+
+def check_fits(data: Dataset, input_shape: tuple, output_shape: tuple, model_name: str) -> None:
+    """Raises ``ValueError`` unless the data's samples fit the model's input and output.
+
+    Args:
+        data: the dataset.
+        input_shape: the model's input shape without the batch axis (None for free axes).
+        output_shape: the model's output shape without the batch axis.
+        model_name: for the message.
+    """
+    for split in ("train", "test"):
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        if x is None:
+            continue
+        if not _fits(tuple(x.shape[1:]), tuple(input_shape)):
+            raise ValueError(f"data '{data.name}': x_{split} samples have shape {tuple(x.shape[1:])} but model "
+                             f"'{model_name}' takes inputs of shape {tuple(input_shape)}")
+        if y.ndim == 1 and y.dtype.kind in "iu":
+            n_out = output_shape[-1] if output_shape else None
+            if n_out is not None and (y.min() < 0 or y.max() >= n_out):
+                raise ValueError(f"data '{data.name}': y_{split} holds class labels {int(y.min())}..{int(y.max())} "
+                                 f"but model '{model_name}' has {n_out} outputs")
+        elif not _fits(tuple(y.shape[1:]), tuple(output_shape)):
+            raise ValueError(f"data '{data.name}': y_{split} samples have shape {tuple(y.shape[1:])} but model "
+                             f"'{model_name}' produces outputs of shape {tuple(output_shape)}")

@@ -1,0 +1,136 @@
+"""``finetune``: prune a trained model to a plan with a polynomial schedule, checkpointing
+every epoch, then strip and verify it. ``blockprune prune`` is a thin shell over this."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from ..data import Dataset, check_fits
+from ..plan import SparsityPlan
+from .api import Verification, prune, save_model_atomic, strip_pruning, verify
+from .callbacks import UpdatePruningStep
+from .schedules import PolynomialDecay
+
+__all__ = ["FinetuneResult", "finetune", "polynomial_schedule", "evaluate"]
+
+
+@dataclass
+class FinetuneResult:
+    """What ``finetune`` produced.
+
+    Attributes:
+        model: the stripped model (plain Keras layers, masks baked in).
+        plan: the plan it was pruned to.
+        verification: block-structure check of ``model`` against ``plan``.
+        dense_metrics: metrics of the input model on the test split (None without one).
+        sparse_metrics: metrics of ``model`` on the test split.
+        epochs_run: epochs trained in this call (fewer than asked when resuming).
+    """
+
+    model: object
+    plan: SparsityPlan
+    verification: Verification
+    dense_metrics: dict | None
+    sparse_metrics: dict | None
+    epochs_run: int
+
+
+def polynomial_schedule(total_steps: int, final_sparsity: float, updates: int = 20) -> PolynomialDecay:
+    """A cubic schedule reaching ``final_sparsity`` at 75% of training, then fine-tuning.
+
+    ``end_step`` is a multiple of the update frequency, so the final sparsity is applied.
+    """
+    if total_steps < 2:
+        raise ValueError(f"pruning needs at least 2 training steps, got {total_steps} (more data or epochs)")
+    end = max(1, int(total_steps * 0.75))
+    frequency = max(1, end // updates)
+    end = max(frequency, frequency * (end // frequency))
+    return PolynomialDecay(0.0, final_sparsity, begin_step=0, end_step=end, power=3, frequency=frequency)
+
+
+def _loss_for(model, data: Dataset):
+    if data.n_classes is not None:
+        last = model.layers[-1]
+        softmax = getattr(last, "activation", None) in (keras.activations.softmax,)
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=not softmax)
+    return keras.losses.MeanSquaredError()
+
+
+def evaluate(model, data: Dataset, batch_size: int = 256) -> dict | None:
+    """Accuracy (integer labels) or mean squared error of ``model`` on the test split."""
+    if data.x_test is None:
+        return None
+    pred = model.predict(data.x_test, batch_size=batch_size, verbose=0)
+    if data.n_classes is not None:
+        return {"accuracy": float(np.mean(np.argmax(pred, axis=-1) == data.y_test))}
+    return {"mse": float(np.mean((pred - data.y_test) ** 2))}
+
+
+class _EpochCheckpoint(keras.callbacks.Callback):
+    """Saves the pruned (wrapped) model atomically at the end of every epoch."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_model_atomic(self.model, self.path)
+
+
+def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: int = 32,
+             learning_rate: float = 1e-3, checkpoint: str | os.PathLike | None = None, resume: bool = False,
+             verbose: int = 1, callbacks: list | None = None) -> FinetuneResult:
+    """Prunes ``model`` to ``plan`` while fine-tuning on ``data``, then strips and verifies it.
+
+    Sparsity rises on a cubic ``PolynomialDecay`` to each layer's planned sparsity over the
+    first 75% of the steps; the rest fine-tunes at the final masks.
+
+    Args:
+        model: a trained Sequential or functional model.
+        plan: a plan made for ``model``.
+        data: training data (and, optionally, a test split for the accuracy report).
+        epochs: total epochs of pruning and fine-tuning.
+        batch_size: samples per step.
+        learning_rate: Adam's learning rate.
+        checkpoint: where to save the pruned model after every epoch (atomically).
+        resume: continue from ``checkpoint`` if it exists (schedule, masks and optimizer state
+            continue where they stopped).
+        verbose: Keras ``fit`` verbosity (1: progress bar, 2: a line per epoch, 0: silent).
+        callbacks: more Keras callbacks for ``fit`` (e.g. ``PruningSummaries``).
+
+    Returns:
+        A ``FinetuneResult``.
+
+    Raises:
+        ValueError: data that does not fit the model, bad epochs or batch size.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs={epochs!r} must be a positive integer")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    check_fits(data, model.input_shape[1:], model.output_shape[1:], model.name)
+    steps_per_epoch = math.ceil(len(data.x_train) / batch_size)
+    schedule = polynomial_schedule(epochs * steps_per_epoch, plan.sparsity if plan.sparsity > 0 else 0.5)
+    dense_metrics = evaluate(model, data)
+
+    checkpoint = Path(checkpoint) if checkpoint else None
+    initial_epoch = 0
+    if resume and checkpoint and checkpoint.is_file():
+        pruned = keras.models.load_model(checkpoint)
+        initial_epoch = min(epochs, int(pruned.optimizer.iterations.numpy()) // steps_per_epoch)
+    else:
+        pruned = prune(model, plan, schedule)
+        pruned.compile(keras.optimizers.Adam(learning_rate), _loss_for(model, data))
+    callbacks = [UpdatePruningStep()] + ([_EpochCheckpoint(checkpoint)] if checkpoint else []) + list(callbacks or [])
+    if initial_epoch < epochs:
+        pruned.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, initial_epoch=initial_epoch,
+                   shuffle=True, verbose=verbose, callbacks=callbacks)
+    stripped = strip_pruning(pruned)
+    return FinetuneResult(stripped, plan, verify(stripped, plan), dense_metrics, evaluate(stripped, data),
+                          epochs - initial_epoch)
