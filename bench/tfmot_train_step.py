@@ -11,14 +11,13 @@ import argparse
 import json
 import os
 import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
-import numpy as np  # noqa: E402
 import tensorflow_model_optimization as tfmot  # noqa: E402
 import tf_keras as keras  # noqa: E402
+from _timing import synthetic, time_fit  # noqa: E402
 
 # Same shapes and steps as train_step.CASES; tfmot's block_size works on Dense kernels only,
 # so MobileNetV2's convolutions are pruned unstructured.
@@ -35,39 +34,17 @@ def build(name):
     return keras.applications.MobileNetV2(weights=None, classes=10, classifier_activation=None)
 
 
-class StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.t0 = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self.t0)
-
-
-def time_fit(model, x, y, batch, callbacks, warmup=3):
-    timer = StepTimer()
-    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[timer, *callbacks])
-    return timer.times[warmup:]
-
-
 def measure(name, rounds):
     blocks, batch, steps = CASES[name]
-    rng = np.random.default_rng(0)
-    shape = (1024,) if name == "mlp1024" else (224, 224, 3)
-    x = rng.normal(size=(batch * steps, *shape)).astype("float32")
-    y = rng.integers(0, 10, size=(batch * steps,))
+    x, y = synthetic(name, batch, steps)
     schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=1000, frequency=100)
     dense, pruned, dense_means, pruned_means = [], [], [], []
     for _ in range(rounds):
-        dt = time_fit(build(name), x, y, batch, [])
+        dt = time_fit(keras, build(name), x, y, batch, [])
         dense.append(statistics.median(dt))
         dense_means.append(statistics.mean(dt))
         model = tfmot.sparsity.keras.prune_low_magnitude(build(name), pruning_schedule=schedule, block_size=blocks)
-        pt = time_fit(model, x, y, batch, [tfmot.sparsity.keras.UpdatePruningStep()])
+        pt = time_fit(keras, model, x, y, batch, [tfmot.sparsity.keras.UpdatePruningStep()])
         pruned.append(statistics.median(pt))
         pruned_means.append(statistics.mean(pt))
     d, p = statistics.median(dense), statistics.median(pruned)

@@ -28,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+from _timing import synthetic, time_fit  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -48,51 +49,21 @@ def build(name):
     return keras.applications.MobileNetV2(weights=None, classes=10, classifier_activation=None)
 
 
-def data(name, batch, steps):
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    shape = (1024,) if name == "mlp1024" else (224, 224, 3)
-    n = batch * steps
-    return rng.normal(size=(n, *shape)).astype("float32"), rng.integers(0, 10, size=(n,))
-
-
-class StepTimer(keras.callbacks.Callback):
-    """Per-batch wall time from this (first) callback's batch begin to its batch end."""
-
-    def __init__(self):
-        super().__init__()
-        self.times = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self.t0 = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter() - self.t0)
-
-
-def time_fit(model, x, y, batch, extra_callbacks, warmup=3):
-    timer = StepTimer()
-    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[timer, *extra_callbacks])
-    return timer.times[warmup:]
-
-
 def measure(name, rounds):
     import blockprune
 
     target, batch, steps = CASES[name]
-    x, y = data(name, batch, steps)
+    x, y = synthetic(name, batch, steps)
     dense_model = build(name)
     plan = blockprune.plan(dense_model, target, sparsity=0.9)
     schedule = blockprune.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=1000, frequency=100)
     dense_medians, pruned_medians, dense_means, pruned_means = [], [], [], []
     for _ in range(rounds):  # alternate, so drifts in machine load hit both alike
-        dense_times = time_fit(build(name), x, y, batch, [])
+        dense_times = time_fit(keras, build(name), x, y, batch, [])
         dense_medians.append(statistics.median(dense_times))
         dense_means.append(statistics.mean(dense_times))
         pruned = blockprune.prune(build(name), plan, schedule)
-        pruned_times = time_fit(pruned, x, y, batch, [blockprune.UpdatePruningStep()])
+        pruned_times = time_fit(keras, pruned, x, y, batch, [blockprune.UpdatePruningStep()])
         pruned_medians.append(statistics.median(pruned_times))
         pruned_means.append(statistics.mean(pruned_times))
     # One scheduled mask update of every wrapper (it runs every `frequency` = 100 steps).

@@ -1,0 +1,44 @@
+"""Timing helpers shared by the Keras 3 and the tf_keras (tfmot) benchmark scripts.
+
+Each takes the Keras module to use, since the tfmot side runs Keras 2 (tf_keras).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def step_timer(keras):
+    """A callback that records each batch's time, from its batch begin to its batch end."""
+
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.times.append(time.perf_counter() - self.t0)
+
+    return StepTimer()
+
+
+def time_fit(keras, model, x, y, batch, callbacks, warmup=3):
+    """Per-step times of one epoch of ``fit`` (the timer runs first, so it sees the other
+    callbacks' per-batch work), without the first ``warmup`` steps."""
+    timer = step_timer(keras)
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[timer, *callbacks])
+    return timer.times[warmup:]
+
+
+def synthetic(name, batch, steps):
+    """Random inputs and 10-class labels for ``mlp1024`` or ``mobilenetv2``."""
+    rng = np.random.default_rng(0)
+    shape = (1024,) if name == "mlp1024" else (224, 224, 3)
+    n = batch * steps
+    return rng.normal(size=(n, *shape)).astype("float32"), rng.integers(0, 10, size=(n,))
