@@ -17,22 +17,26 @@ Example:
     ['cpu-wide', 'dsp-1x8']
 """
 
+from ._quiet import filtered_stderr as _filtered_stderr
 from .plan import LayerPlan, Override, SparsityPlan, plan
 from .prunable import PrunableLayer
-from .pruning import (
-    ConstantSparsity,
-    PolynomialDecay,
-    PruneLowMagnitude,
-    PruningSchedule,
-    PruningSummaries,
-    UpdatePruningStep,
-    prune,
-    prune_low_magnitude,
-    strip_pruning,
-    verify,
-)
 from .targets import TargetDescriptor, TargetError, list_targets, load_target
 from .views import WeightView
+
+# TensorFlow prints start-up lines from native code on import; only those are dropped.
+with _filtered_stderr():
+    from .pruning import (
+        ConstantSparsity,
+        PolynomialDecay,
+        PruneLowMagnitude,
+        PruningSchedule,
+        PruningSummaries,
+        UpdatePruningStep,
+        prune,
+        prune_low_magnitude,
+        strip_pruning,
+        verify,
+    )
 
 __version__ = "0.1.0"
 

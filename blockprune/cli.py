@@ -2,7 +2,7 @@
 
 Each subcommand calls one public function and prints its result as a table, or as JSON with
 ``--json``. Bad input exits with status 2 and a one-line message, never a traceback (set
-``BLOCKPRUNE_DEBUG=1`` to see the traceback).
+``BLOCKPRUNE_DEBUG=1`` to see the traceback and TensorFlow's unfiltered native logs).
 """
 
 from __future__ import annotations
@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
-import tempfile
 from pathlib import Path
 
 from . import __version__
+from ._quiet import filtered_stderr
 
 EXIT_BAD_INPUT = 2
 
@@ -27,29 +26,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-_TF_CHATTER = re.compile(r"absl::InitializeLog|oneDNN custom operations|cpu_feature_guard|"
-                         r"TensorFlow binary is optimized|rebuild TensorFlow with the appropriate compiler")
-
-
 def _quiet_tensorflow() -> None:
-    """Imports TensorFlow with its start-up chatter hidden (it prints to fd 2 before any log
-    level applies); anything else it prints, such as a real error, is passed through."""
-    if "tensorflow" in sys.modules:
-        return
+    """Asks TensorFlow for errors only (its native start-up lines are filtered in ``main``)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            for line in tmp.read().decode(errors="replace").splitlines():
-                if line.strip() and not _TF_CHATTER.search(line):
-                    print(line, file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- targets
@@ -195,6 +174,72 @@ def cmd_prune(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- pack / inspect / export
+
+def cmd_pack(args) -> int:
+    from .packfile import inspect_table, pack_model, save_packed
+    from .targets import load_target
+
+    target = load_target(args.target)
+    model = load_keras_model(args.model, args.imports)
+    layers = pack_model(model, target)
+    if not layers:
+        raise ValueError(f"model '{model.name}' has no weight that target '{target.name}' can prune")
+    path = save_packed(args.output, layers, {"target": target.name, "model": model.name})
+    print(inspect_table(layers))
+    print(f"\nWrote {path}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .packfile import inspect_table, load_packed
+
+    layers, header = load_packed(args.file)
+    if args.json:
+        print(json.dumps({k: v for k, v in header.items()}, indent=2))
+    else:
+        print(f"{args.file}: {len(layers)} weights, target {header.get('target', '?')}, "
+              f"model {header.get('model', '?')}; checksums OK\n")
+        print(inspect_table(layers))
+    return 0
+
+
+def _records_table(records) -> str:
+    rows = [("file", "lowering", "bytes", "gzip bytes", "max abs err", "layers (format)")]
+    for r in records:
+        formats = ", ".join(f"{lay['name']}={lay['format']}" for lay in r.layers) or "-"
+        rows.append((Path(r.path).name, r.runtime_options.get("lowering", "-"), f"{r.bytes:,}", f"{r.gzip_bytes:,}",
+                     f"{r.max_abs_error:.2g}", formats))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows)
+
+
+def cmd_export(args) -> int:
+    from .export import export
+    from .plan import SparsityPlan
+    from .targets import load_target
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("tflite", "onnx")]
+    if bad or not formats:
+        raise ValueError(f"--format {args.format!r}: expected tflite, onnx or tflite,onnx")
+    plan = SparsityPlan.load(args.plan) if args.plan else None
+    target = plan.target if plan else load_target(args.target)
+    model = load_keras_model(args.model, args.imports)
+    records = export(model, target, args.output, formats, plan=plan, allow_dense=args.allow_dense,
+                     dense_baseline=not args.no_dense_baseline)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in records], indent=2))
+        return 0
+    print(_records_table(records))
+    for r in records:
+        for w in r.warnings:
+            print(f"warning: {Path(r.path).name}: {w}", file=sys.stderr)
+    print(f"\nEach file was run in its runtime and matched Keras; run options are in <file>.runtime.json. "
+          f"Wrote {args.output}/export.json")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 def _float(text: str) -> float:
@@ -259,6 +304,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="the stripped model to write (.keras); the plan goes "
                                                          "beside it as .plan.json")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("pack", help="pack a block-sparse model's weights into a safetensors file",
+                       description="Read each prunable weight's block structure from its zeros and pack it "
+                                   "(blocked-ELL for balanced targets, else BSR; dense when it has no zero block).")
+    p.add_argument("model", help="a stripped block-sparse .keras model")
+    p.add_argument("--target", "-t", default="cpu-wide", help="target name or .toml path (default: cpu-wide)")
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                   help="import this module first (to register custom layers)")
+    p.add_argument("-o", "--output", required=True, help="the packed-weights file to write (.safetensors)")
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("inspect", help="show a packed-weights file, layer by layer",
+                       description="Check a packed-weights file's checksums and print, per layer, the format, "
+                                   "sparsity, bytes dense vs packed and the index overhead.")
+    p.add_argument("file", help="a .safetensors file written by 'blockprune pack'")
+    p.add_argument("--json", action="store_true", help="print the file's metadata as JSON")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("export", help="export verified .tflite/.onnx files that execute the sparsity",
+                       description="Export a stripped block-sparse model for a target (its block structure is read "
+                                   "from the weights and checked against the target), run every file in its "
+                                   "runtime against Keras, and write it with its run options.")
+    p.add_argument("model", help="a stripped block-sparse .keras model (as 'blockprune prune' writes it)")
+    p.add_argument("--target", "-t", default="cpu-wide", help="target name or .toml path (default: cpu-wide)")
+    p.add_argument("--format", default="tflite,onnx", help="tflite, onnx or tflite,onnx (default: both)")
+    p.add_argument("--plan", help="plan JSON pinning the expected block structure (and the target)")
+    p.add_argument("--allow-dense", action="store_true",
+                   help="write files even when a block-sparse layer would run dense (a warning, not an error)")
+    p.add_argument("--no-dense-baseline", action="store_true", help="skip the dense baseline files")
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                   help="import this module first (to register custom layers)")
+    p.add_argument("--json", action="store_true", help="print the export records as JSON")
+    p.add_argument("-o", "--output", required=True, help="folder to write into")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
@@ -269,10 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
+    debug = bool(os.environ.get("BLOCKPRUNE_DEBUG"))
     try:
-        return args.func(args)
+        with filtered_stderr(enabled=not debug):
+            return args.func(args)
     except (ValueError, TypeError, KeyError) as e:
-        if os.environ.get("BLOCKPRUNE_DEBUG"):
+        if debug:
             raise
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"blockprune {args.command}: error: {message}", file=sys.stderr)

@@ -49,24 +49,28 @@ def nonzero_block_grid(w2d: np.ndarray, block_shape: tuple[int, int]) -> np.ndar
     return (w2d != 0).reshape(w2d.shape[0] // bh, bh, w2d.shape[1] // bw, bw).any(axis=(1, 3))
 
 
-def detect_block_shape(w2d: np.ndarray, candidates) -> tuple[tuple[int, int], float] | None:
-    """The candidate block shape that explains the zero pattern of ``w2d`` best.
+def detect_block_shape(w2d: np.ndarray, candidates, explained: float = 0.95) -> tuple[tuple[int, int], float] | None:
+    """The candidate block shape that explains the zero pattern of ``w2d``.
 
-    A candidate fits when it divides the view and some whole blocks are zero; among those,
-    the one with the largest block area wins (it explains the most), then the first listed.
+    A candidate fits when it divides the view and whole zero blocks hold at least
+    ``explained`` of all zero weights (a 90%-sparse (4, 1) pattern has some all-zero (1, 16)
+    blocks by chance, but they hold few of its zeros). Among fitting candidates the largest
+    block area wins, then the first listed.
 
     Returns:
-        ``(block_shape, zero_block_fraction)``, or None when no candidate has a zero block.
+        ``(block_shape, zero_block_fraction)``, or None when no candidate fits.
     """
+    w2d = np.asarray(w2d)
+    zero_fraction = float(np.mean(w2d == 0)) if w2d.size else 0.0
     best = None
     for block in candidates:
         block = tuple(int(v) for v in block)
-        if w2d.shape[0] % block[0] or w2d.shape[1] % block[1]:
+        if zero_fraction == 0 or w2d.shape[0] % block[0] or w2d.shape[1] % block[1]:
             continue
-        grid = nonzero_block_grid(w2d, block)
-        zero = 1.0 - grid.mean()
-        if zero > 0 and (best is None or block[0] * block[1] > best[0][0] * best[0][1]):
-            best = (block, float(zero))
+        zero_blocks = 1.0 - float(nonzero_block_grid(w2d, block).mean())
+        fits = zero_blocks > 0 and zero_blocks >= explained * zero_fraction
+        if fits and (best is None or block[0] * block[1] > best[0][0] * best[0][1]):
+            best = (block, zero_blocks)
     return best
 
 
