@@ -167,15 +167,30 @@ def _tflite_interpreter(model_content: bytes, default_delegates: bool, num_threa
     return Interpreter(model_content=model_content, num_threads=num_threads, experimental_op_resolver_type=resolver)
 
 
+class _TfliteRunner:
+    """Runs an interpreter; resizes and re-allocates only when the input shapes change."""
+
+    def __init__(self, interp):
+        self.interp = interp
+        self.inputs = interp.get_input_details()
+        self.output = interp.get_output_details()[0]["index"]
+        self.shapes = None
+
+    def __call__(self, *xs):
+        shapes = [x.shape for x in xs]
+        if shapes != self.shapes:
+            for d, x in zip(self.inputs, xs):
+                self.interp.resize_tensor_input(d["index"], list(x.shape))
+            self.interp.allocate_tensors()
+            self.shapes = shapes
+        for d, x in zip(self.inputs, xs):
+            self.interp.set_tensor(d["index"], x)
+        self.interp.invoke()
+        return self.interp.get_tensor(self.output)
+
+
 def _run_tflite(interp, inputs: list[np.ndarray]) -> np.ndarray:
-    details = interp.get_input_details()
-    for d, x in zip(details, inputs):
-        interp.resize_tensor_input(d["index"], list(x.shape))
-    interp.allocate_tensors()
-    for d, x in zip(details, inputs):
-        interp.set_tensor(d["index"], x)
-    interp.invoke()
-    return interp.get_tensor(interp.get_output_details()[0]["index"])
+    return _TfliteRunner(interp)(*inputs)
 
 
 def _fully_connected_weights(model_content: bytes) -> list[dict]:
@@ -436,8 +451,7 @@ def make_runner(path, num_threads: int | None = None):
     options = json.loads(options_path.read_text())
     data = path.read_bytes()
     if options["runtime"] == "litert":
-        interp = _tflite_interpreter(data, options["default_delegates"], num_threads)
-        return lambda *xs: _run_tflite(interp, list(xs))
+        return _TfliteRunner(_tflite_interpreter(data, options["default_delegates"], num_threads))
     session = _ort_session(data, num_threads)
     names = [i.name for i in session.get_inputs()]
     return lambda *xs: session.run(None, dict(zip(names, xs)))[0]
