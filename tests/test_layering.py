@@ -6,8 +6,9 @@ import pytest
 
 from conftest import REPO
 
-TF_FREE = ["targets", "plan", "views", "cost", "masks", "prunable", "data", "_atomic"]
-KERAS_MODULES = {"pruning", "modelwalk", "examples", "cli"}
+TF_FREE = ["targets", "plan", "views", "cost", "masks", "prunable", "data", "_atomic", "formats", "packfile",
+           "_quiet"]
+KERAS_MODULES = {"pruning", "modelwalk", "examples", "cli", "lower", "export"}
 
 
 @pytest.mark.parametrize("module", TF_FREE)
