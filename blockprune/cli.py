@@ -249,6 +249,23 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
+def _add_target(p) -> None:
+    p.add_argument("--target", "-t", default="cpu-wide",
+                   help="shipped target name or path to a .toml descriptor (default: cpu-wide)")
+
+
+def _add_import(p) -> None:
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                   help="import this module first (to register custom layers)")
+
+
+def _add_overrides(p) -> None:
+    p.add_argument("--override", nargs=2, action="append", metavar=("PATTERN", "SPEC"),
+                   help="per-layer change: PATTERN is a layer name, layer/weight, or regex; "
+                        "SPEC is 'skip' or e.g. 'block=4x1,sparsity=0.5' (repeatable)")
+    p.add_argument("--skip", action="append", metavar="PATTERN", help="leave matching layers dense (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .examples import EXAMPLES
 
@@ -268,15 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="a .keras model file; omitted: the built-in example model")
     p.add_argument("--example", choices=sorted(EXAMPLES), default="mlp",
                    help="built-in model to plan when MODEL is omitted (default: mlp)")
-    p.add_argument("--target", "-t", default="cpu-wide",
-                   help="shipped target name or path to a .toml descriptor (default: cpu-wide)")
+    _add_target(p)
     p.add_argument("--sparsity", "-s", type=_float, default=0.9, help="fraction of blocks to zero (default: 0.9)")
-    p.add_argument("--override", nargs=2, action="append", metavar=("PATTERN", "SPEC"),
-                   help="per-layer change: PATTERN is a layer name, layer/weight, or regex; "
-                        "SPEC is 'skip' or e.g. 'block=4x1,sparsity=0.5' (repeatable)")
-    p.add_argument("--skip", action="append", metavar="PATTERN", help="leave matching layers dense (repeatable)")
-    p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
-                   help="import this module first (to register custom layers)")
+    _add_overrides(p)
+    _add_import(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("-o", "--output", help="write the plan as JSON to this file")
     p.set_defaults(func=cmd_plan)
@@ -286,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the wrappers, verify the block structure, and write the block-sparse model "
                                    "and its plan. Interrupted runs continue with --resume.")
     p.add_argument("model", help="a trained .keras model")
-    p.add_argument("--target", "-t", default="cpu-wide", help="target name or .toml path (default: cpu-wide)")
+    _add_target(p)
     p.add_argument("--sparsity", "-s", type=_float, default=0.9, help="fraction of blocks to zero (default: 0.9)")
     p.add_argument("--plan", help="use this plan JSON instead of planning (pins target and sparsity)")
     p.add_argument("--data", help=".npz with x_train, y_train (and x_test, y_test); default: the built-in digits")
@@ -295,11 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue from OUT's checkpoint after an interruption")
-    p.add_argument("--override", nargs=2, action="append", metavar=("PATTERN", "SPEC"),
-                   help="per-layer change, as for 'blockprune plan'")
-    p.add_argument("--skip", action="append", metavar="PATTERN", help="leave matching layers dense")
-    p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
-                   help="import this module first (to register custom layers)")
+    _add_overrides(p)
+    _add_import(p)
     p.add_argument("--json", action="store_true", help="also print a JSON summary line")
     p.add_argument("-o", "--output", required=True, help="the stripped model to write (.keras); the plan goes "
                                                          "beside it as .plan.json")
@@ -309,9 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Read each prunable weight's block structure from its zeros and pack it "
                                    "(blocked-ELL for balanced targets, else BSR; dense when it has no zero block).")
     p.add_argument("model", help="a stripped block-sparse .keras model")
-    p.add_argument("--target", "-t", default="cpu-wide", help="target name or .toml path (default: cpu-wide)")
-    p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
-                   help="import this module first (to register custom layers)")
+    _add_target(p)
+    _add_import(p)
     p.add_argument("-o", "--output", required=True, help="the packed-weights file to write (.safetensors)")
     p.set_defaults(func=cmd_pack)
 
@@ -327,14 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "from the weights and checked against the target), run every file in its "
                                    "runtime against Keras, and write it with its run options.")
     p.add_argument("model", help="a stripped block-sparse .keras model (as 'blockprune prune' writes it)")
-    p.add_argument("--target", "-t", default="cpu-wide", help="target name or .toml path (default: cpu-wide)")
+    _add_target(p)
     p.add_argument("--format", default="tflite,onnx", help="tflite, onnx or tflite,onnx (default: both)")
     p.add_argument("--plan", help="plan JSON pinning the expected block structure (and the target)")
     p.add_argument("--allow-dense", action="store_true",
                    help="write files even when a block-sparse layer would run dense (a warning, not an error)")
     p.add_argument("--no-dense-baseline", action="store_true", help="skip the dense baseline files")
-    p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
-                   help="import this module first (to register custom layers)")
+    _add_import(p)
     p.add_argument("--json", action="store_true", help="print the export records as JSON")
     p.add_argument("-o", "--output", required=True, help="folder to write into")
     p.set_defaults(func=cmd_export)

@@ -142,6 +142,18 @@ def _finish(path: Path, data: bytes, record: ExportRecord) -> ExportRecord:
     return record
 
 
+def _prepare(model, target, path, plan, allow_dense: bool, dense: bool):
+    """Loads the target and reads the block structure; refuses a model with none to export."""
+    target = load_target(target)
+    structure = sparse_structure(model, target, plan)
+    sparse_layers = [s for s in structure if s["block_shape"]]
+    if not dense and not sparse_layers and not allow_dense:
+        raise ExportError(f"model '{model.name}' has no weight with a block shape of target '{target.name}' "
+                          f"({', '.join(map(str, target.block_shapes))}); prune it for this target first, or allow "
+                          "dense layers (--allow-dense / allow_dense=True)")
+    return target, Path(path), structure, sparse_layers
+
+
 def _check_tolerance(rel: float, target: TargetDescriptor, what: str) -> None:
     tol = INT8_TOLERANCE if target.dtype == "int8" else FLOAT_TOLERANCE
     if not rel <= tol:
@@ -246,14 +258,7 @@ def export_tflite(model, target, path, plan: SparsityPlan | None = None, allow_d
     """
     import tensorflow as tf
 
-    target = load_target(target)
-    path = Path(path)
-    structure = sparse_structure(model, target, plan)
-    sparse_layers = [s for s in structure if s["block_shape"]]
-    if not dense and not sparse_layers and not allow_dense:
-        raise ExportError(f"model '{model.name}' has no weight with a block shape of target '{target.name}' "
-                          f"({', '.join(map(str, target.block_shapes))}); prune it for this target first, or allow dense "
-                          "layers (--allow-dense / allow_dense=True)")
+    target, path, structure, sparse_layers = _prepare(model, target, path, plan, allow_dense, dense)
     lowering = "dense" if dense else target.lowering.tflite
     # The delegate trap is specific to sparse int8 kernels; the dense baseline runs at its best.
     default_delegates = True if dense else target.runtime.tflite_default_delegates
@@ -354,13 +359,7 @@ def export_onnx(model, target, path, plan: SparsityPlan | None = None, allow_den
         ExportError: the file would disagree with ONNX Runtime's reference, or (without
             ``allow_dense``) the model holds no weight with the target's block structure.
     """
-    target = load_target(target)
-    path = Path(path)
-    structure = sparse_structure(model, target, plan)
-    sparse_layers = [s for s in structure if s["block_shape"]]
-    if not dense and not sparse_layers and not allow_dense:
-        raise ExportError(f"model '{model.name}' has no weight with a block shape of target '{target.name}'; prune "
-                          "it for this target first, or allow dense layers (--allow-dense / allow_dense=True)")
+    target, path, structure, sparse_layers = _prepare(model, target, path, plan, allow_dense, dense)
     lowering = "dense" if dense else target.lowering.onnx
     warnings, layers = [], []
     source, done = model, set()
