@@ -28,7 +28,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _quiet_tensorflow() -> None:
     """Asks TensorFlow for errors only (its native start-up lines are filtered in ``main``)."""
+    import logging
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # tf.function retracing notices from repeated predict() calls are not the user's concern.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 # --------------------------------------------------------------------------- targets
@@ -240,6 +244,58 @@ def cmd_export(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- bench / run
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive integers, e.g. 1,8")
+    return values
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench, default_threads, table, write_reports
+
+    dirs = []
+    for source in args.source:
+        path = Path(source)
+        if path.suffix == ".keras":
+            from .export import export
+
+            model = load_keras_model(source, args.imports)
+            export_dir = Path(args.output) / f"export-{path.stem}"
+            print(f"Exporting {source} for target '{args.target}' into {export_dir}")
+            export(model, args.target, export_dir)
+            dirs.append(export_dir)
+        elif path.is_dir():
+            dirs.append(path)
+        else:
+            raise ValueError(f"{source!r} is neither an export folder nor a .keras model")
+    threads = args.threads or list(default_threads())
+    results = [bench(d, batches=args.batch, threads=threads, rounds=args.rounds, reps=args.reps) for d in dirs]
+    written = write_reports(results, args.output)
+    for r in results:
+        print("\n" + table(r))
+    print(f"\nWrote {written['json']}, {written['md']} and {len(written['plots'])} plot(s)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .run import run
+
+    result = run(args.out, model=args.model, data=args.data, target=args.target, sparsity=args.sparsity,
+                 epochs=args.epochs, dense_epochs=args.dense_epochs, seed=args.seed)
+    if result.dense_accuracy is not None:
+        print(f"\nTest accuracy: dense {result.dense_accuracy:.2%}, block-sparse {result.sparse_accuracy:.2%}")
+    for key, value in result.speedups.items():
+        print(f"  speedup {key}: {value:.2f}x")
+    print(f"\nReport: {result.report}")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 def _float(text: str) -> float:
@@ -345,6 +401,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the export records as JSON")
     p.add_argument("-o", "--output", required=True, help="folder to write into")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="measure exported models: latency and size, dense vs sparse",
+                       description="Time every dense/sparse pair of an export folder in LiteRT and ONNX Runtime with "
+                                   "its recorded options (warm-up, rounds, median and p10/p90), compare outputs with "
+                                   "Keras, and write bench.json, bench.md and plots. Several folders (e.g. several "
+                                   "sparsities) also give a speedup-vs-sparsity plot.")
+    p.add_argument("source", nargs="+", help="export folders, or .keras models to export on the fly with --target")
+    _add_target(p)
+    p.add_argument("--batch", type=_int_list, default=[1, 8], help="batch sizes (default: 1,8)")
+    p.add_argument("--threads", type=_int_list, help="thread counts (default: 1 and all cores)")
+    p.add_argument("--rounds", type=int, default=5, help="timing rounds (default: 5)")
+    p.add_argument("--reps", type=int, default=50, help="timed calls per round (default: 50)")
+    _add_import(p)
+    p.add_argument("-o", "--output", default="bench-out", help="folder for the reports (default: bench-out)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("run", help="the whole pipeline on built-in data: train, plan, prune, export, measure",
+                       description="Train (or load) a dense model, plan for the target, prune with a cubic schedule "
+                                   "and fine-tune, strip, pack, export .tflite and .onnx, benchmark, and write a "
+                                   "report folder. With no arguments: scikit-learn's digits and a built-in MLP.")
+    p.add_argument("--model", help="a trained .keras model (default: the built-in digits MLP, trained here)")
+    p.add_argument("--data", help=".npz with x_train, y_train, x_test, y_test (default: the built-in digits)")
+    _add_target(p)
+    p.add_argument("--sparsity", "-s", type=_float, default=0.9, help="fraction of blocks to zero (default: 0.9)")
+    p.add_argument("--epochs", type=int, default=30, help="pruning + fine-tuning epochs (default: 30)")
+    p.add_argument("--dense-epochs", type=int, default=30, help="dense training epochs of the built-in model")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--out", default="blockprune-out", help="report folder (default: blockprune-out)")
+    p.set_defaults(func=cmd_run)
     return parser
 
 
@@ -356,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     debug = bool(os.environ.get("BLOCKPRUNE_DEBUG"))
+    if not debug:
+        _quiet_tensorflow()
     try:
         with filtered_stderr(enabled=not debug):
             return args.func(args)

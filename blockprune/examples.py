@@ -13,6 +13,7 @@ __all__ = ["EXAMPLES", "example_model", "train_dense"]
 #: Name -> one-line description of each built-in model.
 EXAMPLES = {
     "mlp": "digits MLP 64 -> 512 -> 512 -> 10 (scikit-learn's 8x8 digits), DESIGN.md section 3b",
+    "digits1024": "digits MLP 64 -> 1024 -> 1024 -> 10, wide enough for sparsity to matter (blockprune run)",
     "mlp2048": "MLP 2048 -> 2048 -> 2048 -> 10, the width where sparse kernels pay off",
     "mobilenetv2": "keras.applications.MobileNetV2(weights=None), 224x224x3 input",
     "transformer": "one transformer encoder block: MultiHeadAttention + feed-forward, 64 tokens of 256",
@@ -38,13 +39,14 @@ def example_model(name: str = "mlp", seed: int = 0):
 
     keras.utils.set_random_seed(seed)
     layers = keras.layers
-    if name in ("mlp", "mlp2048"):
-        n_in, width = (64, 512) if name == "mlp" else (2048, 2048)
+    mlps = {"mlp": (64, 512, "digits_mlp"), "digits1024": (64, 1024, "digits_mlp1024"), "mlp2048": (2048, 2048, "mlp2048")}
+    if name in mlps:
+        n_in, width, model_name = mlps[name]
         inputs = keras.Input((n_in,), name="features")
         x = layers.Dense(width, activation="relu", name="hidden_1")(inputs)
         x = layers.Dense(width, activation="relu", name="hidden_2")(x)
         outputs = layers.Dense(10, name="logits")(x)
-        return keras.Model(inputs, outputs, name="digits_mlp" if name == "mlp" else "mlp2048")
+        return keras.Model(inputs, outputs, name=model_name)
     if name == "mobilenetv2":
         return keras.applications.MobileNetV2(weights=None)
     inputs = keras.Input((64, 256), name="tokens")

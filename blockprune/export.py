@@ -112,6 +112,13 @@ def sparse_structure(model, target: TargetDescriptor, plan: SparsityPlan | None 
     return out
 
 
+def _layer_entry(s: dict, fmt: str) -> dict:
+    """A record's per-weight entry: name, sparsity, how it runs, and its shape facts."""
+    return {"name": s["name"], "sparsity": s["sparsity"], "format": fmt, "view_shape": s["view_shape"],
+            "n_weights": s["view_shape"][0] * s["view_shape"][1], "block_shape": s["block_shape"],
+            "block_sparsity": s["block_sparsity"]}
+
+
 def _sample_inputs(model, batch: int = 4, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     samples = []
@@ -272,7 +279,7 @@ def export_tflite(model, target, path, plan: SparsityPlan | None = None, allow_d
             fmt = "gather-matmul" if s["layer"] in done else "dense"
             if s["block_shape"] and fmt == "dense":
                 warnings.append(f"Layer '{s['layer']}' is block-sparse but has no gather-matmul form here; it runs dense")
-            layers.append({"name": s["name"], "sparsity": s["sparsity"], "format": fmt})
+            layers.append(_layer_entry(s, fmt))
         buf = _convert_tflite(converted, optimizations)
     else:
         if lowering == "builtin-sparse":
@@ -285,7 +292,7 @@ def export_tflite(model, target, path, plan: SparsityPlan | None = None, allow_d
             if lowering == "builtin-sparse" and s["block_shape"] and fmt != "builtin-sparse":
                 warnings.append(f"Layer '{s['layer']}' is {s['sparsity']:.0%} sparse in blocks {tuple(s['block_shape'])} "
                                 f"but TFLite stores it {'behind a DENSIFY op' if fmt == 'densify' else fmt}: dense speed")
-            layers.append({"name": s["name"], "sparsity": s["sparsity"], "format": fmt})
+            layers.append(_layer_entry(s, fmt))
     if warnings and not allow_dense and not dense:
         raise ExportError(f"{path.name} for target '{target.name}': " + "; ".join(warnings) +
                           " (--allow-dense / allow_dense=True writes it anyway)")
@@ -378,7 +385,7 @@ def export_onnx(model, target, path, plan: SparsityPlan | None = None, allow_den
             fmt = "dense"
         if s["block_shape"] and fmt != "gather-matmul" and lowering == "gather-matmul":
             warnings.append(f"Layer '{s['layer']}' has no gather-matmul form here; it runs dense")
-        layers.append({"name": s["name"], "sparsity": s["sparsity"], "format": fmt})
+        layers.append(_layer_entry(s, fmt))
     data = proto.SerializeToString()
     samples = samples or _sample_inputs(model)
     reference = np.asarray(model.predict(samples if len(samples) > 1 else samples[0], verbose=0))
@@ -399,7 +406,8 @@ def export_onnx(model, target, path, plan: SparsityPlan | None = None, allow_den
 def export(model, target, out_dir, formats=("tflite", "onnx"), plan: SparsityPlan | None = None,
            allow_dense: bool = False, dense_baseline: bool = True) -> list[ExportRecord]:
     """Exports ``model`` for ``target`` into ``out_dir``: ``<name>.<fmt>`` (sparse), and
-    ``<name>.dense.<fmt>`` baselines for benchmarks, plus ``export.json`` listing the records.
+    ``<name>.dense.<fmt>`` baselines for benchmarks, the Keras model ``<name>.keras``, and
+    ``export.json`` listing the records.
 
     Args:
         model: a stripped block-sparse Keras model.
@@ -430,8 +438,14 @@ def export(model, target, out_dir, formats=("tflite", "onnx"), plan: SparsityPla
         for fmt in formats:
             records.append(writers[fmt](model, target, out / f"{model.name}.dense.{fmt}", plan, allow_dense,
                                         dense=True, samples=samples))
+    # The Keras model travels with its exports, so `blockprune bench` can check outputs later.
+    from .pruning.api import save_model_atomic
+
+    save_model_atomic(model, out / f"{model.name}.keras")
+    descriptor = target.to_dict()
+    descriptor.pop("source", None)
     with atomic_path(out / "export.json") as tmp:
-        tmp.write_text(json.dumps({"target": target.name, "model": model.name,
+        tmp.write_text(json.dumps({"target": target.name, "target_descriptor": descriptor, "model": model.name,
                                    "records": [r.to_dict() for r in records]}, indent=2) + "\n")
     return records
 

@@ -170,7 +170,8 @@ def test_cli_pack_inspect_export(tmp_path, capsys):
     assert "checksums OK" in out and "blocked-ell" in out and "(1, 64)" in out
     assert main(["export", str(tmp_path / "m.keras"), "-t", "cpu-wide", "--format", "onnx", "--no-dense-baseline",
                  "-o", str(tmp_path / "exp")]) == 0
-    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["export.json", "mlp.onnx", "mlp.onnx.runtime.json"]
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["export.json", "mlp.keras", "mlp.onnx",
+                                                                   "mlp.onnx.runtime.json"]
     capsys.readouterr()
     assert main(["export", str(tmp_path / "m.keras"), "--format", "coreml", "-o", str(tmp_path / "x")]) == 2
     assert "--format 'coreml'" in capsys.readouterr().err

@@ -1,0 +1,314 @@
+"""``blockprune bench``: latency and size of exported models, dense vs sparse, in one run.
+
+For every exported pair (``<name>.<fmt>`` and its dense baseline ``<name>.dense.<fmt>``) and
+every batch size and thread count: warm-up, then ``rounds`` rounds of ``reps`` timed calls,
+dense and sparse interleaved so drifts in machine load hit both alike. Reported per
+configuration: median, p10 and p90 of the call times, the speedup (dense median / sparse
+median), and the ideal ``1 / (1 - sparsity)`` beside it. Each file's output is compared with
+the Keras model saved in the export folder. Targets whose hardware is absent get the
+cost-model estimate, labelled as such, next to what the local CPU measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._atomic import atomic_path
+from .targets import parse_target
+
+__all__ = ["BenchConfig", "BenchResult", "bench", "write_reports", "plot_latency", "plot_speedup_vs_sparsity"]
+
+
+@dataclass
+class BenchConfig:
+    """One measured configuration (dense and sparse file of one format)."""
+
+    runtime: str
+    format: str
+    batch: int
+    threads: int
+    dense_median_us: float
+    sparse_median_us: float
+    speedup: float
+    dense_p10_us: float
+    dense_p90_us: float
+    sparse_p10_us: float
+    sparse_p90_us: float
+    lowering: str
+
+
+@dataclass
+class BenchResult:
+    """Everything ``bench`` measured for one export folder."""
+
+    export_dir: str
+    model: str
+    target: str
+    native: bool
+    sparsity: float
+    ideal_speedup: float
+    configs: list[BenchConfig] = field(default_factory=list)
+    sizes: list[dict] = field(default_factory=list)
+    agreement: list[dict] = field(default_factory=list)
+    estimate: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pairs(export_dir: Path) -> tuple[dict, list[tuple[dict, dict]]]:
+    manifest_path = export_dir / "export.json"
+    if not manifest_path.is_file():
+        raise ValueError(f"{export_dir}: no export.json; export the model first (blockprune export ... -o DIR)")
+    manifest = json.loads(manifest_path.read_text())
+    records = manifest["records"]
+    pairs = []
+    for sparse in (r for r in records if r["variant"] == "sparse"):
+        dense = next((r for r in records if r["variant"] == "dense" and r["format"] == sparse["format"]), None)
+        if dense is None:
+            raise ValueError(f"{export_dir}: {Path(sparse['path']).name} has no dense baseline; export without "
+                             "--no-dense-baseline to benchmark it")
+        pairs.append((sparse, dense))
+    return manifest, pairs
+
+
+def _local(export_dir: Path, record: dict) -> Path:
+    """The record's file inside ``export_dir`` (the folder may have moved since export)."""
+    return export_dir / Path(record["path"]).name
+
+
+def _overall_sparsity(record: dict) -> float:
+    total = sum(lay.get("n_weights", 0) for lay in record["layers"])
+    zero = sum(lay.get("n_weights", 0) * lay["sparsity"] for lay in record["layers"])
+    return zero / total if total else 0.0
+
+
+def _estimate(target, record: dict) -> dict | None:
+    """Cost-model speedup of the model's matmuls on the target's own hardware."""
+    from .cost import estimate
+
+    dense = sparse = 0.0
+    for lay in record["layers"]:
+        if not lay.get("view_shape"):
+            continue
+        view = tuple(lay["view_shape"])
+        if lay.get("block_shape"):
+            e = estimate(view, tuple(lay["block_shape"]), lay.get("block_sparsity", 0.0), target)
+            dense, sparse = dense + e.dense_us, sparse + e.sparse_us
+        else:
+            e = estimate(view, (1, 1), 0.0, target)
+            dense, sparse = dense + e.dense_us, sparse + e.dense_us
+    if not sparse:
+        return None
+    return {"kind": "cost-model ESTIMATE (batch 1), not measured", "hardware": target.hardware,
+            "dense_us": dense, "sparse_us": sparse, "speedup": dense / sparse}
+
+
+def _time(runners: dict, x, rounds: int, reps: int, warmup: int) -> dict:
+    for run in runners.values():
+        for _ in range(warmup):
+            run(x)
+    times = {key: [] for key in runners}
+    for _ in range(rounds):
+        for key, run in runners.items():
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                run(x)
+                times[key].append((time.perf_counter() - t0) * 1e6)
+    return {key: (float(np.median(v)), float(np.percentile(v, 10)), float(np.percentile(v, 90)))
+            for key, v in times.items()}
+
+
+def _inputs_like(model, batch: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    shape = [batch] + [d if d is not None else 1 for d in model.inputs[0].shape[1:]]
+    return rng.normal(size=shape).astype("float32")
+
+
+def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int = 50, warmup: int = 10,
+          progress: bool = True) -> BenchResult:
+    """Measures every dense/sparse pair in an export folder.
+
+    Args:
+        export_dir: a folder written by ``blockprune.export.export`` (with dense baselines and
+            the Keras model).
+        batches: batch sizes to measure.
+        threads: runtime thread counts to measure.
+        rounds, reps, warmup: timing repetitions (per configuration and file).
+        progress: show a progress bar on the terminal.
+
+    Returns:
+        A ``BenchResult``.
+
+    Raises:
+        ValueError: the folder is not an export folder, or a bad batch / thread count.
+    """
+    import keras
+
+    from .export import make_runner
+
+    export_dir = Path(export_dir)
+    for name, values in (("batch", batches), ("threads", threads)):
+        if not values or any(not isinstance(v, int) or v < 1 for v in values):
+            raise ValueError(f"{name} values must be positive integers, got {list(values)}")
+    manifest, pairs = _pairs(export_dir)
+    model_path = export_dir / f"{manifest['model']}.keras"
+    if not model_path.is_file():
+        raise ValueError(f"{export_dir}: no {model_path.name} to compare outputs with; re-export the model")
+    model = keras.models.load_model(model_path, compile=False)
+    target = parse_target(manifest["target_descriptor"], f"{export_dir}/export.json") \
+        if "target_descriptor" in manifest else None
+    first = pairs[0][0] if pairs else None
+    sparsity = _overall_sparsity(first) if first else 0.0
+    result = BenchResult(str(export_dir), manifest["model"], manifest["target"], bool(target and target.native),
+                         sparsity, math.inf if sparsity >= 1 else 1 / (1 - sparsity))
+    if target is not None and not target.native and first:
+        result.estimate = _estimate(target, first)
+    jobs = [(s, d, b, t) for s, d in pairs for b in batches for t in threads]
+    interactive = progress and sys.stdout.isatty()
+    bar = keras.utils.Progbar(len(jobs), unit_name="configuration") if interactive and jobs else None
+    for sparse, dense in pairs:
+        result.sizes.append({"format": sparse["format"], "dense_bytes": dense["bytes"], "sparse_bytes": sparse["bytes"],
+                             "dense_gzip_bytes": dense["gzip_bytes"], "sparse_gzip_bytes": sparse["gzip_bytes"]})
+        x = _inputs_like(model, max(batches), seed=1)
+        reference = np.asarray(model.predict(x, verbose=0))
+        for rec in (sparse, dense):
+            got = make_runner(_local(export_dir, rec))(x)
+            err = float(np.max(np.abs(got - reference)))
+            result.agreement.append({"file": Path(rec["path"]).name, "max_abs_error": err,
+                                     "rel_error": err / (float(np.max(np.abs(reference))) or 1.0)})
+    for i, (sparse, dense, batch, n_threads) in enumerate(jobs):
+        runners = {"dense": make_runner(_local(export_dir, dense), n_threads),
+                   "sparse": make_runner(_local(export_dir, sparse), n_threads)}
+        stats = _time(runners, _inputs_like(model, batch), rounds, reps, warmup)
+        runtime = "LiteRT" if sparse["format"] == "tflite" else "ONNX Runtime"
+        (dm, d10, d90), (sm, s10, s90) = stats["dense"], stats["sparse"]
+        result.configs.append(BenchConfig(runtime, sparse["format"], batch, n_threads, dm, sm, dm / sm, d10, d90, s10,
+                                          s90, sparse["runtime_options"].get("lowering", "?")))
+        if bar:
+            bar.update(i + 1)
+        elif progress:  # a log, not a terminal: one line per configuration
+            print(f"  [{i + 1}/{len(jobs)}] {runtime} batch {batch} threads {n_threads}: {dm / sm:.2f}x", flush=True)
+    return result
+
+
+# --------------------------------------------------------------------------- reports
+
+def table(result: BenchResult) -> str:
+    """The terminal / markdown table of one result."""
+    where = "this machine's CPU" if result.native else "this machine's CPU, emulating the target"
+    lines = [f"Model '{result.model}', target '{result.target}', {result.sparsity:.1%} of its matmul weights zero; "
+             f"ideal speedup 1/(1-s) = {result.ideal_speedup:.2f}x. Measured on {where}.", "",
+             "| runtime | lowering | batch | threads | dense median us (p10-p90) | sparse median us (p10-p90) "
+             "| speedup | ideal |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in result.configs:
+        lines.append(f"| {c.runtime} | {c.lowering} | {c.batch} | {c.threads} | {c.dense_median_us:.0f} "
+                     f"({c.dense_p10_us:.0f}-{c.dense_p90_us:.0f}) | {c.sparse_median_us:.0f} "
+                     f"({c.sparse_p10_us:.0f}-{c.sparse_p90_us:.0f}) | {c.speedup:.2f}x | {result.ideal_speedup:.2f}x |")
+    if result.estimate:
+        e = result.estimate
+        lines += ["", f"Target hardware ({e['hardware']}): {e['speedup']:.2f}x speedup of the matmuls, "
+                      f"{e['kind']}."]
+    lines += ["", "| file | dense bytes | sparse bytes | dense gzip | sparse gzip |", "|---|---|---|---|---|"]
+    for s in result.sizes:
+        lines.append(f"| .{s['format']} | {s['dense_bytes']:,} | {s['sparse_bytes']:,} | {s['dense_gzip_bytes']:,} | "
+                     f"{s['sparse_gzip_bytes']:,} |")
+    lines += ["", "| file | max abs error vs Keras | relative |", "|---|---|---|"]
+    for a in result.agreement:
+        lines.append(f"| {a['file']} | {a['max_abs_error']:.3g} | {a['rel_error']:.3g} |")
+    return "\n".join(lines)
+
+
+def plot_latency(result: BenchResult, path) -> Path:
+    """Grouped bars: dense vs sparse median latency per configuration (PNG, atomic)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{c.runtime}\nb{c.batch} t{c.threads}" for c in result.configs]
+    xs = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(labels)), 4))
+    ax.bar(xs - 0.2, [c.dense_median_us for c in result.configs], 0.4, label="dense")
+    ax.bar(xs + 0.2, [c.sparse_median_us for c in result.configs], 0.4, label="sparse")
+    for x, c in zip(xs, result.configs):
+        ax.annotate(f"{c.speedup:.1f}x", (x + 0.2, c.sparse_median_us), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(xs, labels, fontsize=8)
+    ax.set_ylabel("median latency (us)")
+    ax.set_title(f"{result.model} on {result.target}: {result.sparsity:.0%} sparse")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_speedup_vs_sparsity(results: list[BenchResult], path) -> Path:
+    """Measured speedup against sparsity, one line per configuration, with the ideal curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    keys = sorted({(c.runtime, c.batch, c.threads) for r in results for c in r.configs})
+    ordered = sorted(results, key=lambda r: r.sparsity)
+    for key in keys:
+        pts = [(r.sparsity, c.speedup) for r in ordered for c in r.configs if (c.runtime, c.batch, c.threads) == key]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{key[0]} b{key[1]} t{key[2]}")
+    s = np.linspace(min(r.sparsity for r in results), max(r.sparsity for r in results), 50)
+    ax.plot(s, 1 / (1 - s), "k--", label="ideal 1/(1-s)")
+    ax.set_xlabel("sparsity")
+    ax.set_ylabel("speedup over dense")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_reports(results: list[BenchResult], out_dir) -> dict[str, Path]:
+    """Writes ``bench.json``, ``bench.md`` and PNG plots into ``out_dir``.
+
+    Returns:
+        ``{"json": ..., "md": ..., "plots": [...]}``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = {"results": [r.to_dict() for r in results],
+            "configurations": [{"model": r.model, "target": r.target, "sparsity": r.sparsity, "runtime": c.runtime,
+                                "batch": c.batch, "threads": c.threads, "dense_median_us": c.dense_median_us,
+                                "sparse_median_us": c.sparse_median_us, "speedup": c.speedup}
+                               for r in results for c in r.configs]}
+    with atomic_path(out / "bench.json") as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    plots = []
+    md = ["# blockprune bench", ""]
+    for i, r in enumerate(results):
+        name = f"latency_{i}.png" if len(results) > 1 else "latency.png"
+        plots.append(plot_latency(r, out / name))
+        md += [table(r), "", f"![latency]({name})", ""]
+    if len({round(r.sparsity, 3) for r in results}) > 1:
+        plots.append(plot_speedup_vs_sparsity(results, out / "speedup_vs_sparsity.png"))
+        md += ["![speedup vs sparsity](speedup_vs_sparsity.png)", ""]
+    with atomic_path(out / "bench.md") as tmp:
+        tmp.write_text("\n".join(md))
+    return {"json": out / "bench.json", "md": out / "bench.md", "plots": plots}
+
+
+def default_threads() -> tuple[int, ...]:
+    """1 and all cores (2 on these machines)."""
+    n = os.cpu_count() or 1
+    return (1,) if n == 1 else (1, n)
+

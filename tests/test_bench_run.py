@@ -1,0 +1,118 @@
+"""`blockprune bench` and `blockprune run`: reports, keys, plots, and interrupted runs."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from blockprune.bench import bench, write_reports
+from blockprune.data import digits
+from blockprune.export import export
+from blockprune.masks import block_mask
+from blockprune.run import run
+
+
+def _sparse_mlp(sparsity, name="m"):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((128,))
+    x = keras.layers.Dense(256, activation="relu", name="a")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(256, name="b")(x), name=name)
+    for layer_name in ("a", "b"):
+        layer = model.get_layer(layer_name)
+        k = layer.kernel.numpy()
+        layer.kernel.assign(k * block_mask(k, (1, 64), sparsity, balanced=True))
+    return model
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exports")
+    dirs = []
+    for s in (0.5, 0.875):
+        d = root / f"s{s}"
+        export(_sparse_mlp(s), "cpu-wide", d)
+        dirs.append(d)
+    return dirs
+
+
+def test_bench_measures_every_configuration(exports, tmp_path):
+    result = bench(exports[1], batches=(1, 4), threads=(1,), rounds=2, reps=5, warmup=2, progress=False)
+    assert {(c.runtime, c.batch, c.threads) for c in result.configs} == {
+        ("LiteRT", 1, 1), ("LiteRT", 4, 1), ("ONNX Runtime", 1, 1), ("ONNX Runtime", 4, 1)}
+    for c in result.configs:
+        assert c.dense_p10_us <= c.dense_median_us <= c.dense_p90_us
+        assert c.speedup == pytest.approx(c.dense_median_us / c.sparse_median_us)
+    assert result.sparsity == pytest.approx(0.875) and result.ideal_speedup == pytest.approx(8.0)
+    assert len(result.agreement) == 4 and all(a["rel_error"] < 1e-3 for a in result.agreement)
+    assert {s["format"] for s in result.sizes} == {"tflite", "onnx"}
+    assert all(s["sparse_bytes"] < s["dense_bytes"] for s in result.sizes)
+    assert result.native and result.estimate is None
+
+
+def test_reports_json_md_and_plots(exports, tmp_path):
+    results = [bench(d, batches=(1,), threads=(1,), rounds=1, reps=3, warmup=1, progress=False) for d in exports]
+    written = write_reports(results, tmp_path / "out")
+    data = json.loads(written["json"].read_text())
+    config = data["configurations"][0]
+    for key in ("runtime", "batch", "threads", "dense_median_us", "sparse_median_us", "speedup"):
+        assert key in config
+    assert {p.name for p in written["plots"]} == {"latency_0.png", "latency_1.png", "speedup_vs_sparsity.png"}
+    for p in written["plots"]:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = written["md"].read_text()
+    assert "speedup" in md and "ideal" in md and "max abs error" in md
+
+
+def test_emulated_targets_show_a_labelled_estimate(tmp_path):
+    model = _sparse_mlp(0.75)
+    for name in ("a", "b"):  # dsp-1x8 blocks
+        layer = model.get_layer(name)
+        k = layer.kernel.numpy()
+        layer.kernel.assign(k * block_mask(k, (1, 8), 0.75, balanced=True))
+    export(model, "dsp-1x8", tmp_path / "dsp")
+    result = bench(tmp_path / "dsp", batches=(1,), threads=(1,), rounds=1, reps=2, warmup=1, progress=False)
+    assert not result.native and result.estimate["speedup"] > 1
+    assert "ESTIMATE" in result.estimate["kind"]
+    from blockprune.bench import table
+
+    assert "ESTIMATE" in table(result)
+
+
+def test_bench_refuses_a_folder_that_is_not_an_export(tmp_path):
+    with pytest.raises(ValueError, match="no export.json"):
+        bench(tmp_path)
+
+
+def _small_run(out, **kwargs):
+    d = digits()
+    small = type(d)(d.x_train[:256], d.y_train[:256], d.x_test[:128], d.y_test[:128], name="digits-small")
+    return run(out, data=small, epochs=2, dense_epochs=2, bench_rounds=1, bench_reps=3, verbose=False, **kwargs)
+
+
+def test_run_writes_a_complete_report(tmp_path):
+    result = _small_run(tmp_path / "report")
+    out = result.out
+    for name in ("report.md", "plan.json", "dense.keras", "sparse.keras", "weights.safetensors", "summary.json",
+                 "data.npz", "export/export.json", "bench/bench.json", "bench/latency.png"):
+        assert (out / name).is_file(), name
+    text = result.report.read_text()
+    assert "## Accuracy" in text and "block-sparse" in text and "## Plan" in text and "hidden_2/kernel" in text
+    assert result.dense_accuracy is not None and result.sparse_accuracy is not None
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_interrupted_run_leaves_the_previous_report_and_no_partial_files(tmp_path, monkeypatch):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.md").write_text("previous report")
+    import blockprune.bench
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(blockprune.bench, "bench", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _small_run(out)
+    assert (out / "report.md").read_text() == "previous report"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
