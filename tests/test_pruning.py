@@ -278,3 +278,14 @@ def test_pruning_summaries_write_sparsity_scalars(tmp_path):
     assert "pruning/head/kernel/sparsity" in values
     with pytest.raises(ValueError, match="update_freq"):
         blockprune.PruningSummaries(str(tmp_path), update_freq=0)
+
+
+def test_prune_once_reaches_the_plan_without_training():
+    from blockprune.pruning import prune_once
+
+    model, x, _ = _model("conv2d")
+    p = blockprune.plan(model, "tensor-core-2x2", sparsity=0.5, overrides={"target": "block=4x4"})
+    once = prune_once(model, p)
+    assert verify(once, p).ok
+    assert not any(isinstance(layer, PruneLowMagnitude) for layer in once.layers)
+    assert not (model.get_layer("target").kernel.numpy() == 0).any()  # the input model is untouched

@@ -9,7 +9,16 @@ Example:
     >>> final = blockprune.strip_pruning(pruned)                                  # doctest: +SKIP
 """
 
-from .api import LayerCheck, Verification, prune, prune_low_magnitude, save_model_atomic, strip_pruning, verify
+from .api import (
+    LayerCheck,
+    Verification,
+    prune,
+    prune_low_magnitude,
+    prune_once,
+    save_model_atomic,
+    strip_pruning,
+    verify,
+)
 from .callbacks import PruningSummaries, UpdatePruningStep
 from .schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 from .wrapper import MaskConstraint, PruneLowMagnitude
@@ -26,6 +35,7 @@ __all__ = [
     "Verification",
     "prune",
     "prune_low_magnitude",
+    "prune_once",
     "save_model_atomic",
     "strip_pruning",
     "verify",

@@ -17,7 +17,7 @@ from .callbacks import collect_wrappers
 from .schedules import ConstantSparsity, PruningSchedule
 from .wrapper import PruneLowMagnitude
 
-__all__ = ["prune", "prune_low_magnitude", "strip_pruning", "verify", "LayerCheck", "Verification",
+__all__ = ["prune", "prune_low_magnitude", "prune_once", "strip_pruning", "verify", "LayerCheck", "Verification",
            "save_model_atomic"]
 
 
@@ -118,6 +118,24 @@ def prune(model, plan: SparsityPlan, schedule: PruningSchedule | None = None, bl
         return layer
 
     return _rewrap(_copy_model(model), wrap)
+
+
+def prune_once(model, plan: SparsityPlan, block_pooling_type: str = "AVG"):
+    """One-shot magnitude pruning to a plan, without training (for benchmarks and sweeps).
+
+    Args:
+        model: a Sequential or functional model.
+        plan: a plan made for it.
+        block_pooling_type: ``"AVG"`` or ``"MAX"``.
+
+    Returns:
+        A stripped copy of ``model`` whose planned weights have the planned block sparsity.
+    """
+    wrapped = prune(model, plan, ConstantSparsity(plan.sparsity if plan.sparsity > 0 else 0.5, begin_step=0),
+                    block_pooling_type)
+    for wrapper in collect_wrappers(wrapped):
+        wrapper.update_masks(0)
+    return strip_pruning(wrapped)
 
 
 def prune_low_magnitude(to_prune, pruning_schedule: PruningSchedule | None = None, block_size=(1, 1),
