@@ -81,8 +81,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="sparsity 0.9 only and fewer repetitions")
     parser.add_argument("--out", default=str(HERE / "results" / "suite"), help="folder for JSON and plots")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: " + ", ".join(MODELS))
+    parser.add_argument("--sparsities", default=",".join(map(str, SPARSITIES)), help="comma-separated sparsities")
     args = parser.parse_args(argv)
-    sparsities = (0.9,) if args.quick else SPARSITIES
+    sparsities = (0.9,) if args.quick else tuple(float(v) for v in args.sparsities.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -102,7 +103,12 @@ def main(argv=None):
                     break
                 sparse = prune_once(dense, p)
                 with tempfile.TemporaryDirectory() as tmp:
-                    records = export(sparse, target, Path(tmp) / "export", plan=p, allow_dense=True)
+                    try:
+                        records = export(sparse, target, Path(tmp) / "export", plan=p, allow_dense=True)
+                    except ValueError as e:  # one failed export must not lose the whole run
+                        notes.append(f"{model_name} / {target} / sparsity {s}: export failed: {e}")
+                        print(notes[-1], flush=True)
+                        continue
                     for r in records:
                         for w in r.warnings:
                             note = f"{model_name} / {target}: {w}"

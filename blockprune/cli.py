@@ -104,7 +104,13 @@ def cmd_plan(args) -> int:
         if not args.json:
             print(f"No MODEL given: planning the built-in example '{args.example}' ({EXAMPLES[args.example]}).\n")
         model = example_model(args.example)
-    p = plan(model, target, sparsity=args.sparsity, overrides=overrides)
+    profile = None
+    if args.profile:
+        from .profile import Profile
+
+        profile = Profile.load(args.profile)
+    p = plan(model, target, sparsity=args.sparsity, overrides=overrides, profile=profile, runtime=args.runtime,
+             batch=args.batch, threads=args.threads, latency_budget_us=args.budget_us, speedup=args.speedup)
     if args.output:
         p.save(args.output)
     if args.json:
@@ -113,6 +119,36 @@ def cmd_plan(args) -> int:
         print(p.summary())
         if args.output:
             print(f"\nPlan written to {args.output}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .profile import Profile
+    from .targets import load_target
+
+    target = load_target(args.target)
+    try:
+        sparsities = [float(v) for v in args.sparsities.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--sparsities {args.sparsities!r} is not a comma-separated list of numbers") from None
+    bad = [v for v in sparsities if not 0 < v < 1]
+    if bad or not sparsities:
+        raise ValueError(f"--sparsities: {bad[0] if bad else args.sparsities!r} is outside (0, 1)")
+    out = Path(args.output)
+    existing = Profile.load(out) if out.is_file() else None
+    if args.model:
+        model = load_keras_model(args.model, args.imports)
+    else:
+        from .examples import example_model
+
+        model = example_model(args.example)
+    from .tune import tune
+
+    profile = tune(model, target, sparsities=sparsities, batch=args.batch, threads=args.threads, profile=existing,
+                   time_budget_s=args.time_budget)
+    profile.save(out)
+    print(f"Wrote {out}: {len(profile.measurements)} measurements for target '{target.name}'. Plan with: "
+          f"blockprune plan MODEL --target {target.name} --profile {out}")
     return 0
 
 
@@ -345,9 +381,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", "-s", type=_float, default=0.9, help="fraction of blocks to zero (default: 0.9)")
     _add_overrides(p)
     _add_import(p)
+    p.add_argument("--profile", help="a tuning profile (blockprune tune): choose the fastest measured block shapes")
+    p.add_argument("--runtime", choices=["tflite", "onnx"], help="runtime whose measurements to use")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the measurements to use (default: 1)")
+    p.add_argument("--threads", type=int, default=1, help="threads of the measurements to use (default: 1)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--speedup", type=_float, help="allocate per-layer sparsity to reach this predicted speedup")
+    budget.add_argument("--budget-us", type=_float, help="allocate per-layer sparsity to meet this matmul latency")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("-o", "--output", help="write the plan as JSON to this file")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("tune", help="measure the target's block shapes on this model's layer shapes",
+                       description="For every distinct prunable layer shape, every allowed block shape and every "
+                                   "candidate sparsity, export a single-layer model through the target's lowering and "
+                                   "time it here. Measurements go to a profile (JSON), reused on the next run.")
+    p.add_argument("model", nargs="?", help="a .keras model; omitted: the built-in example (--example)")
+    p.add_argument("--example", choices=sorted(EXAMPLES), default="mlp2048", help="built-in model (default: mlp2048)")
+    _add_target(p)
+    p.add_argument("--sparsities", default="0.5,0.8,0.9,0.95", help="candidate sparsities (default: 0.5,0.8,0.9,0.95)")
+    p.add_argument("--batch", type=int, default=1, help="batch size to measure at (default: 1)")
+    p.add_argument("--threads", type=int, default=1, help="runtime threads (default: 1)")
+    p.add_argument("--time-budget", type=_float, default=600, help="stop after this many seconds (default: 600)")
+    _add_import(p)
+    p.add_argument("-o", "--output", required=True, help="the profile JSON (extended if it exists)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("prune", help="prune a trained model to a plan while fine-tuning",
                        description="Plan, then fine-tune with block masks on a cubic polynomial schedule, strip "

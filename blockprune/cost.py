@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .targets import TargetDescriptor
 
-__all__ = ["Estimate", "estimate", "index_dtype_bytes"]
+__all__ = ["Estimate", "estimate", "index_dtype_bytes", "ideal_speedup", "prediction_error", "calibrate"]
 
 
 @dataclass(frozen=True)
@@ -94,3 +94,51 @@ def estimate(view_shape: tuple[int, int], block_shape: tuple[int, int], sparsity
 def ideal_speedup(sparsity: float) -> float:
     """``1 / (1 - sparsity)``: the speedup if time scaled with kept weights."""
     return math.inf if sparsity >= 1 else 1.0 / (1.0 - sparsity)
+
+
+def prediction_error(measurements, target: TargetDescriptor) -> dict:
+    """Relative error of the estimated latency against measured ones.
+
+    Args:
+        measurements: ``blockprune.profile.Measurement`` records (dense and sparse).
+        target: whose cost model predicts.
+
+    Returns:
+        ``{"n", "median", "p90"}`` of ``|predicted - measured| / measured``.
+    """
+    errors = []
+    for m in measurements:
+        block = m.block_shape or (1, 1)
+        e = estimate(tuple(m.view_shape), tuple(block), m.sparsity if m.block_shape else 0.0, target, positions=m.rows)
+        predicted = e.sparse_us if m.block_shape else e.dense_us
+        errors.append(abs(predicted - m.median_us) / m.median_us)
+    if not errors:
+        return {"n": 0, "median": None, "p90": None}
+    errors.sort()
+    return {"n": len(errors), "median": errors[len(errors) // 2], "p90": errors[min(len(errors) - 1, int(0.9 * len(errors)))]}
+
+
+def calibrate(measurements, target: TargetDescriptor) -> TargetDescriptor:
+    """Fits the cost model's ``peak_gflops`` and ``memory_gbps`` to measured latencies.
+
+    A grid search (log-spaced) minimizing the median relative error of the predicted latency;
+    the lanes and lane axis stay as the descriptor says.
+
+    Returns:
+        A copy of ``target`` with the fitted cost model.
+    """
+    import dataclasses
+
+    measurements = list(measurements)
+    if not measurements:
+        raise ValueError(f"no measurements to calibrate target '{target.name}' with")
+    best = None
+    for i in range(41):
+        peak = 10 ** (0.5 + 2.5 * i / 40)
+        for j in range(41):
+            bw = 10 ** (0.0 + 2.5 * j / 40)
+            cm = dataclasses.replace(target.cost_model, peak_gflops=peak, memory_gbps=bw)
+            err = prediction_error(measurements, dataclasses.replace(target, cost_model=cm))["median"]
+            if best is None or err < best[0]:
+                best = (err, cm)
+    return dataclasses.replace(target, cost_model=best[1])

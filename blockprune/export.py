@@ -31,6 +31,7 @@ import numpy as np
 
 from ._atomic import atomic_path
 from .formats import detect_block_shape
+from .masks import reachable_sparsity
 from .lower import lower
 from .modelwalk import find_weights
 from .plan import SparsityPlan
@@ -101,7 +102,8 @@ def sparse_structure(model, target: TargetDescriptor, plan: SparsityPlan | None 
         lp = planned.get(name)
         candidates = [lp.block_shape] if lp else target.block_shapes
         found = detect_block_shape(w2d, candidates)
-        if lp and (found is None or found[1] < lp.sparsity - 0.01):
+        if lp and (found is None or found[1] < reachable_sparsity(w2d.shape, lp.block_shape, lp.sparsity,
+                                                           target.balanced) - 1e-9):
             have = "no zero block" if found is None else f"{found[1]:.1%} zero blocks"
             raise ExportError(f"Layer '{site.layer}': weight '{site.weight}' has {have} of {lp.block_shape}, but the "
                               f"plan for target '{target.name}' says {lp.sparsity:.0%}; prune it first")

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["POOLING_TYPES", "block_scores", "block_mask", "kept_block_grid", "check_blocks_divide",
-           "block_structure"]
+           "block_structure", "reachable_sparsity"]
 
 POOLING_TYPES = ("AVG", "MAX")
 
@@ -136,3 +136,12 @@ def block_structure(weight2d: np.ndarray, block_shape: tuple[int, int]) -> dict:
         "partial_blocks": int(partial.sum()),
         "kept_per_block_column": (int(kept_per_col.min()), int(kept_per_col.max())) if kept_per_col.size else (0, 0),
     }
+
+
+def reachable_sparsity(view_shape, block_shape, sparsity: float, balanced: bool) -> float:
+    """The zero-block fraction ``block_mask`` really produces for ``sparsity`` (whole blocks,
+    rounded per block-column when balanced, over all blocks otherwise)."""
+    n_rows, n_cols = view_shape[0] // block_shape[0], view_shape[1] // block_shape[1]
+    if balanced:
+        return round(sparsity * n_rows) / n_rows
+    return round(sparsity * n_rows * n_cols) / (n_rows * n_cols)

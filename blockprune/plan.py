@@ -29,7 +29,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -49,7 +49,26 @@ SKIP_CODES = {
     "kind_not_eligible": "the layer kind is not eligible for this target",
     "too_small": "fewer weights than the target's min_weights",
     "no_block_divides": "no allowed block shape divides the [in, out] view",
+    "budget_dense": "the latency budget is met without pruning it",
 }
+
+#: Sparsity levels the latency budget allocates from when no profile gives its own.
+BUDGET_LEVELS = (0.5, 0.8, 0.9, 0.95)
+
+
+@dataclass(frozen=True)
+class _Measured:
+    """How to read a tuning profile for one plan."""
+
+    profile: Any
+    runtime: str
+    batch: int
+    threads: int
+
+    def latency(self, lp_or_site, block, sparsity) -> float | None:
+        view = lp_or_site.view.view_shape
+        rows = self.batch * lp_or_site.positions
+        return self.profile.latency(self.runtime, view, rows, self.threads, block, sparsity)
 
 
 def check_sparsity(value: Any, where: str) -> float:
@@ -161,6 +180,8 @@ class LayerPlan:
         positions: matmul rows per sample, used by the estimate.
         est_dense_us: cost-model estimate of the dense matmul (microseconds, batch 1).
         est_sparse_us: cost-model estimate of the block-sparse matmul.
+        measured_dense_us, measured_sparse_us: latencies from a tuning profile, when planned
+            with one (``source == "profile"``).
     """
 
     layer: str
@@ -177,6 +198,8 @@ class LayerPlan:
     positions: int = 1
     est_dense_us: float | None = None
     est_sparse_us: float | None = None
+    measured_dense_us: float | None = None
+    measured_sparse_us: float | None = None
 
     @property
     def name(self) -> str:
@@ -201,6 +224,19 @@ class LayerPlan:
             return None
         return self.est_dense_us / self.est_sparse_us
 
+    @property
+    def measured_speedup(self) -> float | None:
+        if self.measured_dense_us is None or not self.measured_sparse_us:
+            return None
+        return self.measured_dense_us / self.measured_sparse_us
+
+    def latency_us(self) -> tuple[float | None, float | None, str]:
+        """``(dense, sparse, "measured" | "estimate")`` for this weight."""
+        if self.measured_dense_us is not None:
+            sparse = self.measured_sparse_us if self.pruned else self.measured_dense_us
+            return self.measured_dense_us, sparse, "measured"
+        return self.est_dense_us, self.est_sparse_us if self.pruned else self.est_dense_us, "estimate"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "layer": self.layer,
@@ -223,6 +259,11 @@ class LayerPlan:
                 "sparse_us": self.est_sparse_us,
                 "speedup": self.est_speedup,
             },
+            "measured": None if self.measured_dense_us is None else {
+                "kind": "tuning profile",
+                "dense_us": self.measured_dense_us,
+                "sparse_us": self.measured_sparse_us,
+            },
         }
 
     @classmethod
@@ -232,6 +273,7 @@ class LayerPlan:
         if d.get("view_perm") is not None:
             view = WeightView(kernel_shape, tuple(d["view_perm"]), int(d["view_in_axes"]))
         est = d.get("estimate")
+        measured = d.get("measured")
         return cls(
             layer=d["layer"], weight=d["weight"], layer_class=d["layer_class"], kind=d["kind"],
             kernel_shape=kernel_shape, view=view,
@@ -239,6 +281,8 @@ class LayerPlan:
             sparsity=float(d["sparsity"]), skip_code=d.get("skip_code"), skip_reason=d.get("skip_reason"),
             source=d.get("source", "target"), positions=int(d.get("positions", 1)),
             est_dense_us=est["dense_us"] if est else None, est_sparse_us=est["sparse_us"] if est else None,
+            measured_dense_us=measured["dense_us"] if measured else None,
+            measured_sparse_us=measured["sparse_us"] if measured else None,
         )
 
 
@@ -266,6 +310,23 @@ class SparsityPlan:
     sparsity: float
     layers: tuple[LayerPlan, ...]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    budget_us: float | None = None
+
+    @property
+    def predicted_us(self) -> tuple[float, float, str] | None:
+        """``(dense, sparse, kind)``: predicted latency of all matmuls with a view, from the
+        tuning profile where the plan used one (``"measured"``), else the cost model."""
+        dense = sparse = 0.0
+        kinds = set()
+        for lp in self.layers:
+            d, sp, kind = lp.latency_us()
+            if d is None:
+                continue
+            dense, sparse = dense + d, sparse + sp
+            kinds.add(kind)
+        if not kinds:
+            return None
+        return dense, sparse, "measured" if kinds == {"measured"} else ("estimate" if kinds == {"estimate"} else "mixed")
 
     @property
     def pruned_layers(self) -> list[LayerPlan]:
@@ -315,6 +376,9 @@ class SparsityPlan:
             "sparsity": self.sparsity,
             "overall_sparsity": self.overall_sparsity,
             "estimated_speedup": self.est_speedup,
+            "budget_us": self.budget_us,
+            "predicted_us": None if self.predicted_us is None else dict(zip(("dense", "sparse", "kind"),
+                                                                           self.predicted_us)),
             "notes": list(self.notes),
             "layers": [lp.to_dict() for lp in self.layers],
         }
@@ -342,7 +406,8 @@ class SparsityPlan:
         try:
             target = parse_target(d["target_descriptor"], f"{source} (target_descriptor)")
             return cls(model=d["model"], model_kind=d["model_kind"], target=target, sparsity=float(d["sparsity"]),
-                       layers=tuple(LayerPlan.from_dict(x) for x in d["layers"]), notes=tuple(d.get("notes", ())))
+                       layers=tuple(LayerPlan.from_dict(x) for x in d["layers"]), notes=tuple(d.get("notes", ())),
+                       budget_us=d.get("budget_us"))
         except (KeyError, TypeError) as e:
             raise ValueError(f"{source}: malformed plan: missing or invalid field {e}") from None
 
@@ -370,14 +435,24 @@ class SparsityPlan:
         if self.est_speedup is not None:
             head.append(f"  estimated speedup of all matmuls {self.est_speedup:.2f}x on {t.hardware} "
                         "(cost-model ESTIMATE, batch 1; `blockprune bench` measures)")
+        predicted = self.predicted_us
+        if predicted and (self.budget_us is not None or predicted[2] != "estimate"):
+            budget = f" for a budget of {self.budget_us:.0f} us" if self.budget_us is not None else ""
+            head.append(f"  predicted matmul latency {predicted[1]:.0f} us vs {predicted[0]:.0f} us dense "
+                        f"({predicted[0] / predicted[1]:.2f}x, {predicted[2]}){budget}")
         head.extend(f"  note: {n}" for n in self.notes)
-        rows = [("layer/weight", "kind", "view [in,out]", "block", "sparsity", "est. speedup", "note")]
+        measured = any(lp.measured_dense_us is not None for lp in self.layers)
+        speed_head = "measured us (dense->sparse)" if measured else "est. speedup"
+        rows = [("layer/weight", "kind", "view [in,out]", "block", "sparsity", speed_head, "note")]
         for lp in self.layers:
             view = "x".join(map(str, lp.view_shape)) if lp.view_shape else "x".join(map(str, lp.kernel_shape))
             if lp.pruned:
                 block = f"({lp.block_shape[0]}, {lp.block_shape[1]})"
                 speed = f"~{lp.est_speedup:.1f}x" if lp.est_speedup else "-"
-                note = "override" if lp.source == "override" else ""
+                if measured:
+                    speed = (f"{lp.measured_dense_us:.0f}->{lp.measured_sparse_us:.0f}"
+                             if lp.measured_sparse_us is not None else "not measured")
+                note = {"override": "override", "profile": "fastest measured", "budget": "budget"}.get(lp.source, "")
                 rows.append((lp.name, lp.kind, view, block, f"{lp.sparsity:.0%}", speed, note))
             else:
                 rows.append((lp.name, lp.kind, view, "-", "dense", "-", f"skipped: {lp.skip_reason}"))
@@ -427,7 +502,7 @@ def _divides(view_shape: tuple[int, int], block: tuple[int, int]) -> bool:
     return view_shape[0] % block[0] == 0 and view_shape[1] % block[1] == 0
 
 
-def _plan_one(site, target: TargetDescriptor, sparsity: float, match) -> LayerPlan:
+def _plan_one(site, target: TargetDescriptor, sparsity: float, match, measured: _Measured | None = None) -> LayerPlan:
     def _skip(code: str, reason: str, source: str = "target") -> LayerPlan:
         # A skipped weight still costs its dense time; the model-wide estimate counts it.
         dense_us = None
@@ -463,25 +538,109 @@ def _plan_one(site, target: TargetDescriptor, sparsity: float, match) -> LayerPl
         n = math.prod(site.kernel_shape)
         if n < target.min_weights:
             return _skip("too_small", f"{n} weights < min_weights={target.min_weights} of target '{target.name}'")
-        block = next((b for b in target.block_shapes if _divides(view_shape, b)), None)
-        if block is None:
+        dividing = [b for b in target.block_shapes if _divides(view_shape, b)]
+        if not dividing:
             tried = ", ".join(f"({b[0]}, {b[1]})" for b in target.block_shapes)
             return _skip("no_block_divides",
                          f"no block shape of target '{target.name}' ({tried}) divides the view {view_shape}")
+        block = dividing[0]
+        if measured is not None:
+            timed = [(t, b) for b, t in ((b, measured.latency(site, b, s)) for b in dividing) if t is not None]
+            if timed:  # the fastest measured block shape; ties go to the target's order
+                block = min(timed, key=lambda tb: (tb[0], dividing.index(tb[1])))[1]
+                source = "profile"
     est = cost.estimate(view_shape, block, s, target, positions=site.positions)
+    m_dense = measured.latency(site, None, 0.0) if measured else None
+    m_sparse = measured.latency(site, block, s) if measured else None
     return LayerPlan(site.layer, site.weight, site.layer_class, site.kind, site.kernel_shape, site.view,
-                     block, s, None, None, source, site.positions, est.dense_us, est.sparse_us)
+                     block, s, None, None, source, site.positions, est.dense_us, est.sparse_us,
+                     m_dense if m_sparse is not None else None, m_sparse)
+
+
+def _layer_latency(lp: LayerPlan, sparsity: float, target, measured: _Measured | None) -> float:
+    """Predicted latency of one planned weight at ``sparsity`` (0: dense): profile, else cost model."""
+    if measured is not None:
+        t = measured.latency(lp, None if sparsity == 0 else lp.block_shape, sparsity)
+        if t is not None:
+            return t
+    e = cost.estimate(lp.view_shape, lp.block_shape, sparsity, target, positions=lp.positions)
+    return e.dense_us if sparsity == 0 else e.sparse_us
+
+
+def _allocate(layers: list[LayerPlan], target, measured, budget_us, speedup, ceiling, levels):
+    """Chooses per-weight sparsities so the predicted latency meets the budget, pruning as few
+    weights as it can: a greedy knapsack that repeatedly raises the sparsity of the weight with
+    the largest latency saving per extra pruned weight."""
+    free = [i for i, lp in enumerate(layers) if lp.pruned and lp.source != "override"]
+    levels = [0.0] + sorted({lv for lv in levels if 0 < lv < ceiling} | {ceiling})
+    table = {i: [_layer_latency(layers[i], lv, target, measured) for lv in levels] for i in free}
+    fixed = 0.0
+    dense_total = 0.0
+    for i, lp in enumerate(layers):
+        if lp.view is None:
+            continue
+        d = _layer_latency(lp, 0.0, target, measured) if lp.pruned else lp.latency_us()[0]
+        dense_total += d or 0.0
+        if i not in free:
+            fixed += (_layer_latency(lp, lp.sparsity, target, measured) if lp.pruned else (lp.latency_us()[0] or 0.0))
+    budget = budget_us if budget_us is not None else dense_total / speedup
+    level = {i: 0 for i in free}
+    total = fixed + sum(table[i][0] for i in free)
+    while total > budget:
+        best, best_ratio = None, 0.0
+        for i in free:
+            if level[i] + 1 >= len(levels):
+                continue
+            gain = table[i][level[i]] - table[i][level[i] + 1]
+            ratio = gain / (layers[i].n_weights * (levels[level[i] + 1] - levels[level[i]]))
+            if gain > 0 and ratio > best_ratio:
+                best, best_ratio = i, ratio
+        if best is None:
+            break
+        total -= table[best][level[best]] - table[best][level[best] + 1]
+        level[best] += 1
+    out = list(layers)
+    for i in free:
+        lp, s = layers[i], levels[level[i]]
+        if s == 0:
+            out[i] = replace(lp, block_shape=None, sparsity=0.0, skip_code="budget_dense",
+                             skip_reason=f"kept dense: the latency budget of {budget:.0f} us is met without pruning it",
+                             source="budget", est_sparse_us=lp.est_dense_us, measured_sparse_us=lp.measured_dense_us)
+        else:
+            e = cost.estimate(lp.view_shape, lp.block_shape, s, target, positions=lp.positions)
+            m = measured.latency(lp, lp.block_shape, s) if measured else None
+            out[i] = replace(lp, sparsity=s, source="budget", est_sparse_us=e.sparse_us,
+                             measured_sparse_us=m if lp.measured_dense_us is not None else None)
+    note = None
+    if total > budget * (1 + 1e-9):
+        note = (f"latency budget {budget:.0f} us is out of reach: predicted {total:.0f} us with every eligible weight "
+                f"at sparsity {ceiling:.0%}")
+    return out, budget, note
 
 
 def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sparsity: float = 0.9,
                overrides: Mapping[str, Any] | None = None, model_name: str = "model",
-               model_kind: str = "functional") -> SparsityPlan:
+               model_kind: str = "functional", profile=None, runtime: str | None = None, batch: int = 1,
+               threads: int = 1, latency_budget_us: float | None = None,
+               speedup: float | None = None) -> SparsityPlan:
     """Plans a list of ``WeightSite``-like records (no Keras needed; ``plan`` walks the model).
 
     Args and Raises: as for ``plan``.
     """
     target = load_target(target)
     sparsity = check_sparsity(sparsity, f"target '{target.name}'")
+    if latency_budget_us is not None and speedup is not None:
+        raise ValueError("give a latency budget or a speedup, not both")
+    if speedup is not None and (isinstance(speedup, bool) or not isinstance(speedup, (int, float)) or speedup < 1):
+        raise ValueError(f"speedup={speedup!r} must be a number >= 1 for target '{target.name}'")
+    if latency_budget_us is not None and not latency_budget_us > 0:
+        raise ValueError(f"latency_budget_us={latency_budget_us!r} must be positive for target '{target.name}'")
+    measured = None
+    if profile is not None:
+        if profile.target != target.name:
+            raise ValueError(f"the profile was measured for target '{profile.target}', not '{target.name}'")
+        runtime = runtime or next((rt for rt in ("tflite", "onnx") if getattr(target.lowering, rt) != "dense"), "tflite")
+        measured = _Measured(profile, runtime, batch, threads)
     compiled = _compile_overrides(overrides)
     sites = list(sites)
     used: set[str] = set()
@@ -490,34 +649,50 @@ def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sp
         match = _matching_override(site, compiled)
         if match:
             used.add(match[0])
-        layers.append(_plan_one(site, target, sparsity, match))
+        layers.append(_plan_one(site, target, sparsity, match, measured))
     unused = [p for p, _, _ in compiled if p not in used]
     if unused:
         known = ", ".join(f"{s.layer}/{s.weight}" for s in sites) or "none"
         raise ValueError(f"override {unused[0]!r} matches no weight of model '{model_name}' "
                          f"(weights: {known})")
     notes = []
+    budget = None
+    if latency_budget_us is not None or speedup is not None:
+        levels = profile.sparsities() if profile is not None and profile.sparsities() else BUDGET_LEVELS
+        layers, budget, note = _allocate(layers, target, measured, latency_budget_us, speedup, sparsity, levels)
+        if note:
+            notes.append(note)
     if model_kind == "subclassed":
         notes.append("subclassed model: planned through its tracked layers; pruning needs a Sequential or "
                      "functional model (rebuild it with keras.Input)")
     if not any(lp.pruned for lp in layers):
         notes.append(f"nothing is pruned: no weight of this model fits target '{target.name}'")
-    return SparsityPlan(model_name, model_kind, target, sparsity, tuple(layers), tuple(notes))
+    return SparsityPlan(model_name, model_kind, target, sparsity, tuple(layers), tuple(notes), budget)
 
 
 def plan(model, target: str | os.PathLike | TargetDescriptor, sparsity: float = 0.9,
-         overrides: Mapping[str, Any] | None = None) -> SparsityPlan:
+         overrides: Mapping[str, Any] | None = None, profile=None, runtime: str | None = None, batch: int = 1,
+         threads: int = 1, latency_budget_us: float | None = None, speedup: float | None = None) -> SparsityPlan:
     """Chooses a block shape and sparsity for every prunable weight of a Keras model.
 
     Args:
         model: a built Keras 3 model: Sequential, functional, nested, or subclassed (planned
             through its tracked layers).
         target: a shipped target name, a path to a ``.toml`` descriptor, or a descriptor.
-        sparsity: fraction of blocks to zero in each planned weight, in ``[0, 1)``.
+        sparsity: fraction of blocks to zero in each planned weight, in ``[0, 1)`` (with a
+            latency budget: the highest sparsity any weight may get).
         overrides: ``{pattern: Override | dict | "block=4x1,sparsity=0.5" | "skip"}``. A pattern
             is a layer name, ``layer/weight``, or a regex matched in full against either; an
             exact name wins over a regex, and among regexes the first listed wins. Every
             pattern must match some weight.
+        profile: a ``blockprune.profile.Profile`` from ``blockprune tune``: each weight gets the
+            allowed block shape with the lowest measured latency, and the table shows measured
+            latencies.
+        runtime: which runtime's measurements to use (default: the target's first fast one).
+        batch, threads: the measurement conditions to read from the profile.
+        latency_budget_us: allocate per-weight sparsity so the predicted matmul latency (from
+            the profile, else the cost model) meets this budget, pruning as few weights as possible.
+        speedup: the budget as a speedup over dense (``--speedup 3``).
 
     Returns:
         A ``SparsityPlan`` with one ``LayerPlan`` per matrix-like weight.
@@ -525,7 +700,7 @@ def plan(model, target: str | os.PathLike | TargetDescriptor, sparsity: float = 
     Raises:
         TypeError: ``model`` is not a Keras model, or an argument has the wrong type.
         ValueError: sparsity outside ``[0, 1)``, a bad override (unknown pattern, block shape
-            that does not divide), or an unbuilt model.
+            that does not divide), a profile for another target, or an unbuilt model.
         blockprune.targets.TargetError: unknown or invalid target.
 
     Example:
@@ -536,5 +711,6 @@ def plan(model, target: str | os.PathLike | TargetDescriptor, sparsity: float = 
 
     target = load_target(target)
     sites = find_weights(model)
-    return plan_sites(sites, target, sparsity, overrides, model_name=model.name, model_kind=model_kind(model))
-
+    return plan_sites(sites, target, sparsity, overrides, model_name=model.name, model_kind=model_kind(model),
+                      profile=profile, runtime=runtime, batch=batch, threads=threads,
+                      latency_budget_us=latency_budget_us, speedup=speedup)

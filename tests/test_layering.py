@@ -7,8 +7,8 @@ import pytest
 from conftest import REPO
 
 TF_FREE = ["targets", "plan", "views", "cost", "masks", "prunable", "data", "_atomic", "formats", "packfile",
-           "_quiet"]
-KERAS_MODULES = {"pruning", "modelwalk", "examples", "cli", "lower", "export"}
+           "_quiet", "profile"]
+KERAS_MODULES = {"pruning", "modelwalk", "examples", "cli", "lower", "export", "tune", "bench", "run"}
 
 
 @pytest.mark.parametrize("module", TF_FREE)

@@ -115,3 +115,13 @@ def test_block_structure_reports_partial_blocks():
     assert st["zero_block_fraction"] == 0.5 and st["partial_blocks"] == 1  # block (1,1) holds zeros
     assert st["kept_per_block_column"] == (1, 1)
     assert block_structure(np.ones((4, 4)), (2, 2))["partial_blocks"] == 0
+
+
+def test_reachable_sparsity_matches_block_mask():
+    from blockprune.masks import reachable_sparsity
+
+    w = np.random.default_rng(3).normal(size=(32, 192))
+    for balanced in (False, True):
+        st = block_structure(w * block_mask(w, (1, 8), 0.95, balanced=balanced), (1, 8))
+        assert st["zero_block_fraction"] == pytest.approx(reachable_sparsity((32, 192), (1, 8), 0.95, balanced))
+    assert reachable_sparsity((32, 192), (1, 8), 0.95, True) == 30 / 32

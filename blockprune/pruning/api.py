@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 
 from .._atomic import atomic_path
-from ..masks import block_structure
+from ..masks import block_structure, reachable_sparsity
 from ..modelwalk import find_weights, layer_sites, model_kind
 from ..plan import SparsityPlan
 from .callbacks import collect_wrappers
@@ -294,11 +294,7 @@ def verify(model, plan: SparsityPlan) -> Verification:
             raise ValueError(f"Layer '{lp.layer}' has no weight '{lp.weight}' (plan for target '{plan.target.name}')")
         view = site.view.to_2d(keras.ops.convert_to_numpy(site.variable))
         st = block_structure(view, lp.block_shape)
-        n_rows, n_cols = view.shape[0] // lp.block_shape[0], view.shape[1] // lp.block_shape[1]
-        if plan.target.balanced:
-            expected = round(lp.sparsity * n_rows) / n_rows
-        else:
-            expected = round(lp.sparsity * n_rows * n_cols) / (n_rows * n_cols)
+        expected = reachable_sparsity(view.shape, lp.block_shape, lp.sparsity, plan.target.balanced)
         lo, hi = st["kept_per_block_column"]
         exact = (st["partial_blocks"] == 0 and st["zero_block_fraction"] >= expected - 1e-9
                  and (not plan.target.balanced or lo == hi))

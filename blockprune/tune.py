@@ -1,0 +1,167 @@
+"""``blockprune tune``: measure block shapes per layer shape, on this machine, into a profile.
+
+For every distinct prunable layer shape of a model (its ``[in, out]`` view and matmul rows
+per inference), every block shape the target allows that divides it, and every candidate
+sparsity, a single-layer model with a mask of that pattern is exported through the target's
+lowering (the same exporter users run, verified against Keras) and timed in the target's
+runtimes; the dense layer is timed too. Measurements already in the profile are reused, and
+tuning stops at a time budget.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .masks import block_mask
+from .modelwalk import find_weights
+from .profile import Measurement, Profile
+from .targets import load_target
+
+__all__ = ["tune", "measure_layer", "layer_shapes", "SPARSITIES"]
+
+SPARSITIES = (0.5, 0.8, 0.9, 0.95)
+LOWERABLE = ("dense", "conv1x1")
+
+
+def layer_shapes(model, target, batch: int = 1) -> list[tuple[tuple[int, int], int]]:
+    """Distinct ``(view_shape, rows)`` of the weights the target can lower, in model order."""
+    target = load_target(target)
+    seen = []
+    for site in find_weights(model):
+        if site.not_prunable or site.kind not in target.layer_kinds or site.kind not in LOWERABLE:
+            continue
+        if site.weight != "kernel" or site.view.view_shape[0] * site.view.view_shape[1] < target.min_weights:
+            continue
+        key = (tuple(site.view.view_shape), batch * site.positions)
+        if key not in seen:
+            seen.append(key)
+    return seen
+
+
+def _runtimes(target) -> list[str]:
+    return [rt for rt in ("tflite", "onnx") if getattr(target.lowering, rt) != "dense"]
+
+
+def measure_layer(target, runtime: str, view_shape, rows: int, block_shape, sparsity: float, threads: int = 1,
+                  rounds: int = 3, reps: int = 30, seed: int = 0) -> float:
+    """Median latency (us) of one Dense layer ``[in, out]`` with the given block pattern,
+    exported for the target and run with its recorded options (``block_shape=None``: dense)."""
+    from .export import export_onnx, export_tflite, make_runner
+
+    target = load_target(target)
+    n_in, n_out = view_shape
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((n_in,))
+    layer = keras.layers.Dense(n_out, use_bias=False, name="layer")
+    model = keras.Model(inputs, layer(inputs), name="probe")
+    if block_shape is not None:
+        k = layer.kernel.numpy()
+        layer.kernel.assign(k * block_mask(k, block_shape, sparsity, balanced=target.balanced))
+    writer = export_tflite if runtime == "tflite" else export_onnx
+    with tempfile.TemporaryDirectory() as tmp:
+        record = writer(model, target, Path(tmp) / f"probe.{runtime}", allow_dense=True, dense=block_shape is None)
+        run = make_runner(record.path, num_threads=threads)
+        x = np.random.default_rng(seed).normal(size=(rows, n_in)).astype("float32")
+        for _ in range(5):
+            run(x)
+        medians = []
+        for _ in range(rounds):
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                run(x)
+                times.append(time.perf_counter() - t0)
+            medians.append(statistics.median(times) * 1e6)
+    return statistics.median(medians)
+
+
+def _machine() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in ("tensorflow-cpu", "keras", "ai-edge-litert", "onnxruntime", "blockprune"):
+        try:
+            out[pkg] = version(pkg)
+        except Exception:  # noqa: BLE001 - a missing package is recorded as absent
+            out[pkg] = None
+    return out
+
+
+def tune(model, target, sparsities=SPARSITIES, batch: int = 1, threads: int = 1, profile: Profile | None = None,
+         time_budget_s: float = 600.0, rounds: int = 3, reps: int = 30, progress: bool = True) -> Profile:
+    """Measures the target's block shapes on every distinct prunable layer shape of ``model``.
+
+    Args:
+        model: a Keras model (only its layer shapes matter).
+        target: target name, path or descriptor.
+        sparsities: candidate sparsities to measure.
+        batch: batch size of the measurement (rows = batch x positions).
+        threads: runtime threads.
+        profile: an existing profile to extend; measurements it has are not repeated.
+        time_budget_s: stop measuring after this many seconds (the profile keeps what it has).
+        rounds, reps: timing repetitions per measurement.
+        progress: print a progress bar.
+
+    Returns:
+        The profile (new or extended).
+
+    Raises:
+        ValueError: a profile for another target, or a model with no layer the target can lower.
+    """
+    target = load_target(target)
+    if profile is None:
+        profile = Profile(target.name, _machine(), _versions())
+    elif profile.target != target.name:
+        raise ValueError(f"profile was measured for target '{profile.target}', not '{target.name}'")
+    runtimes = _runtimes(target)
+    if not runtimes:
+        raise ValueError(f"target '{target.name}' runs every layer dense on this machine's runtimes; nothing to tune")
+    shapes = layer_shapes(model, target, batch)
+    if not shapes:
+        raise ValueError(f"model '{model.name}' has no layer that target '{target.name}' can lower "
+                         f"({', '.join(LOWERABLE)} of at least {target.min_weights} weights)")
+    jobs = []
+    for view, rows in shapes:
+        for rt in runtimes:
+            jobs.append((rt, view, rows, None, 0.0))
+            for block in target.block_shapes:
+                if view[0] % block[0] == 0 and view[1] % block[1] == 0:
+                    jobs += [(rt, view, rows, block, s) for s in sparsities]
+    todo = [j for j in jobs if not profile.has(j[0], j[1], j[2], threads, j[3], j[4])]
+    bar = keras.utils.Progbar(len(todo), unit_name="measurement") if progress and todo and sys.stdout.isatty() else None
+    started = time.time()
+    for i, (rt, view, rows, block, s) in enumerate(todo):
+        if time.time() - started > time_budget_s:
+            if progress:
+                print(f"time budget of {time_budget_s:.0f} s reached: {len(todo) - i} measurements left "
+                      "(rerun with the same profile to continue)", flush=True)
+            break
+        median = measure_layer(target, rt, view, rows, block, s, threads, rounds, reps)
+        profile.add(Measurement(rt, tuple(view), rows, threads, tuple(block) if block else None, s, median))
+        if bar:
+            bar.update(i + 1)
+        elif progress:
+            what = "dense" if block is None else f"{block} at {s:.0%}"
+            print(f"  [{i + 1}/{len(todo)}] {rt} {view[0]}x{view[1]} rows {rows}: {what}: {median:.1f} us", flush=True)
+    return profile

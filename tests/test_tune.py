@@ -1,0 +1,136 @@
+"""Tuning profiles, the planner's choice of the fastest measured block, and latency budgets."""
+
+import json
+
+import keras
+import pytest
+
+import blockprune
+from blockprune.profile import Measurement, Profile, ProfileError
+
+
+def _mlp(width=512):
+    inputs = keras.Input((width,))
+    x = keras.layers.Dense(width, name="h1")(inputs)
+    x = keras.layers.Dense(width, name="h2")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="out")(x), name="m")
+
+
+def _profile(times):
+    """A synthetic cpu-wide profile for 512x512 layers at batch 1: {block: {sparsity: us}}."""
+    ms = [Measurement("tflite", (512, 512), 1, 1, None, 0.0, 100.0)]
+    for block, by_s in times.items():
+        ms += [Measurement("tflite", (512, 512), 1, 1, block, s, t) for s, t in by_s.items()]
+    return Profile("cpu-wide", {"cpu": "test"}, {}, ms)
+
+
+def test_profile_round_trip_and_interpolation(tmp_path):
+    p = _profile({(1, 64): {0.5: 60.0, 0.9: 20.0}})
+    path = p.save(tmp_path / "p.json")
+    again = Profile.load(path)
+    assert again.measurements == p.measurements and again.target == "cpu-wide"
+    assert again.latency("tflite", (512, 512), 1, 1, (1, 64), 0.9) == 20.0
+    assert again.latency("tflite", (512, 512), 1, 1, (1, 64), 0.7) == pytest.approx(40.0)  # linear between 0.5 and 0.9
+    assert again.latency("tflite", (512, 512), 1, 1, (1, 64), 0.25) == pytest.approx(80.0)  # between dense and 0.5
+    assert again.latency("tflite", (512, 512), 1, 1, (1, 64), 0.95) is None  # no extrapolation
+    assert again.latency("onnx", (512, 512), 1, 1, (1, 64), 0.9) is None
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ProfileError, match="not a blockprune profile"):
+        Profile.load(tmp_path / "bad.json")
+
+
+def test_planner_picks_the_fastest_measured_block():
+    # (1, 32) measured fastest although cpu-wide lists (1, 64) first.
+    p = blockprune.plan(_mlp(), "cpu-wide", sparsity=0.9, profile=_profile({
+        (1, 64): {0.9: 30.0}, (1, 32): {0.9: 18.0}, (1, 16): {0.9: 25.0}}))
+    h2 = p.get("h2")
+    assert h2.block_shape == (1, 32) and h2.source == "profile"
+    assert (h2.measured_dense_us, h2.measured_sparse_us) == (100.0, 18.0)
+    assert "100->18" in p.summary() and "fastest measured" in p.summary()
+    assert p.get("out").skip_code == "too_small"
+    again = blockprune.SparsityPlan.from_json(p.to_json())
+    assert again.get("h2").measured_sparse_us == 18.0
+    without = blockprune.plan(_mlp(), "cpu-wide", sparsity=0.9)
+    assert without.get("h2").block_shape == (1, 64)
+
+
+def test_a_profile_for_another_target_is_refused():
+    with pytest.raises(ValueError, match="measured for target 'cpu-wide', not 'dsp-1x8'"):
+        blockprune.plan(_mlp(), "dsp-1x8", profile=_profile({}))
+
+
+def test_budget_is_met_while_pruning_as_little_as_possible():
+    times = {(1, 64): {0.5: 60.0, 0.8: 30.0, 0.9: 20.0, 0.95: 14.0}}
+    profile = _profile(times)
+    # Dense: 2 x 100 us (h1, h2). Budget 160 us: one layer at 0.5 is enough (60 + 100).
+    p = blockprune.plan(_mlp(), "cpu-wide", sparsity=0.95, profile=profile, latency_budget_us=160)
+    dense, sparse, kind = p.predicted_us
+    assert kind == "measured" and sparse <= 160 and dense == 200
+    assert sorted(lp.sparsity for lp in p.layers if lp.view_shape == (512, 512)) == [0.0, 0.5]
+    assert any(lp.skip_code == "budget_dense" for lp in p.layers)
+    # A 4x speedup: 50 us for both -> e.g. 30 + 20 or 20 + 30.
+    q = blockprune.plan(_mlp(), "cpu-wide", sparsity=0.95, profile=profile, speedup=4)
+    assert q.predicted_us[1] <= 50 and q.budget_us == 50
+    assert all(lp.source == "budget" for lp in q.pruned_layers)
+    # Out of reach: a 20x speedup cannot be met at 95%.
+    r = blockprune.plan(_mlp(), "cpu-wide", sparsity=0.95, profile=profile, speedup=20)
+    assert any("out of reach" in n for n in r.notes)
+    assert all(lp.sparsity == 0.95 for lp in r.pruned_layers)
+
+
+def test_budget_from_the_cost_model_without_a_profile():
+    p = blockprune.plan(_mlp(1024), "cpu-wide", sparsity=0.95, speedup=3)
+    dense, sparse, kind = p.predicted_us
+    assert kind == "estimate" and dense / sparse >= 3
+    assert "budget" in p.summary()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"speedup": 0.5}, "speedup=0.5 must be a number >= 1"),
+    ({"latency_budget_us": -1}, "must be positive"),
+    ({"speedup": 2, "latency_budget_us": 10}, "not both"),
+])
+def test_bad_budgets(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        blockprune.plan(_mlp(), "cpu-wide", **kwargs)
+
+
+def test_tune_measures_and_reuses_its_profile(tmp_path):
+    from blockprune.tune import tune
+
+    inputs = keras.Input((256,))
+    model = keras.Model(inputs, keras.layers.Dense(256, name="d")(inputs), name="one")
+    first = tune(model, "cpu-wide", sparsities=(0.9,), rounds=1, reps=3, progress=False)
+    keys = {(m.runtime, m.block_shape) for m in first.measurements}
+    assert keys == {(rt, b) for rt in ("tflite", "onnx") for b in (None, (1, 64), (1, 32), (1, 16))}
+    assert all(m.median_us > 0 and m.rows == 1 and m.view_shape == (256, 256) for m in first.measurements)
+    path = first.save(tmp_path / "profile.json")
+    again = tune(model, "cpu-wide", sparsities=(0.9,), profile=Profile.load(path), time_budget_s=0, progress=False)
+    assert len(again.measurements) == len(first.measurements)  # nothing re-measured, nothing lost
+    p = blockprune.plan(model, "cpu-wide", profile=again)
+    fastest = min(((m.median_us, m.block_shape) for m in again.measurements
+                   if m.runtime == "tflite" and m.block_shape), key=lambda t: t[0])[1]
+    assert p.get("d").block_shape == fastest
+    small_in = keras.Input((8,))
+    small = keras.Model(small_in, keras.layers.Dense(8)(small_in), name="small")
+    with pytest.raises(ValueError, match="has no layer that target 'cpu-wide' can lower"):
+        tune(small, "cpu-wide", progress=False)
+
+
+def test_calibration_recovers_the_parameters_that_made_the_measurements():
+    import dataclasses
+
+    from blockprune.cost import calibrate, estimate, prediction_error
+
+    target = blockprune.load_target("cpu-wide")
+    truth = dataclasses.replace(target, cost_model=dataclasses.replace(target.cost_model, peak_gflops=100.0,
+                                                                        memory_gbps=10.0))
+    ms = []
+    for view, rows in (((1024, 1024), 1), ((1024, 1024), 64), ((512, 2048), 8)):
+        ms.append(Measurement("tflite", view, rows, 1, None, 0.0, estimate(view, (1, 1), 0.0, truth, rows).dense_us))
+        for s in (0.5, 0.9):
+            ms.append(Measurement("tflite", view, rows, 1, (1, 64), s, estimate(view, (1, 64), s, truth, rows).sparse_us))
+    assert prediction_error(ms, target)["median"] > 0.3
+    fitted = calibrate(ms, target)
+    assert prediction_error(ms, fitted)["median"] < 0.1
+    assert fitted.cost_model.vector_lanes == target.cost_model.vector_lanes
