@@ -134,3 +134,20 @@ def test_calibration_recovers_the_parameters_that_made_the_measurements():
     fitted = calibrate(ms, target)
     assert prediction_error(ms, fitted)["median"] < 0.1
     assert fitted.cost_model.vector_lanes == target.cost_model.vector_lanes
+
+
+def test_cli_plan_with_profile_and_speedup(tmp_path, capsys):
+    from blockprune.cli import main
+
+    _mlp().save(tmp_path / "m.keras")
+    _profile({(1, 64): {0.5: 60.0, 0.9: 20.0}, (1, 32): {0.5: 55.0, 0.9: 18.0}}).save(tmp_path / "p.json")
+    assert main(["plan", str(tmp_path / "m.keras"), "-t", "cpu-wide", "--profile", str(tmp_path / "p.json"),
+                 "--speedup", "2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["budget_us"] == 100 and data["predicted_us"]["sparse"] <= 100
+    assert {e["block_shape"][1] for e in data["layers"] if e["block_shape"]} == {32}
+    with pytest.raises(SystemExit) as info:
+        main(["plan", str(tmp_path / "m.keras"), "--speedup", "2", "--budget-us", "5"])
+    assert info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert main(["tune", str(tmp_path / "m.keras"), "--sparsities", "0.9,1.5", "-o", str(tmp_path / "x.json")]) == 2
+    assert "1.5 is outside (0, 1)" in capsys.readouterr().err
