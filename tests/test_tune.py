@@ -62,15 +62,16 @@ def test_a_profile_for_another_target_is_refused():
 def test_budget_is_met_while_pruning_as_little_as_possible():
     times = {(1, 64): {0.5: 60.0, 0.8: 30.0, 0.9: 20.0, 0.95: 14.0}}
     profile = _profile(times)
-    # Dense: 2 x 100 us (h1, h2). Budget 160 us: one layer at 0.5 is enough (60 + 100).
-    p = blockprune.plan(_mlp(), "cpu-wide", sparsity=0.95, profile=profile, latency_budget_us=160)
+    # Dense: 2 x 100 us (h1, h2) + the head (<1 us). Budget 161 us: one layer at 0.5 is enough (60 + 100 + head).
+    p = blockprune.plan(_mlp(), "cpu-wide", sparsity=0.95, profile=profile, latency_budget_us=161)
     dense, sparse, kind = p.predicted_us
-    assert kind == "measured" and sparse <= 160 and dense == 200
+    # The small head has no measurement: its estimate (under 1 us) makes the prediction "mixed".
+    assert kind == "mixed" and sparse <= 161 and dense == pytest.approx(200, abs=1)
     assert sorted(lp.sparsity for lp in p.layers if lp.view_shape == (512, 512)) == [0.0, 0.5]
     assert any(lp.skip_code == "budget_dense" for lp in p.layers)
     # A 4x speedup: 50 us for both -> e.g. 30 + 20 or 20 + 30.
     q = blockprune.plan(_mlp(), "cpu-wide", sparsity=0.95, profile=profile, speedup=4)
-    assert q.predicted_us[1] <= 50 and q.budget_us == 50
+    assert q.predicted_us[1] <= q.budget_us and q.budget_us == pytest.approx(50, abs=0.5)
     assert all(lp.source == "budget" for lp in q.pruned_layers)
     # Out of reach: a 20x speedup cannot be met at 95%.
     r = blockprune.plan(_mlp(), "cpu-wide", sparsity=0.95, profile=profile, speedup=20)
@@ -144,7 +145,8 @@ def test_cli_plan_with_profile_and_speedup(tmp_path, capsys):
     assert main(["plan", str(tmp_path / "m.keras"), "-t", "cpu-wide", "--profile", str(tmp_path / "p.json"),
                  "--speedup", "2", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["budget_us"] == 100 and data["predicted_us"]["sparse"] <= 100
+    assert data["budget_us"] == pytest.approx(100, abs=1)
+    assert data["predicted_us"]["sparse"] <= data["budget_us"]
     assert {e["block_shape"][1] for e in data["layers"] if e["block_shape"]} == {32}
     with pytest.raises(SystemExit) as info:
         main(["plan", str(tmp_path / "m.keras"), "--speedup", "2", "--budget-us", "5"])
