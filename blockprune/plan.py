@@ -658,7 +658,10 @@ def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sp
     notes = []
     budget = None
     if latency_budget_us is not None or speedup is not None:
-        levels = profile.sparsities() if profile is not None and profile.sparsities() else BUDGET_LEVELS
+        # Measured levels, plus 5% steps between them (the profile interpolates), so the allocation
+        # can land close to the budget instead of jumping between coarse levels.
+        measured_levels = profile.sparsities() if profile is not None and profile.sparsities() else BUDGET_LEVELS
+        levels = sorted(set(measured_levels) | {round(0.05 * k, 2) for k in range(1, 20)})
         layers, budget, note = _allocate(layers, target, measured, latency_budget_us, speedup, sparsity, levels)
         if note:
             notes.append(note)
