@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from blockprune.bench import bench, plot_speedup_vs_sparsity  # noqa: E402
 from blockprune.examples import example_model  # noqa: E402
 from blockprune.export import export  # noqa: E402
 from blockprune.pruning import prune_once  # noqa: E402
+from blockprune.timing import machine_info  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SPARSITIES = (0.5, 0.8, 0.9, 0.95)
@@ -58,22 +58,14 @@ def build(name):
 
 
 def machine() -> dict:
+    from importlib.metadata import version
+
     import onnxruntime
     import tensorflow as tf
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from importlib.metadata import version
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "tensorflow": tf.__version__, "keras": keras.__version__, "onnxruntime": onnxruntime.__version__,
-            "ai_edge_litert": version("ai-edge-litert"), "blockprune": blockprune.__version__}
+    return {**machine_info(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "onnxruntime": onnxruntime.__version__, "ai_edge_litert": version("ai-edge-litert"),
+            "blockprune": blockprune.__version__}
 
 
 def main(argv=None):

@@ -18,7 +18,6 @@ import os
 import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -32,24 +31,15 @@ from blockprune.data import digits, save_npz  # noqa: E402
 from blockprune.examples import example_model, train_dense  # noqa: E402
 from blockprune.export import _tflite_interpreter, _TfliteRunner, export_tflite  # noqa: E402
 from blockprune.pruning.finetune import finetune  # noqa: E402
+from blockprune.timing import median_latency_us  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
 
-def latency_us(path: Path, default_delegates: bool, rounds: int = 5, reps: int = 300) -> float:
+def latency_us(path: Path, default_delegates: bool) -> float:
     run = _TfliteRunner(_tflite_interpreter(path.read_bytes(), default_delegates, num_threads=1))
     x = np.random.default_rng(0).normal(size=(1, 64)).astype("float32")
-    for _ in range(50):
-        run(x)
-    medians = []
-    for _ in range(rounds):
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            run(x)
-            times.append(time.perf_counter() - t0)
-        medians.append(statistics.median(times) * 1e6)
-    return statistics.median(medians)
+    return median_latency_us(run, x, rounds=5, reps=300, warmup=50)
 
 
 def main(argv=None):

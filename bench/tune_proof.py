@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from blockprune.cost import calibrate, prediction_error  # noqa: E402
 from blockprune.examples import example_model  # noqa: E402
 from blockprune.export import export_tflite, make_runner  # noqa: E402
 from blockprune.pruning import prune_once  # noqa: E402
+from blockprune.timing import median_latency_us  # noqa: E402
 from blockprune.targets import load_target  # noqa: E402
 from blockprune.tune import tune  # noqa: E402
 
@@ -46,20 +46,7 @@ def measure(model, plan, tmp: Path, tag: str, rounds: int, reps: int) -> tuple[f
     d = export_tflite(sparse, TARGET, tmp / f"{tag}.dense.tflite", dense=True)
     shape = [1] + [v or 1 for v in model.inputs[0].shape[1:]]
     x = np.random.default_rng(0).normal(size=shape).astype("float32")
-    out = []
-    for path in (s.path, d.path):
-        run = make_runner(path, num_threads=1)
-        for _ in range(5):
-            run(x)
-        medians = []
-        for _ in range(rounds):
-            times = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                run(x)
-                times.append(time.perf_counter() - t0)
-            medians.append(statistics.median(times) * 1e6)
-        out.append(statistics.median(medians))
+    out = [median_latency_us(make_runner(path, num_threads=1), x, rounds, reps) for path in (s.path, d.path)]
     return out[0], out[1]
 
 

@@ -21,12 +21,10 @@ import contextlib
 import gzip
 import io
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from ._atomic import atomic_path

@@ -81,7 +81,7 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
     from .packfile import inspect_table, pack_model, save_packed
     from .plan import plan as make_plan
     from .pruning.api import save_model_atomic
-    from .pruning.finetune import evaluate, finetune
+    from .pruning.finetune import finetune
     from .targets import load_target
 
     started = time.time()

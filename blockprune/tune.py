@@ -11,7 +11,6 @@ tuning stops at a time budget.
 from __future__ import annotations
 
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from .masks import block_mask
 from .modelwalk import find_weights
 from .profile import Measurement, Profile
 from .targets import load_target
+from .timing import machine_info, median_latency_us
 
 __all__ = ["tune", "measure_layer", "layer_shapes", "SPARSITIES"]
 
@@ -71,31 +71,7 @@ def measure_layer(target, runtime: str, view_shape, rows: int, block_shape, spar
         record = writer(model, target, Path(tmp) / f"probe.{runtime}", allow_dense=True, dense=block_shape is None)
         run = make_runner(record.path, num_threads=threads)
         x = np.random.default_rng(seed).normal(size=(rows, n_in)).astype("float32")
-        for _ in range(5):
-            run(x)
-        medians = []
-        for _ in range(rounds):
-            times = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                run(x)
-                times.append(time.perf_counter() - t0)
-            medians.append(statistics.median(times) * 1e6)
-    return statistics.median(medians)
-
-
-def _machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
+        return median_latency_us(run, x, rounds, reps)
 
 
 def _versions() -> dict:
@@ -131,7 +107,7 @@ def tune(model, target, sparsities=SPARSITIES, batch: int = 1, threads: int = 1,
     """
     target = load_target(target)
     if profile is None:
-        profile = Profile(target.name, _machine(), _versions())
+        profile = Profile(target.name, machine_info(), _versions())
     elif profile.target != target.name:
         raise ValueError(f"profile was measured for target '{profile.target}', not '{target.name}'")
     runtimes = _runtimes(target)
