@@ -33,12 +33,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
+
 from . import cost
 from ._atomic import atomic_path
 from .targets import TargetDescriptor, load_target, parse_target
 from .views import WeightView
 
-__all__ = ["LayerPlan", "Override", "SparsityPlan", "SKIP_CODES", "plan", "plan_sites", "check_sparsity"]
+__all__ = ["LayerPlan", "Override", "SparsityPlan", "SKIP_CODES", "plan", "plan_sites", "check_sparsity",
+           "check_block_shape"]
 
 PLAN_FORMAT_VERSION = 1
 
@@ -71,29 +74,37 @@ class _Measured:
         return self.profile.latency(self.runtime, view, rows, self.threads, block, sparsity)
 
 
-def check_sparsity(value: Any, where: str) -> float:
-    """Validates a sparsity in ``[0, 1)``.
+def check_sparsity(value: Any, where: str = "", name: str = "sparsity") -> float:
+    """Validates a sparsity in ``[0, 1)`` (for plans, overrides and schedules alike).
 
     Args:
         value: the sparsity given.
         where: what it belongs to, for the message (e.g. ``"target 'cpu-wide'"``).
+        name: the argument's name in the message (e.g. ``"final_sparsity"``).
 
     Raises:
         TypeError: not a real number.
         ValueError: outside ``[0, 1)``.
     """
+    suffix = f" for {where}" if where else ""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"sparsity must be a number in [0, 1), got {type(value).__name__} {value!r} for {where}")
+        raise TypeError(f"{name} must be a number in [0, 1), got {type(value).__name__} {value!r}{suffix}")
     if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"sparsity={value!r} is outside [0, 1) for {where}")
+        raise ValueError(f"{name}={value!r} is outside [0, 1){suffix}")
     return float(value)
 
 
-def _check_block_shape(value: Any, where: str) -> tuple[int, int]:
+def check_block_shape(value: Any, where: str = "", name: str = "block_shape") -> tuple[int, int]:
+    """Validates a ``(rows, cols)`` block shape of two positive integers (for plans and wrappers).
+
+    Raises:
+        ValueError: anything else; the message names ``where``.
+    """
     ok = (isinstance(value, (tuple, list)) and len(value) == 2
-          and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+          and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value))
     if not ok:
-        raise ValueError(f"block_shape={value!r} is not two positive integers (rows, cols) for {where}")
+        suffix = f" for {where}" if where else ""
+        raise ValueError(f"{name}={value!r} is not two positive integers (rows, cols){suffix}")
     return (int(value[0]), int(value[1]))
 
 
@@ -120,7 +131,7 @@ class Override:
     def parse(cls, value: "Override | Mapping[str, Any] | str", pattern: str) -> "Override":
         """An ``Override`` from itself, a dict, or the CLI spelling ``skip`` / ``block=4x1,sparsity=0.5``."""
         if isinstance(value, Override):
-            return cls(value.block_shape and _check_block_shape(value.block_shape, f"override {pattern!r}"),
+            return cls(value.block_shape and check_block_shape(value.block_shape, f"override {pattern!r}"),
                        None if value.sparsity is None else check_sparsity(value.sparsity, f"override {pattern!r}"),
                        bool(value.skip))
         if isinstance(value, str):

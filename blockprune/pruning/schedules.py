@@ -18,6 +18,8 @@ import math
 
 import keras
 
+from ..plan import check_sparsity
+
 __all__ = ["PruningSchedule", "ConstantSparsity", "PolynomialDecay"]
 
 
@@ -27,14 +29,6 @@ def _check_int(name: str, value, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name}={value} must be >= {minimum}")
     return value
-
-
-def _check_sparsity(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number in [0, 1), got {type(value).__name__} {value!r}")
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}={value!r} is outside [0, 1)")
-    return float(value)
 
 
 class PruningSchedule(abc.ABC):
@@ -94,7 +88,7 @@ class ConstantSparsity(PruningSchedule):
     """
 
     def __init__(self, target_sparsity: float, begin_step: int, end_step: int = -1, frequency: int = 100):
-        self.target_sparsity = _check_sparsity("target_sparsity", target_sparsity)
+        self.target_sparsity = check_sparsity(target_sparsity, name="target_sparsity")
         self.begin_step = _check_int("begin_step", begin_step, 0)
         self.end_step = _check_int("end_step", end_step, -1)
         self.frequency = _check_int("frequency", frequency, 1)
@@ -132,8 +126,8 @@ class PolynomialDecay(PruningSchedule):
 
     def __init__(self, initial_sparsity: float, final_sparsity: float, begin_step: int, end_step: int,
                  power: float = 3, frequency: int = 100):
-        self.initial_sparsity = _check_sparsity("initial_sparsity", initial_sparsity)
-        self.final_sparsity = _check_sparsity("final_sparsity", final_sparsity)
+        self.initial_sparsity = check_sparsity(initial_sparsity, name="initial_sparsity")
+        self.final_sparsity = check_sparsity(final_sparsity, name="final_sparsity")
         self.begin_step = _check_int("begin_step", begin_step, 0)
         self.end_step = _check_int("end_step", end_step, 0)
         self.frequency = _check_int("frequency", frequency, 1)

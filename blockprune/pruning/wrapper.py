@@ -20,10 +20,10 @@ from __future__ import annotations
 import re
 
 import keras
-import numpy as np
 
 from ..masks import POOLING_TYPES, block_mask, block_scores, check_blocks_divide
 from ..modelwalk import layer_sites
+from ..plan import check_block_shape
 from .schedules import ConstantSparsity, PruningSchedule
 
 __all__ = ["PruneLowMagnitude", "MaskConstraint"]
@@ -47,14 +47,6 @@ class MaskConstraint(keras.constraints.Constraint):
 
     def get_config(self):
         return {}
-
-
-def _check_block_size(value, where: str) -> tuple[int, int]:
-    ok = (isinstance(value, (tuple, list)) and len(value) == 2
-          and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in value))
-    if not ok:
-        raise ValueError(f"{where}: block_size={value!r} is not two positive integers (rows, cols)")
-    return (int(value[0]), int(value[1]))
 
 
 def _slug(name: str) -> str:
@@ -119,12 +111,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             raise ValueError(f"Layer '{layer.name}': block_pooling_type={block_pooling_type!r} is not one of "
                              f"{POOLING_TYPES}")
         self.pruning_schedule = pruning_schedule
-        self.block_size = _check_block_size(block_size, f"Layer '{layer.name}'")
+        self.block_size = check_block_shape(block_size, f"layer '{layer.name}'", name="block_size")
         self.block_pooling_type = block_pooling_type
         self.balanced = bool(balanced)
         self.prune_weights = None if prune_weights is None else {
-            str(k): {"block_shape": list(_check_block_size(v.get("block_shape", self.block_size),
-                                                           f"Layer '{layer.name}' weight '{k}'")),
+            str(k): {"block_shape": list(check_block_shape(v.get("block_shape", self.block_size),
+                                                          f"layer '{layer.name}' weight '{k}'")),
                      "sparsity": v.get("sparsity")}
             for k, v in dict(prune_weights).items()
         }
