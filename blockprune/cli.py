@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from ._quiet import filtered_stderr
+from ._text import text_table
 
 EXIT_BAD_INPUT = 2
 
@@ -44,10 +45,7 @@ def _targets_table(targets) -> str:
         device = "measured here" if t.native else "cost model"
         rows.append((t.name, t.dtype, blocks, "yes" if t.balanced else "no", t.lowering.tflite,
                      t.lowering.onnx, device, t.description))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 11)
-    return "\n".join(lines)
+    return text_table(rows, rule=True)
 
 
 def cmd_targets(args) -> int:
@@ -250,8 +248,7 @@ def _records_table(records) -> str:
         formats = ", ".join(f"{lay['name']}={lay['format']}" for lay in r.layers) or "-"
         rows.append((Path(r.path).name, r.runtime_options.get("lowering", "-"), f"{r.bytes:,}", f"{r.gzip_bytes:,}",
                      f"{r.max_abs_error:.2g}", formats))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows)
+    return text_table(rows)
 
 
 def cmd_export(args) -> int:

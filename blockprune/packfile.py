@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ._atomic import atomic_path
+from ._text import text_table
 from .formats import FORMATS, BlockedELL, BSR, detect_block_shape
 from .views import WeightView
 
@@ -249,5 +250,4 @@ def inspect_table(layers: list[PackedLayer]) -> str:
                      f"{nb['indices'] / packed:.1%}" if packed else "-", f"{packed / dense:.3f}" if dense else "-"))
     rows.append(("total", "", "", "", "", f"{total_dense:,}", f"{total_packed:,}", "", "",
                  f"{total_packed / total_dense:.3f}" if total_dense else "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return text_table(rows)

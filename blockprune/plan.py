@@ -36,6 +36,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from . import cost
+from ._text import text_table
 from ._atomic import atomic_path
 from .targets import TargetDescriptor, load_target, parse_target
 from .views import WeightView
@@ -467,13 +468,7 @@ class SparsityPlan:
                 rows.append((lp.name, lp.kind, view, block, f"{lp.sparsity:.0%}", speed, note))
             else:
                 rows.append((lp.name, lp.kind, view, "-", "dense", "-", f"skipped: {lp.skip_reason}"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-        lines = []
-        for i, r in enumerate(rows):
-            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
-            if i == 0:
-                lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 4)
-        return "\n".join(head + [""] + [ln.rstrip() for ln in lines])
+        return "\n".join(head + ["", text_table(rows, rule=True)])
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -7,7 +7,7 @@ import pytest
 from conftest import REPO
 
 TF_FREE = ["targets", "plan", "views", "cost", "masks", "prunable", "data", "_atomic", "formats", "packfile",
-           "_quiet", "profile", "timing"]
+           "_quiet", "profile", "timing", "_text"]
 KERAS_MODULES = {"pruning", "modelwalk", "examples", "cli", "lower", "export", "tune", "bench", "run"}
 
 

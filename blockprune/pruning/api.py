@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 
 from .._atomic import atomic_path
+from .._text import text_table
 from ..masks import block_structure, reachable_sparsity
 from ..modelwalk import find_weights, layer_sites, model_kind
 from ..plan import SparsityPlan
@@ -252,8 +253,7 @@ class Verification:
             rows.append((c.name, f"({c.block_shape[0]}, {c.block_shape[1]})", f"{c.target_sparsity:.1%}",
                          f"{c.sparsity:.1%}", f"{c.block_sparsity:.1%}", str(c.partial_blocks),
                          "yes" if c.exact else "NO"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+        return text_table(rows)
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "layers": [dict(vars(c)) for c in self.layers]}
