@@ -12,7 +12,6 @@ cost-model estimate, labelled as such, next to what the local CPU measured.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -127,12 +126,6 @@ def _time(runners: dict, x, rounds: int, reps: int, warmup: int) -> dict:
             for key, v in times.items()}
 
 
-def _inputs_like(model, batch: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    shape = [batch] + [d if d is not None else 1 for d in model.inputs[0].shape[1:]]
-    return rng.normal(size=shape).astype("float32")
-
-
 def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int = 50, warmup: int = 10,
           progress: bool = True) -> BenchResult:
     """Measures every dense/sparse pair in an export folder.
@@ -153,7 +146,8 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
     """
     import keras
 
-    from .export import make_runner
+    from .cost import ideal_speedup
+    from .export import _compare, _sample_inputs, make_runner
 
     export_dir = Path(export_dir)
     for name, values in (("batch", batches), ("threads", threads)):
@@ -169,26 +163,24 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
     first = pairs[0][0] if pairs else None
     sparsity = _overall_sparsity(first) if first else 0.0
     result = BenchResult(str(export_dir), manifest["model"], manifest["target"], bool(target and target.native),
-                         sparsity, math.inf if sparsity >= 1 else 1 / (1 - sparsity))
+                         sparsity, ideal_speedup(sparsity))
     if target is not None and not target.native and first:
         result.estimate = _estimate(target, first)
     jobs = [(s, d, b, t) for s, d in pairs for b in batches for t in threads]
     interactive = progress and sys.stdout.isatty()
     bar = keras.utils.Progbar(len(jobs), unit_name="configuration") if interactive and jobs else None
+    x = _sample_inputs(model, max(batches), seed=1)[0]
+    reference = np.asarray(model.predict(x, verbose=0))  # once: every file is compared with it
     for sparse, dense in pairs:
         result.sizes.append({"format": sparse["format"], "dense_bytes": dense["bytes"], "sparse_bytes": sparse["bytes"],
                              "dense_gzip_bytes": dense["gzip_bytes"], "sparse_gzip_bytes": sparse["gzip_bytes"]})
-        x = _inputs_like(model, max(batches), seed=1)
-        reference = np.asarray(model.predict(x, verbose=0))
         for rec in (sparse, dense):
-            got = make_runner(_local(export_dir, rec))(x)
-            err = float(np.max(np.abs(got - reference)))
-            result.agreement.append({"file": Path(rec["path"]).name, "max_abs_error": err,
-                                     "rel_error": err / (float(np.max(np.abs(reference))) or 1.0)})
+            err, rel = _compare(reference, make_runner(_local(export_dir, rec))(x))
+            result.agreement.append({"file": Path(rec["path"]).name, "max_abs_error": err, "rel_error": rel})
     for i, (sparse, dense, batch, n_threads) in enumerate(jobs):
         runners = {"dense": make_runner(_local(export_dir, dense), n_threads),
                    "sparse": make_runner(_local(export_dir, sparse), n_threads)}
-        stats = _time(runners, _inputs_like(model, batch), rounds, reps, warmup)
+        stats = _time(runners, _sample_inputs(model, batch)[0], rounds, reps, warmup)
         runtime = "LiteRT" if sparse["format"] == "tflite" else "ONNX Runtime"
         (dm, d10, d90), (sm, s10, s90) = stats["dense"], stats["sparse"]
         result.configs.append(BenchConfig(runtime, sparse["format"], batch, n_threads, dm, sm, dm / sm, d10, d90, s10,
