@@ -31,7 +31,7 @@ from ._atomic import atomic_path
 from .formats import detect_block_shape
 from .masks import reachable_sparsity
 from .lower import lower
-from .modelwalk import find_weights
+from .modelwalk import target_sites
 from .plan import SparsityPlan
 from .targets import TargetDescriptor, load_target
 
@@ -92,9 +92,7 @@ def sparse_structure(model, target: TargetDescriptor, plan: SparsityPlan | None 
     """
     planned = {lp.name: lp for lp in plan.pruned_layers} if plan else {}
     out = []
-    for site in find_weights(model):
-        if site.not_prunable is not None or site.view is None or site.kind not in target.layer_kinds:
-            continue
+    for site in target_sites(model, target):
         name = f"{site.layer}/{site.weight}"
         w2d = site.view.to_2d(np.asarray(site.variable.numpy()))
         lp = planned.get(name)

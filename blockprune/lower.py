@@ -21,11 +21,14 @@ import keras
 import numpy as np
 
 from .formats import BlockedELL, detect_block_shape
-from .modelwalk import find_weights
+from .modelwalk import target_sites
 from .pruning.api import _copy_model, _rewrap
 from .targets import load_target
 
-__all__ = ["BlockSparseDense", "LoweredLayer", "lower"]
+__all__ = ["BlockSparseDense", "LoweredLayer", "lower", "LOWERABLE_KINDS"]
+
+#: Layer kinds the gather-matmul lowering rewrites (KxK convolutions and EinsumDense stay as they are).
+LOWERABLE_KINDS = ("dense", "conv1x1")
 
 
 @keras.saving.register_keras_serializable(package="blockprune")
@@ -158,8 +161,8 @@ def lower(model, target, runtime: str = "tflite", block_shapes=None):
         return copy, []
     block_shapes = block_shapes or {}
     replacements: dict[str, tuple] = {}
-    for site in find_weights(copy):
-        if site.kind not in ("dense", "conv1x1") or site.weight != "kernel" or site.kind not in target.layer_kinds:
+    for site in target_sites(copy, target):
+        if site.kind not in LOWERABLE_KINDS or site.weight != "kernel":
             continue
         w2d = site.view.to_2d(np.asarray(site.variable.numpy()))
         name = f"{site.layer}/{site.weight}"

@@ -21,7 +21,7 @@ import keras
 from .prunable import is_prunable_layer
 from .views import WeightView, einsum_view
 
-__all__ = ["WeightSite", "find_weights", "layer_sites", "model_kind", "matrix_kind"]
+__all__ = ["WeightSite", "find_weights", "target_sites", "layer_sites", "model_kind", "matrix_kind"]
 
 _CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 _NOT_PRUNABLE_WHY = {
@@ -254,3 +254,10 @@ def layer_sites(layer) -> list[WeightSite]:
     _sites_of(layer, layer, layer.name, "", sites, covered)
     _uncovered(layer, layer.name, sites, covered)
     return sites
+
+
+def target_sites(model, target) -> list[WeightSite]:
+    """The weights of ``model`` that ``target`` can prune: prunable, with an ``[in, out]`` view,
+    of a layer kind the target lists (its ``min_weights`` is the planner's business)."""
+    return [s for s in find_weights(model)
+            if s.not_prunable is None and s.view is not None and s.kind in target.layer_kinds]

@@ -133,16 +133,15 @@ def pack_model(model, target) -> list[PackedLayer]:
         model: a stripped Keras model.
         target: a target name, path or descriptor.
     """
-    from .modelwalk import find_weights
+    from .modelwalk import target_sites
     from .targets import load_target
 
     target = load_target(target)
     kernels, views = {}, {}
-    for site in find_weights(model):
-        if site.not_prunable is None and site.view is not None and site.kind in target.layer_kinds:
-            name = f"{site.layer}/{site.weight}"
-            kernels[name] = np.asarray(site.variable.numpy())
-            views[name] = site.view
+    for site in target_sites(model, target):
+        name = f"{site.layer}/{site.weight}"
+        kernels[name] = np.asarray(site.variable.numpy())
+        views[name] = site.view
     return pack_arrays(kernels, target.block_shapes, target.balanced, views)
 
 

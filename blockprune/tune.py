@@ -21,7 +21,8 @@ import keras
 import numpy as np
 
 from .masks import block_mask
-from .modelwalk import find_weights
+from .lower import LOWERABLE_KINDS
+from .modelwalk import target_sites
 from .profile import Measurement, Profile
 from .targets import load_target
 from .timing import machine_info, median_latency_us
@@ -29,17 +30,14 @@ from .timing import machine_info, median_latency_us
 __all__ = ["tune", "measure_layer", "layer_shapes", "SPARSITIES"]
 
 SPARSITIES = (0.5, 0.8, 0.9, 0.95)
-LOWERABLE = ("dense", "conv1x1")
 
 
 def layer_shapes(model, target, batch: int = 1) -> list[tuple[tuple[int, int], int]]:
     """Distinct ``(view_shape, rows)`` of the weights the target can lower, in model order."""
     target = load_target(target)
     seen = []
-    for site in find_weights(model):
-        if site.not_prunable or site.kind not in target.layer_kinds or site.kind not in LOWERABLE:
-            continue
-        if site.weight != "kernel" or site.view.view_shape[0] * site.view.view_shape[1] < target.min_weights:
+    for site in target_sites(model, target):
+        if site.kind not in LOWERABLE_KINDS or site.weight != "kernel" or site.view.view_shape[0] * site.view.view_shape[1] < target.min_weights:
             continue
         key = (tuple(site.view.view_shape), batch * site.positions)
         if key not in seen:
@@ -116,7 +114,7 @@ def tune(model, target, sparsities=SPARSITIES, batch: int = 1, threads: int = 1,
     shapes = layer_shapes(model, target, batch)
     if not shapes:
         raise ValueError(f"model '{model.name}' has no layer that target '{target.name}' can lower "
-                         f"({', '.join(LOWERABLE)} of at least {target.min_weights} weights)")
+                         f"({', '.join(LOWERABLE_KINDS)} of at least {target.min_weights} weights)")
     jobs = []
     for view, rows in shapes:
         for rt in runtimes:
