@@ -76,7 +76,6 @@ def load_keras_model(path: str, imports: list[str] | None = None):
         raise ValueError(f"model file {path!r} does not exist")
     if p.suffix not in (".keras", ".h5"):
         raise ValueError(f"model file {path!r} is not a .keras file (save it with model.save('model.keras'))")
-    _quiet_tensorflow()
     import keras
 
     try:
@@ -91,12 +90,11 @@ def cmd_plan(args) -> int:
     from .plan import plan
     from .targets import load_target
 
-    target = load_target(args.target)  # fail fast, before TensorFlow loads
+    target = load_target(args.target)  # fail fast, before a model loads
     overrides = _overrides(args)
     if args.model:
         model = load_keras_model(args.model, args.imports)
     else:
-        _quiet_tensorflow()
         from .examples import EXAMPLES, example_model
 
         if not args.json:
@@ -171,7 +169,7 @@ def cmd_prune(args) -> int:
     checkpoint = out.with_name(f"{out.stem}.checkpoint.keras")
     pinned = SparsityPlan.load(args.plan) if args.plan else None
     if pinned is None:
-        load_target(args.target)  # fail fast, before TensorFlow loads
+        load_target(args.target)  # fail fast, before a model loads
     data = load_npz(args.data) if args.data else digits()
     model = load_keras_model(args.model, args.imports)
     import keras

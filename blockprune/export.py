@@ -159,11 +159,22 @@ def _prepare(model, target, path, plan, allow_dense: bool, dense: bool):
     return target, Path(path), structure, sparse_layers
 
 
-def _check_tolerance(rel: float, target: TargetDescriptor, what: str) -> None:
+def _verify(model, samples, run, target: TargetDescriptor, what: str) -> tuple[float, float]:
+    """Runs the converted file (``run(samples) -> output``) against Keras on the same inputs.
+
+    Returns:
+        ``(max_abs_error, rel_error)``.
+
+    Raises:
+        ExportError: the relative error exceeds the target dtype's tolerance.
+    """
+    reference = np.asarray(model.predict(samples if len(samples) > 1 else samples[0], verbose=0))
+    err, rel = _compare(reference, run(samples))
     tol = INT8_TOLERANCE if target.dtype == "int8" else FLOAT_TOLERANCE
     if not rel <= tol:
         raise ExportError(f"{what} for target '{target.name}' disagrees with Keras: relative error {rel:.3g} > "
                           f"{tol:g}; nothing was written")
+    return err, rel
 
 
 # --------------------------------------------------------------------------- TFLite
@@ -294,11 +305,8 @@ def export_tflite(model, target, path, plan: SparsityPlan | None = None, allow_d
     if warnings and not allow_dense and not dense:
         raise ExportError(f"{path.name} for target '{target.name}': " + "; ".join(warnings) +
                           " (--allow-dense / allow_dense=True writes it anyway)")
-    samples = samples or _sample_inputs(model)
-    reference = np.asarray(model.predict(samples if len(samples) > 1 else samples[0], verbose=0))
-    got = _run_tflite(_tflite_interpreter(buf, default_delegates), samples)
-    err, rel = _compare(reference, got)
-    _check_tolerance(rel, target, f"{path.name}")
+    interp = _tflite_interpreter(buf, default_delegates)
+    err, rel = _verify(model, samples or _sample_inputs(model), lambda xs: _run_tflite(interp, xs), target, path.name)
     options = {"runtime": "litert", "target": target.name, "variant": "dense" if dense else "sparse",
                "lowering": lowering, "dtype": target.dtype, "default_delegates": default_delegates,
                "op_resolver_type": "AUTO" if default_delegates else "BUILTIN_WITHOUT_DEFAULT_DELEGATES"}
@@ -385,12 +393,10 @@ def export_onnx(model, target, path, plan: SparsityPlan | None = None, allow_den
             warnings.append(f"Layer '{s['layer']}' has no gather-matmul form here; it runs dense")
         layers.append(_layer_entry(s, fmt))
     data = proto.SerializeToString()
-    samples = samples or _sample_inputs(model)
-    reference = np.asarray(model.predict(samples if len(samples) > 1 else samples[0], verbose=0))
     session = _ort_session(data)
-    got = session.run(None, {i.name: x for i, x in zip(session.get_inputs(), samples)})[0]
-    err, rel = _compare(reference, got)
-    _check_tolerance(rel, target, path.name)
+    err, rel = _verify(model, samples or _sample_inputs(model),
+                       lambda xs: session.run(None, {i.name: x for i, x in zip(session.get_inputs(), xs)})[0],
+                       target, path.name)
     options = {"runtime": "onnxruntime", "target": target.name, "variant": "dense" if dense else "sparse",
                "lowering": lowering, "opset": target.runtime.onnx_opset, "providers": ["CPUExecutionProvider"],
                "sparse_initializers": sorted(moved)}
