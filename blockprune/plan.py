@@ -236,12 +236,6 @@ class LayerPlan:
             return None
         return self.est_dense_us / self.est_sparse_us
 
-    @property
-    def measured_speedup(self) -> float | None:
-        if self.measured_dense_us is None or not self.measured_sparse_us:
-            return None
-        return self.measured_dense_us / self.measured_sparse_us
-
     def latency_us(self) -> tuple[float | None, float | None, str]:
         """``(dense, sparse, "measured" | "estimate")`` for this weight."""
         if self.measured_dense_us is not None:

@@ -173,16 +173,6 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 inner = inner.inner
             t.variable.constraint = MaskConstraint(t.mask, inner)
 
-    def detach_constraints(self):
-        """Restores each pruned weight's own constraint (used by ``strip_pruning``)."""
-        for t in self._targets:
-            if isinstance(t.variable.constraint, MaskConstraint):
-                t.variable.constraint = t.variable.constraint.inner
-
-    def load_own_variables(self, store):
-        super().load_own_variables(store)
-        self._attach_constraints()
-
     # ------------------------------------------------------------------ pruning
 
     @property
