@@ -106,7 +106,8 @@ def cmd_plan(args) -> int:
 
         profile = Profile.load(args.profile)
     p = plan(model, target, sparsity=args.sparsity, overrides=overrides, profile=profile, runtime=args.runtime,
-             batch=args.batch, threads=args.threads, latency_budget_us=args.budget_us, speedup=args.speedup)
+             batch=args.batch, threads=args.threads, latency_budget_us=args.budget_us, speedup=args.speedup,
+             overall_sparsity=args.overall_sparsity)
     if args.output:
         p.save(args.output)
     if args.json:
@@ -383,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--speedup", type=_float, help="allocate per-layer sparsity to reach this predicted speedup")
     budget.add_argument("--budget-us", type=_float, help="allocate per-layer sparsity to meet this matmul latency")
+    budget.add_argument("--overall-sparsity", type=_float,
+                        help="allocate per-layer sparsity (each at most --sparsity) so this fraction of the prunable "
+                             "weights is zero at the lowest predicted latency")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("-o", "--output", help="write the plan as JSON to this file")
     p.set_defaults(func=cmd_plan)

@@ -23,12 +23,9 @@ import numpy as np
 from .formats import BlockedELL, detect_block_shape
 from .modelwalk import target_sites
 from .pruning.api import _copy_model, _rewrap
-from .targets import load_target
+from .targets import LOWERABLE_KINDS, load_target
 
 __all__ = ["BlockSparseDense", "LoweredLayer", "lower", "LOWERABLE_KINDS"]
-
-#: Layer kinds the gather-matmul lowering rewrites (KxK convolutions and EinsumDense stay as they are).
-LOWERABLE_KINDS = ("dense", "conv1x1")
 
 
 @keras.saving.register_keras_serializable(package="blockprune")

@@ -38,7 +38,7 @@ import numpy as np
 from . import cost
 from ._text import text_table
 from ._atomic import atomic_path
-from .targets import TargetDescriptor, load_target, parse_target
+from .targets import TargetDescriptor, load_target, parse_target, runs_sparse
 from .views import WeightView
 
 __all__ = ["LayerPlan", "Override", "SparsityPlan", "SKIP_CODES", "plan", "plan_sites", "check_sparsity",
@@ -53,7 +53,7 @@ SKIP_CODES = {
     "kind_not_eligible": "the layer kind is not eligible for this target",
     "too_small": "fewer weights than the target's min_weights",
     "no_block_divides": "no allowed block shape divides the [in, out] view",
-    "budget_dense": "the latency budget is met without pruning it",
+    "budget_dense": "the latency budget or the overall sparsity is met without pruning it",
 }
 
 #: Sparsity levels the latency budget allocates from when no profile gives its own.
@@ -317,6 +317,7 @@ class SparsityPlan:
     layers: tuple[LayerPlan, ...]
     notes: tuple[str, ...] = field(default_factory=tuple)
     budget_us: float | None = None
+    overall_target: float | None = None
 
     @property
     def predicted_us(self) -> tuple[float, float, str] | None:
@@ -359,6 +360,13 @@ class SparsityPlan:
         return zero / total if total else 0.0
 
     @property
+    def eligible_sparsity(self) -> float:
+        """Fraction zero of the weights the target can prune (pruned ones and those an allocation kept dense)."""
+        pool = [lp for lp in self.layers if lp.pruned or lp.skip_code == "budget_dense"]
+        total = sum(lp.n_weights for lp in pool)
+        return sum(lp.n_weights * lp.sparsity for lp in pool) / total if total else 0.0
+
+    @property
     def est_speedup(self) -> float | None:
         """Cost-model estimate over all matrix-like weights (skipped ones count as dense)."""
         dense = sparse = 0.0
@@ -383,6 +391,8 @@ class SparsityPlan:
             "overall_sparsity": self.overall_sparsity,
             "estimated_speedup": self.est_speedup,
             "budget_us": self.budget_us,
+            "overall_target": self.overall_target,
+            "eligible_sparsity": self.eligible_sparsity,
             "predicted_us": None if self.predicted_us is None else dict(zip(("dense", "sparse", "kind"),
                                                                            self.predicted_us)),
             "notes": list(self.notes),
@@ -413,7 +423,7 @@ class SparsityPlan:
             target = parse_target(d["target_descriptor"], f"{source} (target_descriptor)")
             return cls(model=d["model"], model_kind=d["model_kind"], target=target, sparsity=float(d["sparsity"]),
                        layers=tuple(LayerPlan.from_dict(x) for x in d["layers"]), notes=tuple(d.get("notes", ())),
-                       budget_us=d.get("budget_us"))
+                       budget_us=d.get("budget_us"), overall_target=d.get("overall_target"))
         except (KeyError, TypeError) as e:
             raise ValueError(f"{source}: malformed plan: missing or invalid field {e}") from None
 
@@ -438,11 +448,15 @@ class SparsityPlan:
             f"  {len(self.pruned_layers)} of {len(self.layers)} matrix-like weights pruned; "
             f"requested sparsity {self.sparsity:.0%}, overall {self.overall_sparsity:.1%} of all their weights zero",
         ]
+        if self.overall_target is not None:
+            head.append(f"  allocated for {self.overall_target:.0%} overall of the weights the target can prune "
+                        f"(reached {self.eligible_sparsity:.1%}), at most {self.sparsity:.0%} per weight, "
+                        "at the lowest predicted latency")
         if self.est_speedup is not None:
             head.append(f"  estimated speedup of all matmuls {self.est_speedup:.2f}x on {t.hardware} "
                         "(cost-model ESTIMATE, batch 1; `blockprune bench` measures)")
         predicted = self.predicted_us
-        if predicted and (self.budget_us is not None or predicted[2] != "estimate"):
+        if predicted and (self.budget_us is not None or self.overall_target is not None or predicted[2] != "estimate"):
             budget = f" for a budget of {self.budget_us:.0f} us" if self.budget_us is not None else ""
             head.append(f"  predicted matmul latency {predicted[1]:.0f} us vs {predicted[0]:.0f} us dense "
                         f"({predicted[0] / predicted[1]:.2f}x, {predicted[2]}){budget}")
@@ -458,7 +472,8 @@ class SparsityPlan:
                 if measured:
                     speed = (f"{lp.measured_dense_us:.0f}->{lp.measured_sparse_us:.0f}"
                              if lp.measured_sparse_us is not None else "not measured")
-                note = {"override": "override", "profile": "fastest measured", "budget": "budget"}.get(lp.source, "")
+                note = {"override": "override", "profile": "fastest measured", "budget": "budget",
+                        "allocated": "allocated"}.get(lp.source, "")
                 rows.append((lp.name, lp.kind, view, block, f"{lp.sparsity:.0%}", speed, note))
             else:
                 rows.append((lp.name, lp.kind, view, "-", "dense", "-", f"skipped: {lp.skip_reason}"))
@@ -502,7 +517,53 @@ def _divides(view_shape: tuple[int, int], block: tuple[int, int]) -> bool:
     return view_shape[0] % block[0] == 0 and view_shape[1] % block[1] == 0
 
 
-def _plan_one(site, target: TargetDescriptor, sparsity: float, match, measured: _Measured | None = None) -> LayerPlan:
+@dataclass(frozen=True)
+class _Predictor:
+    """Predicted latency of one weight's matmul: the profile where it measured one, else the cost
+    model. A weight whose kind the runtime's lowering leaves dense costs its dense time."""
+
+    target: TargetDescriptor
+    runtime: str
+    measured: _Measured | None = None
+
+    def runs_sparse(self, lp_or_site) -> bool:
+        return runs_sparse(self.target, lp_or_site.kind, self.runtime)
+
+    def latency(self, lp_or_site, block, sparsity) -> float:
+        if not sparsity or block is None or not self.runs_sparse(lp_or_site):
+            block, sparsity = None, 0.0
+        if self.measured is not None:
+            t = self.measured.latency(lp_or_site, block, sparsity)
+            if t is not None:
+                return t
+        e = cost.estimate(lp_or_site.view.view_shape, block or (1, 1), sparsity, self.target,
+                          positions=lp_or_site.positions)
+        return e.dense_us if block is None else e.sparse_us
+
+    def fastest(self, lp, blocks, sparsity) -> tuple[float, tuple[int, int]]:
+        """``(us, block)``: the fastest measured of ``blocks`` at ``sparsity``, else the first one's estimate."""
+        if self.measured is not None and self.runs_sparse(lp):
+            timed = [(t, k, b) for k, b in enumerate(blocks)
+                     if (t := self.measured.latency(lp, b, sparsity)) is not None]
+            if timed:
+                t, _, b = min(timed)
+                return t, b
+        return self.latency(lp, blocks[0], sparsity), blocks[0]
+
+    def layer_plan(self, lp: LayerPlan, block, sparsity, **changes) -> LayerPlan:
+        """``lp`` at ``block`` and ``sparsity``, with its estimate and measurement updated."""
+        est = cost.estimate(lp.view.view_shape, block, sparsity, self.target, positions=lp.positions)
+        m_sparse = None
+        if self.measured is not None:
+            m_sparse = self.measured.latency(lp, block if self.runs_sparse(lp) else None,
+                                             sparsity if self.runs_sparse(lp) else 0.0)
+        return replace(lp, block_shape=block, sparsity=sparsity,
+                       est_dense_us=est.dense_us, est_sparse_us=est.sparse_us if self.runs_sparse(lp) else est.dense_us,
+                       measured_dense_us=self.measured.latency(lp, None, 0.0) if m_sparse is not None else None,
+                       measured_sparse_us=m_sparse, **changes)
+
+
+def _plan_one(site, target: TargetDescriptor, sparsity: float, match, predictor: _Predictor) -> LayerPlan:
     def _skip(code: str, reason: str, source: str = "target") -> LayerPlan:
         # A skipped weight still costs its dense time; the model-wide estimate counts it.
         dense_us = None
@@ -538,109 +599,181 @@ def _plan_one(site, target: TargetDescriptor, sparsity: float, match, measured: 
         n = math.prod(site.kernel_shape)
         if n < target.min_weights:
             return _skip("too_small", f"{n} weights < min_weights={target.min_weights} of target '{target.name}'")
-        dividing = [b for b in target.block_shapes if _divides(view_shape, b)]
+        dividing = _dividing_blocks(view_shape, target)
         if not dividing:
             tried = ", ".join(f"({b[0]}, {b[1]})" for b in target.block_shapes)
             return _skip("no_block_divides",
                          f"no block shape of target '{target.name}' ({tried}) divides the view {view_shape}")
         block = dividing[0]
-        if measured is not None:
-            timed = [(t, b) for b, t in ((b, measured.latency(site, b, s)) for b in dividing) if t is not None]
-            if timed:  # the fastest measured block shape; ties go to the target's order
-                block = min(timed, key=lambda tb: (tb[0], dividing.index(tb[1])))[1]
-                source = "profile"
-    est = cost.estimate(view_shape, block, s, target, positions=site.positions)
-    m_dense = measured.latency(site, None, 0.0) if measured else None
-    m_sparse = measured.latency(site, block, s) if measured else None
-    return LayerPlan(site.layer, site.weight, site.layer_class, site.kind, site.kernel_shape, site.view,
-                     block, s, None, None, source, site.positions, est.dense_us, est.sparse_us,
-                     m_dense if m_sparse is not None else None, m_sparse)
+        if predictor.measured is not None:
+            _, fastest = predictor.fastest(site, dividing, s)
+            if predictor.measured.latency(site, fastest, s) is not None:  # ties go to the target's order
+                block, source = fastest, "profile"
+    lp = LayerPlan(site.layer, site.weight, site.layer_class, site.kind, site.kernel_shape, site.view,
+                   block, s, None, None, source, site.positions)
+    return predictor.layer_plan(lp, block, s)
 
 
-def _layer_latency(lp: LayerPlan, sparsity: float, target, measured: _Measured | None) -> float:
-    """Predicted latency of one planned weight at ``sparsity`` (0: dense): profile, else cost model."""
-    if measured is not None:
-        t = measured.latency(lp, None if sparsity == 0 else lp.block_shape, sparsity)
-        if t is not None:
-            return t
-    e = cost.estimate(lp.view_shape, lp.block_shape, sparsity, target, positions=lp.positions)
-    return e.dense_us if sparsity == 0 else e.sparse_us
+def _dividing_blocks(view_shape, target) -> list[tuple[int, int]]:
+    return [b for b in target.block_shapes if _divides(view_shape, b)]
 
 
-def _allocate(layers: list[LayerPlan], target, measured, budget_us, speedup, ceiling, levels):
-    """Chooses per-weight sparsities so the predicted latency meets the budget, pruning as few
-    weights as it can: a greedy knapsack that repeatedly raises the sparsity of the weight with
-    the largest latency saving per extra pruned weight."""
+def _allocate(layers: list[LayerPlan], predictor: _Predictor, ceiling: float, levels, *,
+              budget_us: float | None = None, speedup: float | None = None, overall: float | None = None):
+    """Chooses per-weight sparsities (a greedy knapsack over the weights the target chose).
+
+    With a latency budget (``budget_us`` or ``speedup``), the predicted latency must meet it while
+    pruning as few weights as possible; with an ``overall`` sparsity, that fraction of the
+    eligible weights must be zero at the lowest predicted latency. Each step takes the move (one
+    weight, to any higher sparsity level) with the largest predicted saving per extra pruned
+    weight: looking past the next level lets a lowering that is slow at low sparsity and fast at
+    high sparsity be chosen. With a profile, each level uses the fastest measured block there.
+
+    Returns:
+        ``(layers, budget_us or None, note or None)``.
+    """
     free = [i for i, lp in enumerate(layers) if lp.pruned and lp.source != "override"]
     levels = [0.0] + sorted({lv for lv in levels if 0 < lv < ceiling} | {ceiling})
-    table = {i: [_layer_latency(layers[i], lv, target, measured) for lv in levels] for i in free}
-    fixed = 0.0
-    dense_total = 0.0
+    blocks = {i: _dividing_blocks(layers[i].view_shape, predictor.target) or [layers[i].block_shape] for i in free}
+    if predictor.measured is None:  # the cost model does not rank block shapes: keep the target's choice
+        blocks = {i: [layers[i].block_shape] for i in free}
+    options = {i: [(predictor.latency(layers[i], None, 0.0), None)]
+               + [predictor.fastest(layers[i], blocks[i], lv) for lv in levels[1:]] for i in free}
+    fixed = dense_total = 0.0
+    zeros = pool = 0.0
     for i, lp in enumerate(layers):
         if lp.view is None:
             continue
-        d = _layer_latency(lp, 0.0, target, measured) if lp.pruned else lp.latency_us()[0]
-        dense_total += d or 0.0
+        dense_total += predictor.latency(lp, None, 0.0)
+        if lp.pruned:
+            pool += lp.n_weights
         if i not in free:
-            fixed += (_layer_latency(lp, lp.sparsity, target, measured) if lp.pruned else (lp.latency_us()[0] or 0.0))
-    budget = budget_us if budget_us is not None else dense_total / speedup
+            fixed += predictor.latency(lp, lp.block_shape, lp.sparsity) if lp.pruned else predictor.latency(lp, None, 0)
+            zeros += lp.n_weights * lp.sparsity if lp.pruned else 0.0
+    by_budget = overall is None
+    budget = (budget_us if budget_us is not None else dense_total / speedup) if by_budget else None
+    goal = None if by_budget else overall * pool
     level = {i: 0 for i in free}
-    total = fixed + sum(table[i][0] for i in free)
-    while total > budget:
-        best, best_ratio = None, 0.0
+    total = fixed + sum(options[i][0][0] for i in free)
+
+    def met(total_us, zeros_now) -> bool:
+        return total_us <= budget * (1 + 1e-9) if by_budget else zeros_now >= goal - 1e-6
+
+    while not met(total, zeros):
+        best = None
         for i in free:
-            if level[i] + 1 >= len(levels):
-                continue
-            gain = table[i][level[i]] - table[i][level[i] + 1]
-            ratio = gain / (layers[i].n_weights * (levels[level[i] + 1] - levels[level[i]]))
-            if gain > 0 and ratio > best_ratio:
-                best, best_ratio = i, ratio
-        if best is None:
+            cur, n = level[i], layers[i].n_weights
+            for j in range(cur + 1, len(levels)):
+                ratio = (options[i][cur][0] - options[i][j][0]) / (n * (levels[j] - levels[cur]))
+                # Among equal savings the lower sparsity wins, so weights that buy no time share evenly.
+                if best is None or ratio > best[0] + 1e-9 * abs(best[0]) or (
+                        ratio >= best[0] - 1e-9 * abs(best[0]) and levels[j] < levels[best[2]]):
+                    best = (ratio, i, j)
+        if best is None or (by_budget and best[0] <= 0):
             break
-        total -= table[best][level[best]] - table[best][level[best] + 1]
-        level[best] += 1
+        _, i, j = best
+        cur, n = level[i], layers[i].n_weights
+        if by_budget:  # go no further along this weight than the budget needs
+            j = next(k for k in range(cur + 1, j + 1)
+                     if k == j or met(total - options[i][cur][0] + options[i][k][0], zeros))
+        total += options[i][j][0] - options[i][cur][0]
+        zeros += n * (levels[j] - levels[cur])
+        level[i] = j
+    sparsity = {i: levels[level[i]] for i in free}
+    if not by_budget and zeros > goal + 0.5:  # give back the zeros the last step took too many, where it costs least
+        total += _give_back(layers, sparsity, blocks, predictor, zeros - goal)
+        zeros = goal
+    if by_budget:  # undo steps the later ones made unnecessary
+        for i in sorted(free, key=lambda k: layers[k].n_weights):
+            while level[i] > 0 and met(total - options[i][level[i]][0] + options[i][level[i] - 1][0], zeros):
+                total += options[i][level[i] - 1][0] - options[i][level[i]][0]
+                level[i] -= 1
+            sparsity[i] = levels[level[i]]
     out = list(layers)
+    source = "budget" if by_budget else "allocated"
     for i in free:
-        lp, s = layers[i], levels[level[i]]
+        lp, s = layers[i], sparsity[i]
         if s == 0:
-            out[i] = replace(lp, block_shape=None, sparsity=0.0, skip_code="budget_dense",
-                             skip_reason=f"kept dense: the latency budget of {budget:.0f} us is met without pruning it",
-                             source="budget", est_sparse_us=lp.est_dense_us, measured_sparse_us=lp.measured_dense_us)
+            why = (f"the latency budget of {budget:.0f} us is met without pruning it" if by_budget else
+                   f"{overall:.0%} overall is reached faster by pruning other weights")
+            out[i] = replace(lp, block_shape=None, sparsity=0.0, skip_code="budget_dense", skip_reason=f"kept dense: {why}",
+                             source=source, est_sparse_us=lp.est_dense_us, measured_sparse_us=lp.measured_dense_us)
         else:
-            e = cost.estimate(lp.view_shape, lp.block_shape, s, target, positions=lp.positions)
-            m = measured.latency(lp, lp.block_shape, s) if measured else None
-            out[i] = replace(lp, sparsity=s, source="budget", est_sparse_us=e.sparse_us,
-                             measured_sparse_us=m if lp.measured_dense_us is not None else None)
+            out[i] = predictor.layer_plan(lp, predictor.fastest(lp, blocks[i], s)[1], s, source=source)
     note = None
-    if total > budget * (1 + 1e-9):
+    if by_budget and not met(total, zeros):
         note = (f"latency budget {budget:.0f} us is out of reach: predicted {total:.0f} us with every eligible weight "
                 f"at sparsity {ceiling:.0%}")
+    elif not by_budget and not met(total, zeros):
+        note = (f"overall sparsity {overall:.0%} is out of reach: {zeros / pool:.1%} with every eligible weight "
+                f"at sparsity {ceiling:.0%}")
     return out, budget, note
+
+
+def _give_back(layers, sparsity: dict, blocks, predictor, excess: float, step: float = 0.01) -> float:
+    """Lowers sparsities (in place) by ``excess`` zero weights in all, so an allocation lands on
+    its overall sparsity, at the smaller predicted latency of two ways: all on the one weight
+    where that costs least, or spread a ``step`` at a time onto the weight where each step costs
+    least. Returns the latency added (us)."""
+    def at(i, s):
+        return predictor.fastest(layers[i], blocks[i], s)[0] if s > 0 else predictor.latency(layers[i], None, 0.0)
+
+    def lowered(i, s, zeros):
+        return max(0.0, math.floor((s - zeros / layers[i].n_weights) * 1e4) / 1e4)
+
+    ways = []
+    one = [(at(i, lowered(i, s, excess)) - at(i, s), i) for i, s in sparsity.items()
+           if s * layers[i].n_weights >= excess]
+    if one:
+        added, i = min(one)
+        ways.append((added, {**sparsity, i: lowered(i, sparsity[i], excess)}))
+    spread, added, left = dict(sparsity), 0.0, excess
+    while left > 0.5:
+        best = None
+        for i, s in spread.items():
+            if s > 0:
+                low = lowered(i, s, min(step * layers[i].n_weights, left))
+                per_zero = (at(i, low) - at(i, s)) / (layers[i].n_weights * (s - low))
+                best = min(best or (per_zero, i, low), (per_zero, i, low))
+        _, i, low = best
+        added += at(i, low) - at(i, spread[i])
+        left -= layers[i].n_weights * (spread[i] - low)
+        spread[i] = low
+    ways.append((added, spread))
+    added, chosen = min(ways, key=lambda w: w[0])
+    sparsity.update(chosen)
+    return added
 
 
 def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sparsity: float = 0.9,
                overrides: Mapping[str, Any] | None = None, model_name: str = "model",
                model_kind: str = "functional", profile=None, runtime: str | None = None, batch: int = 1,
                threads: int = 1, latency_budget_us: float | None = None,
-               speedup: float | None = None) -> SparsityPlan:
+               speedup: float | None = None, overall_sparsity: float | None = None) -> SparsityPlan:
     """Plans a list of ``WeightSite``-like records (no Keras needed; ``plan`` walks the model).
 
     Args and Raises: as for ``plan``.
     """
     target = load_target(target)
     sparsity = check_sparsity(sparsity, f"target '{target.name}'")
-    if latency_budget_us is not None and speedup is not None:
-        raise ValueError("give a latency budget or a speedup, not both")
+    if sum(v is not None for v in (latency_budget_us, speedup, overall_sparsity)) > 1:
+        raise ValueError("give one of a latency budget, a speedup or an overall sparsity, not several")
     if speedup is not None and (isinstance(speedup, bool) or not isinstance(speedup, (int, float)) or speedup < 1):
         raise ValueError(f"speedup={speedup!r} must be a number >= 1 for target '{target.name}'")
     if latency_budget_us is not None and not latency_budget_us > 0:
         raise ValueError(f"latency_budget_us={latency_budget_us!r} must be positive for target '{target.name}'")
+    if overall_sparsity is not None:
+        overall_sparsity = check_sparsity(overall_sparsity, f"target '{target.name}'", "overall_sparsity")
+        if overall_sparsity > sparsity:
+            raise ValueError(f"overall_sparsity={overall_sparsity} is above the per-weight ceiling "
+                             f"sparsity={sparsity} for target '{target.name}' (raise sparsity, e.g. to 0.95)")
+    runtime = runtime or next((rt for rt in ("tflite", "onnx") if getattr(target.lowering, rt) != "dense"), "tflite")
     measured = None
     if profile is not None:
         if profile.target != target.name:
             raise ValueError(f"the profile was measured for target '{profile.target}', not '{target.name}'")
-        runtime = runtime or next((rt for rt in ("tflite", "onnx") if getattr(target.lowering, rt) != "dense"), "tflite")
         measured = _Measured(profile, runtime, batch, threads)
+    predictor = _Predictor(target, runtime, measured)
     compiled = _compile_overrides(overrides)
     sites = list(sites)
     used: set[str] = set()
@@ -649,7 +782,7 @@ def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sp
         match = _matching_override(site, compiled)
         if match:
             used.add(match[0])
-        layers.append(_plan_one(site, target, sparsity, match, measured))
+        layers.append(_plan_one(site, target, sparsity, match, predictor))
     unused = [p for p, _, _ in compiled if p not in used]
     if unused:
         known = ", ".join(f"{s.layer}/{s.weight}" for s in sites) or "none"
@@ -657,25 +790,32 @@ def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sp
                          f"(weights: {known})")
     notes = []
     budget = None
-    if latency_budget_us is not None or speedup is not None:
+    if latency_budget_us is not None or speedup is not None or overall_sparsity is not None:
         # Measured levels, plus 5% steps between them (the profile interpolates), so the allocation
         # can land close to the budget instead of jumping between coarse levels.
         measured_levels = profile.sparsities() if profile is not None and profile.sparsities() else BUDGET_LEVELS
         levels = sorted(set(measured_levels) | {round(0.05 * k, 2) for k in range(1, 20)})
-        layers, budget, note = _allocate(layers, target, measured, latency_budget_us, speedup, sparsity, levels)
+        layers, budget, note = _allocate(layers, predictor, sparsity, levels, budget_us=latency_budget_us,
+                                         speedup=speedup, overall=overall_sparsity)
         if note:
             notes.append(note)
+    slow = sorted({lp.kind for lp in layers if lp.pruned and not predictor.runs_sparse(lp)})
+    if slow:
+        notes.append(f"{', '.join(slow)} weights are pruned but run dense on {runtime} (no lowering for them): "
+                     "pruning them saves size, not time")
     if model_kind == "subclassed":
         notes.append("subclassed model: planned through its tracked layers; pruning needs a Sequential or "
                      "functional model (rebuild it with keras.Input)")
     if not any(lp.pruned for lp in layers):
         notes.append(f"nothing is pruned: no weight of this model fits target '{target.name}'")
-    return SparsityPlan(model_name, model_kind, target, sparsity, tuple(layers), tuple(notes), budget)
+    return SparsityPlan(model_name, model_kind, target, sparsity, tuple(layers), tuple(notes), budget,
+                        overall_sparsity)
 
 
 def plan(model, target: str | os.PathLike | TargetDescriptor, sparsity: float = 0.9,
          overrides: Mapping[str, Any] | None = None, profile=None, runtime: str | None = None, batch: int = 1,
-         threads: int = 1, latency_budget_us: float | None = None, speedup: float | None = None) -> SparsityPlan:
+         threads: int = 1, latency_budget_us: float | None = None, speedup: float | None = None,
+         overall_sparsity: float | None = None) -> SparsityPlan:
     """Chooses a block shape and sparsity for every prunable weight of a Keras model.
 
     Args:
@@ -683,7 +823,7 @@ def plan(model, target: str | os.PathLike | TargetDescriptor, sparsity: float = 
             through its tracked layers).
         target: a shipped target name, a path to a ``.toml`` descriptor, or a descriptor.
         sparsity: fraction of blocks to zero in each planned weight, in ``[0, 1)`` (with a
-            latency budget: the highest sparsity any weight may get).
+            latency budget or an overall sparsity: the highest sparsity any weight may get).
         overrides: ``{pattern: Override | dict | "block=4x1,sparsity=0.5" | "skip"}``. A pattern
             is a layer name, ``layer/weight``, or a regex matched in full against either; an
             exact name wins over a regex, and among regexes the first listed wins. Every
@@ -696,6 +836,10 @@ def plan(model, target: str | os.PathLike | TargetDescriptor, sparsity: float = 
         latency_budget_us: allocate per-weight sparsity so the predicted matmul latency (from
             the profile, else the cost model) meets this budget, pruning as few weights as possible.
         speedup: the budget as a speedup over dense (``--speedup 3``).
+        overall_sparsity: allocate per-weight sparsity (each at most ``sparsity``) so this
+            fraction of the weights the target can prune is zero, at the lowest predicted
+            latency: weights whose sparsity buys the most time get the most (with a profile,
+            each at its fastest measured block shape there).
 
     Returns:
         A ``SparsityPlan`` with one ``LayerPlan`` per matrix-like weight.
@@ -716,4 +860,4 @@ def plan(model, target: str | os.PathLike | TargetDescriptor, sparsity: float = 
     sites = find_weights(model)
     return plan_sites(sites, target, sparsity, overrides, model_name=model.name, model_kind=model_kind(model),
                       profile=profile, runtime=runtime, batch=batch, threads=threads,
-                      latency_budget_us=latency_budget_us, speedup=speedup)
+                      latency_budget_us=latency_budget_us, speedup=speedup, overall_sparsity=overall_sparsity)

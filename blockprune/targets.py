@@ -42,6 +42,8 @@ __all__ = [
     "TFLITE_LOWERINGS",
     "ONNX_LOWERINGS",
     "DTYPES",
+    "LOWERABLE_KINDS",
+    "runs_sparse",
     "list_targets",
     "load_target",
     "shipped_target_names",
@@ -55,6 +57,8 @@ ONNX_LOWERINGS = ("gather-matmul", "dense")
 #: ``int8`` means dynamic-range int8 (int8 weights, float activations), as TFLite does it.
 DTYPES = ("float32", "int8")
 LANE_AXES = ("in", "out", "both")
+#: Layer kinds the gather-matmul lowering rewrites (KxK convolutions and EinsumDense stay dense).
+LOWERABLE_KINDS = ("dense", "conv1x1")
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -436,3 +440,23 @@ def load_target(name_or_path: str | Path | TargetDescriptor) -> TargetDescriptor
 def list_targets() -> list[TargetDescriptor]:
     """All shipped targets, sorted by name."""
     return [load_target(n) for n in shipped_target_names()]
+
+
+def runs_sparse(target: TargetDescriptor, kind: str, runtime: str) -> bool:
+    """Whether a pruned weight of layer ``kind`` runs sparse (faster) after export for ``runtime``.
+
+    An emulated target (``native = false``) is described by its cost model, so every eligible
+    kind counts. On this machine's runtimes, the gather-matmul lowering rewrites only
+    ``LOWERABLE_KINDS`` (other kinds are exported dense: pruning them saves size, not time), a
+    ``dense`` lowering rewrites nothing, and ``builtin-sparse`` leaves the choice to the converter.
+
+    Example:
+        >>> runs_sparse(load_target("cpu-wide"), "einsum_dense", "tflite")
+        False
+    """
+    if not target.native:
+        return True
+    lowering = getattr(target.lowering, runtime)
+    if lowering == "gather-matmul":
+        return kind in LOWERABLE_KINDS
+    return lowering != "dense"

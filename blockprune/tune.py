@@ -21,10 +21,9 @@ import keras
 import numpy as np
 
 from .masks import block_mask
-from .lower import LOWERABLE_KINDS
 from .modelwalk import target_sites
 from .profile import Measurement, Profile
-from .targets import load_target
+from .targets import LOWERABLE_KINDS, load_target
 from .timing import machine_info, median_latency_us
 
 __all__ = ["tune", "measure_layer", "layer_shapes", "SPARSITIES"]

@@ -91,10 +91,50 @@ def test_budget_from_the_cost_model_without_a_profile():
     assert "budget" in p.summary()
 
 
+def test_overall_sparsity_goes_where_it_buys_the_most_time():
+    inputs = keras.Input((512,))
+    x = keras.layers.Dense(512, name="h1")(inputs)
+    x = keras.layers.Dense(1024, name="h2")(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="out")(x), name="two")
+    ms = [Measurement("tflite", (512, 512), 1, 1, None, 0.0, 100.0),
+          Measurement("tflite", (512, 1024), 1, 1, None, 0.0, 200.0)]
+    for s in (0.5, 0.9, 0.95):  # h1 gets much faster with sparsity, h2 hardly
+        ms += [Measurement("tflite", (512, 512), 1, 1, (1, 64), s, 100.0 * (1 - s)),
+               Measurement("tflite", (512, 1024), 1, 1, (1, 64), s, 200.0 - 10 * s)]
+    profile = Profile("cpu-wide", {}, {}, ms)
+    p = blockprune.plan(model, "cpu-wide", sparsity=0.95, overall_sparsity=0.6, profile=profile)
+    h1, h2 = p.get("h1"), p.get("h2")
+    assert h1.sparsity == 0.95 and h1.source == "allocated"
+    # The rest of the 60% comes from h2: (0.6 * 786432 - 0.95 * 262144) / 524288 zero, to 4 decimals.
+    assert h2.sparsity == pytest.approx((0.6 * 786432 - 0.95 * 262144) / 524288, abs=1e-4)
+    assert p.eligible_sparsity == pytest.approx(0.6, abs=1e-4) and p.overall_target == 0.6
+    uniform = blockprune.plan(model, "cpu-wide", sparsity=0.6, profile=profile)
+    assert uniform.eligible_sparsity == pytest.approx(0.6)
+    assert p.predicted_us[1] < uniform.predicted_us[1] - 30
+    assert "allocated for 60% overall" in p.summary()
+    assert blockprune.SparsityPlan.from_json(p.to_json()).overall_target == 0.6
+
+
+def test_overall_sparsity_spares_weights_the_lowering_runs_dense():
+    from blockprune.examples import example_model
+
+    p = blockprune.plan(example_model("transformer"), "cpu-wide", sparsity=0.95, overall_sparsity=0.9)
+    ff = [lp for lp in p.layers if lp.kind == "dense"]
+    attention = [lp for lp in p.layers if lp.kind == "einsum_dense"]
+    assert ff and attention and all(lp.sparsity == 0.95 for lp in ff)
+    assert all(lp.sparsity < 0.9 for lp in attention)
+    assert all(lp.est_sparse_us == lp.est_dense_us for lp in attention)
+    assert p.eligible_sparsity == pytest.approx(0.9, abs=1e-4)
+    assert any("einsum_dense weights are pruned but run dense on tflite" in n for n in p.notes)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"speedup": 0.5}, "speedup=0.5 must be a number >= 1"),
     ({"latency_budget_us": -1}, "must be positive"),
-    ({"speedup": 2, "latency_budget_us": 10}, "not both"),
+    ({"speedup": 2, "latency_budget_us": 10}, "not several"),
+    ({"speedup": 2, "overall_sparsity": 0.5}, "not several"),
+    ({"sparsity": 0.9, "overall_sparsity": 0.95}, "overall_sparsity=0.95 is above the per-weight ceiling sparsity=0.9"),
+    ({"overall_sparsity": 1.2}, r"overall_sparsity=1.2 is outside \[0, 1\) for target 'cpu-wide'"),
 ])
 def test_bad_budgets(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -153,6 +193,10 @@ def test_cli_plan_with_profile_and_speedup(tmp_path, capsys):
     assert data["budget_us"] == pytest.approx(100, abs=1)
     assert data["predicted_us"]["sparse"] <= data["budget_us"]
     assert {e["block_shape"][1] for e in data["layers"] if e["block_shape"]} == {32}
+    assert main(["plan", str(tmp_path / "m.keras"), "-t", "cpu-wide", "--profile", str(tmp_path / "p.json"),
+                 "--sparsity", "0.9", "--overall-sparsity", "0.7", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["overall_target"] == 0.7 and data["eligible_sparsity"] == pytest.approx(0.7, abs=1e-4)
     with pytest.raises(SystemExit) as info:
         main(["plan", str(tmp_path / "m.keras"), "--speedup", "2", "--budget-us", "5"])
     assert info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
