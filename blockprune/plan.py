@@ -318,6 +318,7 @@ class SparsityPlan:
     notes: tuple[str, ...] = field(default_factory=tuple)
     budget_us: float | None = None
     overall_target: float | None = None
+    model_us: tuple[float, float] | None = None
 
     @property
     def predicted_us(self) -> tuple[float, float, str] | None:
@@ -360,6 +361,11 @@ class SparsityPlan:
         return zero / total if total else 0.0
 
     @property
+    def weight_bytes(self) -> float:
+        """Bytes of the matrix-like weights' values the plan keeps (indices not counted)."""
+        return sum(lp.n_weights * (1 - lp.sparsity) for lp in self.layers if lp.view) * self.target.dtype_bytes
+
+    @property
     def eligible_sparsity(self) -> float:
         """Fraction zero of the weights the target can prune (pruned ones and those an allocation kept dense)."""
         pool = [lp for lp in self.layers if lp.pruned or lp.skip_code == "budget_dense"]
@@ -392,6 +398,7 @@ class SparsityPlan:
             "estimated_speedup": self.est_speedup,
             "budget_us": self.budget_us,
             "overall_target": self.overall_target,
+            "predicted_model_us": None if self.model_us is None else dict(zip(("dense", "sparse"), self.model_us)),
             "eligible_sparsity": self.eligible_sparsity,
             "predicted_us": None if self.predicted_us is None else dict(zip(("dense", "sparse", "kind"),
                                                                            self.predicted_us)),
@@ -423,7 +430,9 @@ class SparsityPlan:
             target = parse_target(d["target_descriptor"], f"{source} (target_descriptor)")
             return cls(model=d["model"], model_kind=d["model_kind"], target=target, sparsity=float(d["sparsity"]),
                        layers=tuple(LayerPlan.from_dict(x) for x in d["layers"]), notes=tuple(d.get("notes", ())),
-                       budget_us=d.get("budget_us"), overall_target=d.get("overall_target"))
+                       budget_us=d.get("budget_us"), overall_target=d.get("overall_target"),
+                       model_us=(d["predicted_model_us"]["dense"], d["predicted_model_us"]["sparse"])
+                       if d.get("predicted_model_us") else None)
         except (KeyError, TypeError) as e:
             raise ValueError(f"{source}: malformed plan: missing or invalid field {e}") from None
 
@@ -456,8 +465,12 @@ class SparsityPlan:
             head.append(f"  estimated speedup of all matmuls {self.est_speedup:.2f}x on {t.hardware} "
                         "(cost-model ESTIMATE, batch 1; `blockprune bench` measures)")
         predicted = self.predicted_us
-        if predicted and (self.budget_us is not None or self.overall_target is not None or predicted[2] != "estimate"):
-            budget = f" for a budget of {self.budget_us:.0f} us" if self.budget_us is not None else ""
+        budget = f" for a budget of {self.budget_us:.0f} us" if self.budget_us is not None else ""
+        if self.model_us is not None:
+            head.append(f"  predicted model latency {self.model_us[1]:.0f} us vs {self.model_us[0]:.0f} us dense "
+                        f"({self.model_us[0] / self.model_us[1]:.2f}x, from whole-model measurements){budget}")
+            budget = ""
+        if predicted and (budget or self.overall_target is not None or predicted[2] != "estimate"):
             head.append(f"  predicted matmul latency {predicted[1]:.0f} us vs {predicted[0]:.0f} us dense "
                         f"({predicted[0] / predicted[1]:.2f}x, {predicted[2]}){budget}")
         head.extend(f"  note: {n}" for n in self.notes)
@@ -745,6 +758,34 @@ def _give_back(layers, sparsity: dict, blocks, predictor, excess: float, step: f
     return added
 
 
+def _allocate_for_model(layers, predictor, ceiling, levels, model_us, budget_us, speedup):
+    """A latency budget on the whole model's predicted latency (``model_us(layers)``): the matmul
+    budget is the model budget over the model-to-matmul ratio of the allocation it gives, found
+    by fixed-point iteration (the ratio depends on the weight bytes the allocation keeps). Of the
+    allocations tried, the one that meets the budget with the least pruning wins."""
+    def matmul_us(layers_) -> float:
+        return SparsityPlan("model", "functional", predictor.target, ceiling, tuple(layers_)).predicted_us[1]
+
+    dense_model, _ = model_us(layers)
+    model_budget = budget_us if budget_us is not None else dense_model / speedup
+    ratio = dense_model / SparsityPlan("model", "functional", predictor.target, ceiling,
+                                       tuple(layers)).predicted_us[0]
+    tried = []
+    for _ in range(8):
+        out, _, _ = _allocate(layers, predictor, ceiling, levels, budget_us=model_budget / ratio)
+        predicted = model_us(out)[1]
+        tried.append((predicted, out))
+        new_ratio = predicted / matmul_us(out)
+        if abs(new_ratio - ratio) < 1e-3 * ratio:
+            break
+        ratio = new_ratio
+    met = [t for t in tried if t[0] <= model_budget * (1 + 1e-6)]
+    predicted, out = max(met, key=lambda t: t[0]) if met else min(tried, key=lambda t: t[0])
+    note = None if met else (f"latency budget {model_budget:.0f} us is out of reach: predicted {predicted:.0f} us "
+                             f"for the whole model with every eligible weight at sparsity {ceiling:.0%}")
+    return out, model_budget, note
+
+
 def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sparsity: float = 0.9,
                overrides: Mapping[str, Any] | None = None, model_name: str = "model",
                model_kind: str = "functional", profile=None, runtime: str | None = None, batch: int = 1,
@@ -776,6 +817,19 @@ def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sp
     predictor = _Predictor(target, runtime, measured)
     compiled = _compile_overrides(overrides)
     sites = list(sites)
+    whole = None  # (key, runtime, batch, threads) of this model's whole-model measurements in the profile
+    if profile is not None:
+        from .profile import model_key
+
+        candidate = (model_key(model_name, sites), runtime, batch, threads)
+        whole = candidate if profile.model_points(*candidate) else None
+
+    def model_us(layers_) -> tuple[float, float]:
+        p = SparsityPlan(model_name, model_kind, target, sparsity, tuple(layers_))
+        dense_matmul, sparse_matmul, _ = p.predicted_us
+        dense_bytes = sum(lp.n_weights for lp in layers_ if lp.view) * target.dtype_bytes
+        return (profile.model_latency(*whole, dense_matmul, dense_bytes),
+                profile.model_latency(*whole, sparse_matmul, p.weight_bytes))
     used: set[str] = set()
     layers = []
     for site in sites:
@@ -791,12 +845,16 @@ def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sp
     notes = []
     budget = None
     if latency_budget_us is not None or speedup is not None or overall_sparsity is not None:
-        # Measured levels, plus 5% steps between them (the profile interpolates), so the allocation
+        # Measured levels, plus 1% steps between them (the profile interpolates), so the allocation
         # can land close to the budget instead of jumping between coarse levels.
         measured_levels = profile.sparsities() if profile is not None and profile.sparsities() else BUDGET_LEVELS
-        levels = sorted(set(measured_levels) | {round(0.05 * k, 2) for k in range(1, 20)})
-        layers, budget, note = _allocate(layers, predictor, sparsity, levels, budget_us=latency_budget_us,
-                                         speedup=speedup, overall=overall_sparsity)
+        levels = sorted(set(measured_levels) | {round(0.01 * k, 2) for k in range(1, 100)})
+        if whole and (latency_budget_us is not None or speedup is not None):
+            layers, budget, note = _allocate_for_model(layers, predictor, sparsity, levels, model_us,
+                                                       latency_budget_us, speedup)
+        else:
+            layers, budget, note = _allocate(layers, predictor, sparsity, levels, budget_us=latency_budget_us,
+                                             speedup=speedup, overall=overall_sparsity)
         if note:
             notes.append(note)
     slow = sorted({lp.kind for lp in layers if lp.pruned and not predictor.runs_sparse(lp)})
@@ -809,7 +867,7 @@ def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sp
     if not any(lp.pruned for lp in layers):
         notes.append(f"nothing is pruned: no weight of this model fits target '{target.name}'")
     return SparsityPlan(model_name, model_kind, target, sparsity, tuple(layers), tuple(notes), budget,
-                        overall_sparsity)
+                        overall_sparsity, model_us(layers) if whole else None)
 
 
 def plan(model, target: str | os.PathLike | TargetDescriptor, sparsity: float = 0.9,

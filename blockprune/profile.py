@@ -2,7 +2,10 @@
 
 A profile holds, for one target, measurements of single-layer models: for a layer's
 ``[in, out]`` view and matmul rows per inference, the median latency of each candidate block
-shape at each sparsity (and dense), per runtime and thread count. ``blockprune tune``
+shape at each sparsity (and dense), per runtime and thread count. It may also hold whole-model
+measurements (dense and uniformly pruned) beside the sum of their per-layer measurements: a
+model runs slower or faster than its layers alone (other operators, caches shared between
+layers), and these points give the ratio of the two as a function of the weight bytes a plan keeps. ``blockprune tune``
 measures them on this machine; a profile measured on a device can be loaded anywhere to plan
 for that device. This module does not import TensorFlow.
 
@@ -16,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -23,7 +27,7 @@ from pathlib import Path
 
 from ._atomic import atomic_path
 
-__all__ = ["Measurement", "Profile", "ProfileError"]
+__all__ = ["Measurement", "ModelMeasurement", "Profile", "ProfileError", "model_key"]
 
 PROFILE_FORMAT = "blockprune-profile"
 PROFILE_VERSION = 1
@@ -60,6 +64,35 @@ class Measurement:
                 tuple(self.block_shape) if self.block_shape else None, round(self.sparsity, 4))
 
 
+@dataclass(frozen=True)
+class ModelMeasurement:
+    """The median latency of one whole exported model, beside its plan's per-layer sum.
+
+    Attributes:
+        model: ``model_key`` of the model.
+        runtime, batch, threads: the measurement conditions.
+        sparsity: the uniform sparsity of the plan it was pruned to (0: dense).
+        matmul_us: the plan's predicted matmul latency (sum over its weights, from this profile).
+        weight_bytes: bytes of the matrix weights the plan keeps (what the model streams per call).
+        median_us: the whole model's measured median latency.
+    """
+
+    model: str
+    runtime: str
+    batch: int
+    threads: int
+    sparsity: float
+    matmul_us: float
+    weight_bytes: float
+    median_us: float
+
+
+def model_key(name: str, sites) -> str:
+    """``name:digest``: a model's name and a digest of its weights' names, shapes and rows."""
+    text = json.dumps([[s.layer, s.weight, list(s.kernel_shape), s.positions] for s in sites])
+    return f"{name}:{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+
+
 @dataclass
 class Profile:
     """Measurements for one target, with the machine and runtime versions they came from."""
@@ -68,6 +101,7 @@ class Profile:
     machine: dict
     versions: dict
     measurements: list[Measurement] = field(default_factory=list)
+    models: list[ModelMeasurement] = field(default_factory=list)
 
     def __post_init__(self):
         self._index = {m.key(): m for m in self.measurements}
@@ -107,13 +141,40 @@ class Profile:
         (s0, t0), (s1, t1) = below[-1], above[0]
         return t0 if s1 == s0 else t0 + (t1 - t0) * (sparsity - s0) / (s1 - s0)
 
+    def add_model(self, m: ModelMeasurement) -> None:
+        same = (m.model, m.runtime, m.batch, m.threads, round(m.sparsity, 4))
+        self.models = [x for x in self.models
+                       if (x.model, x.runtime, x.batch, x.threads, round(x.sparsity, 4)) != same] + [m]
+
+    def model_points(self, model, runtime, batch, threads) -> list[tuple[float, float]]:
+        """``(weight_bytes, model_us / matmul_us)`` of the whole-model measurements, by bytes."""
+        return sorted((m.weight_bytes, m.median_us / m.matmul_us) for m in self.models
+                      if (m.model, m.runtime, m.batch, m.threads) == (model, runtime, batch, threads) and m.matmul_us)
+
+    def model_latency(self, model, runtime, batch, threads, matmul_us: float, weight_bytes: float) -> float | None:
+        """The whole model's latency predicted from a plan's matmul sum and kept weight bytes.
+
+        The ratio of whole-model to summed per-layer latency (other operators; layers evicting
+        each other's weights from the caches) is interpolated linearly in weight bytes between
+        the measured points, held at the end values beyond them. None with no point.
+        """
+        points = self.model_points(model, runtime, batch, threads)
+        if not points:
+            return None
+        below = [p for p in points if p[0] <= weight_bytes] or points[:1]
+        above = [p for p in points if p[0] >= weight_bytes] or points[-1:]
+        (w0, r0), (w1, r1) = below[-1], above[0]
+        ratio = r0 if w1 == w0 else r0 + (r1 - r0) * (weight_bytes - w0) / (w1 - w0)
+        return matmul_us * ratio
+
     def sparsities(self) -> list[float]:
         return sorted({m.sparsity for m in self.measurements if m.block_shape})
 
     def to_json(self) -> str:
         return json.dumps({"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "target": self.target,
                            "machine": self.machine, "versions": self.versions,
-                           "measurements": [asdict(m) for m in self.measurements]}, indent=1)
+                           "measurements": [asdict(m) for m in self.measurements],
+                           "models": [asdict(m) for m in self.models]}, indent=1)
 
     @classmethod
     def from_json(cls, text: str, source: str = "<profile>") -> "Profile":
@@ -129,7 +190,11 @@ class Profile:
             ms = [Measurement(m["runtime"], tuple(m["view_shape"]), int(m["rows"]), int(m["threads"]),
                               tuple(m["block_shape"]) if m["block_shape"] else None, float(m["sparsity"]),
                               float(m["median_us"])) for m in d["measurements"]]
-            return cls(d["target"], d.get("machine", {}), d.get("versions", {}), ms)
+            models = [ModelMeasurement(str(m["model"]), m["runtime"], int(m["batch"]), int(m["threads"]),
+                                       float(m["sparsity"]), float(m["matmul_us"]), float(m["weight_bytes"]),
+                                       float(m["median_us"]))
+                      for m in d.get("models", [])]
+            return cls(d["target"], d.get("machine", {}), d.get("versions", {}), ms, models)
         except (KeyError, TypeError, ValueError) as e:
             raise ProfileError(f"{source}: malformed measurement: {e}") from None
 
@@ -145,3 +210,4 @@ class Profile:
         except OSError as e:
             raise ProfileError(f"{path}: cannot read profile: {e.strerror or e}") from None
         return cls.from_json(text, str(path))
+

@@ -4,8 +4,10 @@ For every distinct prunable layer shape of a model (its ``[in, out]`` view and m
 per inference), every block shape the target allows that divides it, and every candidate
 sparsity, a single-layer model with a mask of that pattern is exported through the target's
 lowering (the same exporter users run, verified against Keras) and timed in the target's
-runtimes; the dense layer is timed too. Measurements already in the profile are reused, and
-tuning stops at a time budget.
+runtimes; the dense layer is timed too. Then the whole model is exported and timed, dense and
+pruned uniformly to each candidate sparsity (with the fastest measured blocks), so a plan can
+predict the model's latency and not only the sum of its layers'. Measurements already in the
+profile are reused, and tuning stops at a time budget.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ import keras
 import numpy as np
 
 from .masks import block_mask
-from .modelwalk import target_sites
-from .profile import Measurement, Profile
+from .modelwalk import find_weights, target_sites
+from .profile import Measurement, ModelMeasurement, Profile, model_key
 from .targets import LOWERABLE_KINDS, load_target
 from .timing import machine_info, median_latency_us
 
-__all__ = ["tune", "measure_layer", "layer_shapes", "SPARSITIES"]
+__all__ = ["tune", "measure_layer", "measure_model", "layer_shapes", "SPARSITIES"]
 
 SPARSITIES = (0.5, 0.8, 0.9, 0.95)
 
@@ -71,6 +73,24 @@ def measure_layer(target, runtime: str, view_shape, rows: int, block_shape, spar
         return median_latency_us(run, x, rounds, reps)
 
 
+def measure_model(model, target, runtime: str, plan=None, batch: int = 1, threads: int = 1, rounds: int = 3,
+                  reps: int = 30, seed: int = 0) -> float:
+    """Median latency (us) of the whole model exported for the target (``plan=None``: dense;
+    else pruned one-shot to the plan), on one input batch."""
+    from .export import export_onnx, export_tflite, make_runner
+    from .pruning import prune_once
+
+    writer = export_tflite if runtime == "tflite" else export_onnx
+    source = model if plan is None else prune_once(model, plan)
+    with tempfile.TemporaryDirectory() as tmp:
+        record = writer(source, target, Path(tmp) / f"model.{runtime}", plan=plan, allow_dense=True,
+                        dense=plan is None)
+        run = make_runner(record.path, num_threads=threads)
+        shape = [batch] + [d or 1 for d in model.inputs[0].shape[1:]]
+        x = np.random.default_rng(seed).normal(size=shape).astype("float32")
+        return median_latency_us(run, x, rounds, reps)
+
+
 def _versions() -> dict:
     out = {"python": platform.python_version()}
     for pkg in ("tensorflow-cpu", "keras", "ai-edge-litert", "onnxruntime", "blockprune"):
@@ -82,7 +102,8 @@ def _versions() -> dict:
 
 
 def tune(model, target, sparsities=SPARSITIES, batch: int = 1, threads: int = 1, profile: Profile | None = None,
-         time_budget_s: float = 600.0, rounds: int = 3, reps: int = 30, progress: bool = True) -> Profile:
+         time_budget_s: float = 600.0, rounds: int = 3, reps: int = 30, progress: bool = True,
+         whole_model: bool = True) -> Profile:
     """Measures the target's block shapes on every distinct prunable layer shape of ``model``.
 
     Args:
@@ -92,6 +113,7 @@ def tune(model, target, sparsities=SPARSITIES, batch: int = 1, threads: int = 1,
         batch: batch size of the measurement (rows = batch x positions).
         threads: runtime threads.
         profile: an existing profile to extend; measurements it has are not repeated.
+        whole_model: also time the whole model, dense and at each sparsity (single-input models).
         time_budget_s: stop measuring after this many seconds (the profile keeps what it has).
         rounds, reps: timing repetitions per measurement.
         progress: print a progress bar.
@@ -137,4 +159,36 @@ def tune(model, target, sparsities=SPARSITIES, batch: int = 1, threads: int = 1,
         elif progress:
             what = "dense" if block is None else f"{block} at {s:.0%}"
             print(f"  [{i + 1}/{len(todo)}] {rt} {view[0]}x{view[1]} rows {rows}: {what}: {median:.1f} us", flush=True)
+    if whole_model and len(model.inputs) == 1:
+        _tune_whole_model(model, target, profile, runtimes, sparsities, batch, threads, rounds, reps,
+                          started + time_budget_s, progress)
+    elif whole_model and progress:
+        print(f"model '{model.name}' has {len(model.inputs)} inputs: whole-model timing skipped", flush=True)
     return profile
+
+
+def _tune_whole_model(model, target, profile, runtimes, sparsities, batch, threads, rounds, reps, deadline,
+                      progress) -> None:
+    """Times the whole model dense and pruned uniformly to each sparsity (the plan the profile gives)."""
+    from .plan import plan
+
+    key = model_key(model.name, find_weights(model))
+    done = {(m.runtime, round(m.sparsity, 4)) for m in profile.models
+            if (m.model, m.batch, m.threads) == (key, batch, threads)}
+    todo = [(rt, s) for rt in runtimes for s in (0.0, *sparsities) if (rt, round(s, 4)) not in done]
+    for i, (rt, s) in enumerate(todo):
+        if time.time() > deadline:
+            if progress:
+                print(f"time budget reached: {len(todo) - i} whole-model measurements left", flush=True)
+            return
+        p = plan(model, target, sparsity=s or max(sparsities), profile=profile, runtime=rt, batch=batch,
+                 threads=threads)
+        dense_us, sparse_us, _ = p.predicted_us
+        median = measure_model(model, target, rt, p if s else None, batch, threads, rounds, reps)
+        dense_bytes = sum(lp.n_weights for lp in p.layers if lp.view) * target.dtype_bytes
+        profile.add_model(ModelMeasurement(key, rt, batch, threads, s, sparse_us if s else dense_us,
+                                           p.weight_bytes if s else dense_bytes, median))
+        if progress:
+            what = "dense" if not s else f"all at {s:.0%}"
+            print(f"  [model {i + 1}/{len(todo)}] {rt} {model.name} {what}: {median:.1f} us "
+                  f"(its layers alone: {sparse_us if s else dense_us:.1f} us)", flush=True)

@@ -72,8 +72,8 @@ def test_budget_is_met_while_pruning_as_little_as_possible():
     assert sum(lp.sparsity for lp in p.layers if lp.view_shape == (512, 512)) == pytest.approx(0.5)
     tight = blockprune.plan(_mlp(), "cpu-wide", sparsity=0.95, profile=profile, latency_budget_us=180)
     assert [lp.skip_code for lp in tight.layers].count("budget_dense") <= 1
-    # 20.8 us to cut (head included) at 8 us per 10%: 26%, rounded up to the 5% step.
-    assert sum(lp.sparsity for lp in tight.layers if lp.view_shape == (512, 512)) == pytest.approx(0.3)
+    # 20.8 us to cut (head included) at 8 us per 10%: 26%, rounded up to the 1% step.
+    assert sum(lp.sparsity for lp in tight.layers if lp.view_shape == (512, 512)) == pytest.approx(0.27)
     # A 4x speedup: 50 us for both -> e.g. 30 + 20 or 20 + 30.
     q = blockprune.plan(_mlp(), "cpu-wide", sparsity=0.95, profile=profile, speedup=4)
     assert q.predicted_us[1] <= q.budget_us and q.budget_us == pytest.approx(50, abs=0.5)
@@ -128,6 +128,33 @@ def test_overall_sparsity_spares_weights_the_lowering_runs_dense():
     assert any("einsum_dense weights are pruned but run dense on tflite" in n for n in p.notes)
 
 
+def test_budget_on_the_whole_model_uses_its_measured_ratio():
+    from blockprune.modelwalk import find_weights
+    from blockprune.profile import ModelMeasurement, model_key
+
+    model = _mlp()
+    times = {(1, 64): {0.5: 60.0, 0.8: 30.0, 0.9: 20.0, 0.95: 14.0}}
+    profile = _profile(times)
+    key = model_key(model.name, find_weights(model))
+    dense_bytes = (2 * 512 * 512 + 5120) * 4
+    # The whole model ran 1.5x its layers' sum dense, and as fast as its layers with a quarter of the bytes.
+    profile.add_model(ModelMeasurement(key, "tflite", 1, 1, 0.0, 200.0, dense_bytes, 300.0))
+    profile.add_model(ModelMeasurement(key, "tflite", 1, 1, 0.75, 50.0, dense_bytes / 4, 50.0))
+    assert profile.model_latency(key, "tflite", 1, 1, 100.0, dense_bytes * 5 / 8) == pytest.approx(125.0)
+    p = blockprune.plan(model, "cpu-wide", sparsity=0.95, profile=profile, speedup=3)
+    dense, sparse = p.model_us
+    assert dense == pytest.approx(1.5 * p.predicted_us[0]) and p.budget_us == pytest.approx(dense / 3)
+    assert sparse <= p.budget_us and sparse > 0.9 * p.budget_us  # met, without pruning far past it
+    assert "from whole-model measurements" in p.summary()
+    # Without the whole-model points the budget is on the matmuls alone: it misses that the dense
+    # model is slower than its layers, and prunes more than a 3x model speedup needs.
+    q = blockprune.plan(model, "cpu-wide", sparsity=0.95, profile=_profile(times), speedup=3)
+    assert q.model_us is None and q.eligible_sparsity > p.eligible_sparsity + 0.1
+    again = Profile.from_json(profile.to_json())
+    assert again.models == profile.models
+    assert blockprune.SparsityPlan.from_json(p.to_json()).model_us == p.model_us
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"speedup": 0.5}, "speedup=0.5 must be a number >= 1"),
     ({"latency_budget_us": -1}, "must be positive"),
@@ -150,9 +177,14 @@ def test_tune_measures_and_reuses_its_profile(tmp_path):
     keys = {(m.runtime, m.block_shape) for m in first.measurements}
     assert keys == {(rt, b) for rt in ("tflite", "onnx") for b in (None, (1, 64), (1, 32), (1, 16))}
     assert all(m.median_us > 0 and m.rows == 1 and m.view_shape == (256, 256) for m in first.measurements)
+    # The whole model too: dense and at 90%, on each runtime, beside the sum of its layers.
+    assert sorted((m.runtime, m.sparsity) for m in first.models) == [("onnx", 0.0), ("onnx", 0.9),
+                                                                      ("tflite", 0.0), ("tflite", 0.9)]
+    assert all(m.median_us > 0 and m.matmul_us > 0 for m in first.models)
     path = first.save(tmp_path / "profile.json")
     again = tune(model, "cpu-wide", sparsities=(0.9,), profile=Profile.load(path), time_budget_s=0, progress=False)
     assert len(again.measurements) == len(first.measurements)  # nothing re-measured, nothing lost
+    assert again.models == first.models
     p = blockprune.plan(model, "cpu-wide", profile=again)
     fastest = min(((m.median_us, m.block_shape) for m in again.measurements
                    if m.runtime == "tflite" and m.block_shape), key=lambda t: t[0])[1]
