@@ -758,32 +758,32 @@ def _give_back(layers, sparsity: dict, blocks, predictor, excess: float, step: f
     return added
 
 
-def _allocate_for_model(layers, predictor, ceiling, levels, model_us, budget_us, speedup):
-    """A latency budget on the whole model's predicted latency (``model_us(layers)``): the matmul
-    budget is the model budget over the model-to-matmul ratio of the allocation it gives, found
-    by fixed-point iteration (the ratio depends on the weight bytes the allocation keeps). Of the
-    allocations tried, the one that meets the budget with the least pruning wins."""
-    def matmul_us(layers_) -> float:
-        return SparsityPlan("model", "functional", predictor.target, ceiling, tuple(layers_)).predicted_us[1]
-
+def _allocate_for_model(layers, predictor, ceiling, levels, model_us, budget_us, speedup, steps: int = 14):
+    """A latency budget on the whole model's predicted latency (``model_us(layers)[1]``): the
+    largest matmul budget whose allocation's predicted model latency meets it, by bisection (the
+    model-to-matmul ratio depends on the weight bytes an allocation keeps)."""
     dense_model, _ = model_us(layers)
     model_budget = budget_us if budget_us is not None else dense_model / speedup
-    ratio = dense_model / SparsityPlan("model", "functional", predictor.target, ceiling,
-                                       tuple(layers)).predicted_us[0]
-    tried = []
-    for _ in range(8):
-        out, _, _ = _allocate(layers, predictor, ceiling, levels, budget_us=model_budget / ratio)
-        predicted = model_us(out)[1]
-        tried.append((predicted, out))
-        new_ratio = predicted / matmul_us(out)
-        if abs(new_ratio - ratio) < 1e-3 * ratio:
-            break
-        ratio = new_ratio
-    met = [t for t in tried if t[0] <= model_budget * (1 + 1e-6)]
-    predicted, out = max(met, key=lambda t: t[0]) if met else min(tried, key=lambda t: t[0])
-    note = None if met else (f"latency budget {model_budget:.0f} us is out of reach: predicted {predicted:.0f} us "
-                             f"for the whole model with every eligible weight at sparsity {ceiling:.0%}")
-    return out, model_budget, note
+    dense_matmul = SparsityPlan("model", "functional", predictor.target, ceiling, tuple(layers)).predicted_us[0]
+
+    def allocation(matmul_budget):
+        out = _allocate(layers, predictor, ceiling, levels, budget_us=max(matmul_budget, 1e-9))[0]
+        return model_us(out)[1], out
+
+    lo, hi = 0.0, dense_matmul
+    best = allocation(lo)
+    if best[0] > model_budget * (1 + 1e-6):
+        note = (f"latency budget {model_budget:.0f} us is out of reach: predicted {best[0]:.0f} us for the whole "
+                f"model with every eligible weight at sparsity {ceiling:.0%}")
+        return best[1], model_budget, note
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        tried = allocation(mid)
+        if tried[0] <= model_budget * (1 + 1e-6):
+            lo, best = mid, tried
+        else:
+            hi = mid
+    return best[1], model_budget, None
 
 
 def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sparsity: float = 0.9,

@@ -184,7 +184,8 @@ def _tune_whole_model(model, target, profile, runtimes, sparsities, batch, threa
         p = plan(model, target, sparsity=s or max(sparsities), profile=profile, runtime=rt, batch=batch,
                  threads=threads)
         dense_us, sparse_us, _ = p.predicted_us
-        median = measure_model(model, target, rt, p if s else None, batch, threads, rounds, reps)
+        # Few and decisive: timed longer than the single layers.
+        median = measure_model(model, target, rt, p if s else None, batch, threads, max(rounds, 5), max(reps, 30))
         dense_bytes = sum(lp.n_weights for lp in p.layers if lp.view) * target.dtype_bytes
         profile.add_model(ModelMeasurement(key, rt, batch, threads, s, sparse_us if s else dense_us,
                                            p.weight_bytes if s else dense_bytes, median))
