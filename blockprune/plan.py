@@ -15,6 +15,10 @@ Rules, in order, for each weight:
    must have at least the target's ``min_weights`` (``too_small``), and the block shape is the
    first of the target's ``block_shapes`` that divides the view (``no_block_divides``).
 
+With a tuning profile the block shape is the fastest measured one. With a latency budget
+(``latency_budget_us``/``speedup``) or an ``overall_sparsity``, per-weight sparsities are then
+allocated by a greedy knapsack over the predicted latencies (``_allocate``).
+
 Example:
     >>> import keras
     >>> m = keras.Sequential([keras.Input((256,)), keras.layers.Dense(512), keras.layers.Dense(10)])
@@ -455,7 +459,8 @@ class SparsityPlan:
         head = [
             f"Plan for model '{self.model}' ({self.model_kind}) on target '{t.name}': {t.description}",
             f"  {len(self.pruned_layers)} of {len(self.layers)} matrix-like weights pruned; "
-            f"requested sparsity {self.sparsity:.0%}, overall {self.overall_sparsity:.1%} of all their weights zero",
+            f"{'per-weight ceiling' if self.overall_target is not None else 'requested sparsity'} "
+            f"{self.sparsity:.0%}, overall {self.overall_sparsity:.1%} of all their weights zero",
         ]
         if self.overall_target is not None:
             head.append(f"  allocated for {self.overall_target:.0%} overall of the weights the target can prune "
@@ -807,7 +812,8 @@ def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sp
         overall_sparsity = check_sparsity(overall_sparsity, f"target '{target.name}'", "overall_sparsity")
         if overall_sparsity > sparsity:
             raise ValueError(f"overall_sparsity={overall_sparsity} is above the per-weight ceiling "
-                             f"sparsity={sparsity} for target '{target.name}' (raise sparsity, e.g. to 0.95)")
+                             f"sparsity={sparsity} for target '{target.name}' (give a sparsity above it, e.g. "
+                             f"{min(0.99, overall_sparsity + 0.05):.2f})")
     runtime = runtime or next((rt for rt in ("tflite", "onnx") if getattr(target.lowering, rt) != "dense"), "tflite")
     measured = None
     if profile is not None:
