@@ -370,6 +370,11 @@ class SparsityPlan:
         return sum(lp.n_weights * (1 - lp.sparsity) for lp in self.layers if lp.view) * self.target.dtype_bytes
 
     @property
+    def dense_weight_bytes(self) -> float:
+        """Bytes of the matrix-like weights' values, all kept (the dense model)."""
+        return sum(lp.n_weights for lp in self.layers if lp.view) * self.target.dtype_bytes
+
+    @property
     def eligible_sparsity(self) -> float:
         """Fraction zero of the weights the target can prune (pruned ones and those an allocation kept dense)."""
         pool = [lp for lp in self.layers if lp.pruned or lp.skip_code == "budget_dense"]
@@ -636,7 +641,32 @@ def _dividing_blocks(view_shape, target) -> list[tuple[int, int]]:
     return [b for b in target.block_shapes if _divides(view_shape, b)]
 
 
-def _allocate(layers: list[LayerPlan], predictor: _Predictor, ceiling: float, levels, *,
+@dataclass(frozen=True)
+class _Levels:
+    """What an allocation chooses from: the weights it may change (``free``), the sparsity
+    levels (0 first, the ceiling last), each weight's candidate blocks, and per weight and level
+    the predicted ``(us, block)``. Independent of the budget, so a search over budgets builds it once."""
+
+    free: list[int]
+    levels: list[float]
+    blocks: dict
+    options: dict
+
+    @classmethod
+    def build(cls, layers: list[LayerPlan], predictor: _Predictor, ceiling: float, levels) -> "_Levels":
+        free = [i for i, lp in enumerate(layers) if lp.pruned and lp.source != "override"]
+        levels = [0.0] + sorted({lv for lv in levels if 0 < lv < ceiling} | {ceiling})
+        if predictor.measured is None:  # the cost model does not rank block shapes: keep the target's choice
+            blocks = {i: [layers[i].block_shape] for i in free}
+        else:
+            blocks = {i: _dividing_blocks(layers[i].view_shape, predictor.target) or [layers[i].block_shape]
+                      for i in free}
+        options = {i: [(predictor.latency(layers[i], None, 0.0), None)]
+                   + [predictor.fastest(layers[i], blocks[i], lv) for lv in levels[1:]] for i in free}
+        return cls(free, levels, blocks, options)
+
+
+def _allocate(layers: list[LayerPlan], predictor: _Predictor, table: _Levels, *,
               budget_us: float | None = None, speedup: float | None = None, overall: float | None = None):
     """Chooses per-weight sparsities (a greedy knapsack over the weights the target chose).
 
@@ -650,13 +680,8 @@ def _allocate(layers: list[LayerPlan], predictor: _Predictor, ceiling: float, le
     Returns:
         ``(layers, budget_us or None, note or None)``.
     """
-    free = [i for i, lp in enumerate(layers) if lp.pruned and lp.source != "override"]
-    levels = [0.0] + sorted({lv for lv in levels if 0 < lv < ceiling} | {ceiling})
-    blocks = {i: _dividing_blocks(layers[i].view_shape, predictor.target) or [layers[i].block_shape] for i in free}
-    if predictor.measured is None:  # the cost model does not rank block shapes: keep the target's choice
-        blocks = {i: [layers[i].block_shape] for i in free}
-    options = {i: [(predictor.latency(layers[i], None, 0.0), None)]
-               + [predictor.fastest(layers[i], blocks[i], lv) for lv in levels[1:]] for i in free}
+    free, levels, blocks, options = table.free, table.levels, table.blocks, table.options
+    ceiling = levels[-1]
     fixed = dense_total = 0.0
     zeros = pool = 0.0
     for i, lp in enumerate(layers):
@@ -665,9 +690,9 @@ def _allocate(layers: list[LayerPlan], predictor: _Predictor, ceiling: float, le
         dense_total += predictor.latency(lp, None, 0.0)
         if lp.pruned:
             pool += lp.n_weights
-        if i not in free:
-            fixed += predictor.latency(lp, lp.block_shape, lp.sparsity) if lp.pruned else predictor.latency(lp, None, 0)
-            zeros += lp.n_weights * lp.sparsity if lp.pruned else 0.0
+        if i not in free:  # a skipped weight has no block and sparsity 0: its dense time, no zeros
+            fixed += predictor.latency(lp, lp.block_shape, lp.sparsity)
+            zeros += lp.n_weights * lp.sparsity
     by_budget = overall is None
     budget = (budget_us if budget_us is not None else dense_total / speedup) if by_budget else None
     goal = None if by_budget else overall * pool
@@ -734,7 +759,7 @@ def _give_back(layers, sparsity: dict, blocks, predictor, excess: float, step: f
     where that costs least, or spread a ``step`` at a time onto the weight where each step costs
     least. Returns the latency added (us)."""
     def at(i, s):
-        return predictor.fastest(layers[i], blocks[i], s)[0] if s > 0 else predictor.latency(layers[i], None, 0.0)
+        return predictor.fastest(layers[i], blocks[i], s)[0]
 
     def lowered(i, s, zeros):
         return max(0.0, math.floor((s - zeros / layers[i].n_weights) * 1e4) / 1e4)
@@ -763,16 +788,17 @@ def _give_back(layers, sparsity: dict, blocks, predictor, excess: float, step: f
     return added
 
 
-def _allocate_for_model(layers, predictor, ceiling, levels, model_us, budget_us, speedup, steps: int = 14):
+def _allocate_for_model(layers, predictor, table: _Levels, model_us, budget_us, speedup, steps: int = 14):
     """A latency budget on the whole model's predicted latency (``model_us(layers)[1]``): the
     largest matmul budget whose allocation's predicted model latency meets it, by bisection (the
     model-to-matmul ratio depends on the weight bytes an allocation keeps)."""
     dense_model, _ = model_us(layers)
     model_budget = budget_us if budget_us is not None else dense_model / speedup
+    ceiling = table.levels[-1]
     dense_matmul = SparsityPlan("model", "functional", predictor.target, ceiling, tuple(layers)).predicted_us[0]
 
     def allocation(matmul_budget):
-        out = _allocate(layers, predictor, ceiling, levels, budget_us=max(matmul_budget, 1e-9))[0]
+        out = _allocate(layers, predictor, table, budget_us=max(matmul_budget, 1e-9))[0]
         return model_us(out)[1], out
 
     lo, hi = 0.0, dense_matmul
@@ -833,8 +859,7 @@ def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sp
     def model_us(layers_) -> tuple[float, float]:
         p = SparsityPlan(model_name, model_kind, target, sparsity, tuple(layers_))
         dense_matmul, sparse_matmul, _ = p.predicted_us
-        dense_bytes = sum(lp.n_weights for lp in layers_ if lp.view) * target.dtype_bytes
-        return (profile.model_latency(*whole, dense_matmul, dense_bytes),
+        return (profile.model_latency(*whole, dense_matmul, p.dense_weight_bytes),
                 profile.model_latency(*whole, sparse_matmul, p.weight_bytes))
     used: set[str] = set()
     layers = []
@@ -855,11 +880,11 @@ def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sp
         # can land close to the budget instead of jumping between coarse levels.
         measured_levels = profile.sparsities() if profile is not None and profile.sparsities() else BUDGET_LEVELS
         levels = sorted(set(measured_levels) | {round(0.01 * k, 2) for k in range(1, 100)})
+        table = _Levels.build(layers, predictor, sparsity, levels)
         if whole and (latency_budget_us is not None or speedup is not None):
-            layers, budget, note = _allocate_for_model(layers, predictor, sparsity, levels, model_us,
-                                                       latency_budget_us, speedup)
+            layers, budget, note = _allocate_for_model(layers, predictor, table, model_us, latency_budget_us, speedup)
         else:
-            layers, budget, note = _allocate(layers, predictor, sparsity, levels, budget_us=latency_budget_us,
+            layers, budget, note = _allocate(layers, predictor, table, budget_us=latency_budget_us,
                                              speedup=speedup, overall=overall_sparsity)
         if note:
             notes.append(note)

@@ -186,9 +186,8 @@ def _tune_whole_model(model, target, profile, runtimes, sparsities, batch, threa
         dense_us, sparse_us, _ = p.predicted_us
         # Few and decisive: timed longer than the single layers.
         median = measure_model(model, target, rt, p if s else None, batch, threads, max(rounds, 5), max(reps, 30))
-        dense_bytes = sum(lp.n_weights for lp in p.layers if lp.view) * target.dtype_bytes
         profile.add_model(ModelMeasurement(key, rt, batch, threads, s, sparse_us if s else dense_us,
-                                           p.weight_bytes if s else dense_bytes, median))
+                                           p.weight_bytes if s else p.dense_weight_bytes, median))
         if progress:
             what = "dense" if not s else f"all at {s:.0%}"
             print(f"  [model {i + 1}/{len(todo)}] {rt} {model.name} {what}: {median:.1f} us "
