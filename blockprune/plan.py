@@ -42,7 +42,7 @@ import numpy as np
 from . import cost
 from ._text import text_table
 from ._atomic import atomic_path
-from .targets import TargetDescriptor, load_target, parse_target, runs_sparse
+from .targets import TargetDescriptor, fast_runtimes, load_target, parse_target, runs_sparse
 from .views import WeightView
 
 __all__ = ["LayerPlan", "Override", "SparsityPlan", "SKIP_CODES", "plan", "plan_sites", "check_sparsity",
@@ -840,7 +840,7 @@ def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sp
             raise ValueError(f"overall_sparsity={overall_sparsity} is above the per-weight ceiling "
                              f"sparsity={sparsity} for target '{target.name}' (give a sparsity above it, e.g. "
                              f"{min(0.99, overall_sparsity + 0.05):.2f})")
-    runtime = runtime or next((rt for rt in ("tflite", "onnx") if getattr(target.lowering, rt) != "dense"), "tflite")
+    runtime = runtime or (fast_runtimes(target) or ["tflite"])[0]
     measured = None
     if profile is not None:
         if profile.target != target.name:

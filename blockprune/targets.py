@@ -44,6 +44,7 @@ __all__ = [
     "DTYPES",
     "LOWERABLE_KINDS",
     "runs_sparse",
+    "fast_runtimes",
     "list_targets",
     "load_target",
     "shipped_target_names",
@@ -440,6 +441,11 @@ def load_target(name_or_path: str | Path | TargetDescriptor) -> TargetDescriptor
 def list_targets() -> list[TargetDescriptor]:
     """All shipped targets, sorted by name."""
     return [load_target(n) for n in shipped_target_names()]
+
+
+def fast_runtimes(target: TargetDescriptor) -> list[str]:
+    """The runtimes (``tflite``, ``onnx``) whose lowering for ``target`` is not ``dense``."""
+    return [rt for rt in ("tflite", "onnx") if getattr(target.lowering, rt) != "dense"]
 
 
 def runs_sparse(target: TargetDescriptor, kind: str, runtime: str) -> bool:

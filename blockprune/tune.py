@@ -25,7 +25,7 @@ import numpy as np
 from .masks import block_mask
 from .modelwalk import find_weights, target_sites
 from .profile import Measurement, ModelMeasurement, Profile, model_key
-from .targets import LOWERABLE_KINDS, load_target
+from .targets import LOWERABLE_KINDS, fast_runtimes, load_target
 from .timing import machine_info, median_latency_us
 
 __all__ = ["tune", "measure_layer", "measure_model", "layer_shapes", "SPARSITIES"]
@@ -44,10 +44,6 @@ def layer_shapes(model, target, batch: int = 1) -> list[tuple[tuple[int, int], i
         if key not in seen:
             seen.append(key)
     return seen
-
-
-def _runtimes(target) -> list[str]:
-    return [rt for rt in ("tflite", "onnx") if getattr(target.lowering, rt) != "dense"]
 
 
 def measure_layer(target, runtime: str, view_shape, rows: int, block_shape, sparsity: float, threads: int = 1,
@@ -129,7 +125,7 @@ def tune(model, target, sparsities=SPARSITIES, batch: int = 1, threads: int = 1,
         profile = Profile(target.name, machine_info(), _versions())
     elif profile.target != target.name:
         raise ValueError(f"profile was measured for target '{profile.target}', not '{target.name}'")
-    runtimes = _runtimes(target)
+    runtimes = fast_runtimes(target)
     if not runtimes:
         raise ValueError(f"target '{target.name}' runs every layer dense on this machine's runtimes; nothing to tune")
     shapes = layer_shapes(model, target, batch)
