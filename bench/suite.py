@@ -30,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 import blockprune  # noqa: E402
+from blockprune.checks import SPARSITY_LADDER  # noqa: E402
 from blockprune.bench import bench, plot_speedup_vs_sparsity  # noqa: E402
 from blockprune.examples import example_model  # noqa: E402
 from blockprune.export import export  # noqa: E402
@@ -37,7 +38,6 @@ from blockprune.pruning import prune_once  # noqa: E402
 from blockprune.timing import machine_info  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SPARSITIES = (0.5, 0.8, 0.9, 0.95)
 # model -> (targets measured, timing rounds, calls per round)
 MODELS = {
     "mlp1024": (("cpu-wide", "simd-4x1", "tflite-int8-16x1", "dsp-1x8", "tensor-core-2x2"), 3, 40),
@@ -73,7 +73,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="sparsity 0.9 only and fewer repetitions")
     parser.add_argument("--out", default=str(HERE / "results" / "suite"), help="folder for JSON and plots")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: " + ", ".join(MODELS))
-    parser.add_argument("--sparsities", default=",".join(map(str, SPARSITIES)), help="comma-separated sparsities")
+    parser.add_argument("--sparsities", default=",".join(map(str, SPARSITY_LADDER)), help="comma-separated sparsities")
     args = parser.parse_args(argv)
     sparsities = (0.9,) if args.quick else tuple(float(v) for v in args.sparsities.split(","))
     out = Path(args.out)

@@ -35,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import blockprune  # noqa: E402
+from blockprune.checks import SPARSITY_LADDER  # noqa: E402
 from blockprune.cost import calibrate, prediction_error  # noqa: E402
 from blockprune.examples import example_model  # noqa: E402
 from blockprune.export import export_tflite, make_runner  # noqa: E402
@@ -45,7 +46,6 @@ from blockprune.tune import tune  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TARGET = "cpu-wide"
-SPARSITIES = (0.5, 0.8, 0.9, 0.95)
 OVERALL, CEILING = 0.9, 0.95
 
 
@@ -95,7 +95,7 @@ def cost_model_error(profile, target) -> dict:
 def compare(name: str, target, tmp: Path, out: Path, rounds: int, reps: int) -> dict:
     model = example_model(name)
     t0 = time.time()
-    profile = tune(model, TARGET, sparsities=SPARSITIES, rounds=3, reps=20, time_budget_s=1800, progress=False)
+    profile = tune(model, TARGET, sparsities=SPARSITY_LADDER, rounds=3, reps=20, time_budget_s=1800, progress=False)
     profile.save(out / f"profile_{name}.json")
     tune_s = time.time() - t0
     plans = {"tuned": blockprune.plan(model, TARGET, sparsity=CEILING, overall_sparsity=OVERALL, profile=profile),
@@ -129,7 +129,7 @@ def compare(name: str, target, tmp: Path, out: Path, rounds: int, reps: int) -> 
 
 def budget(tmp: Path, out: Path, rounds: int, reps: int) -> dict:
     mlp = example_model("mlp2048")
-    profile = tune(mlp, TARGET, sparsities=SPARSITIES, rounds=3, reps=20, progress=False)
+    profile = tune(mlp, TARGET, sparsities=SPARSITY_LADDER, rounds=3, reps=20, progress=False)
     profile.save(out / "profile_mlp2048.json")
     plan = blockprune.plan(mlp, TARGET, sparsity=CEILING, profile=profile, speedup=3)
     paths = {"dense": export_plan(mlp, None, tmp, "mlp-dense"), "budget": export_plan(mlp, plan, tmp, "mlp-budget")}

@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "write_text_atomic"]
 
 
 @contextlib.contextmanager
@@ -40,3 +40,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp"):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Writes ``text`` to ``path`` atomically (a temporary file, then a rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)

@@ -160,7 +160,8 @@ def _overrides(args) -> dict:
 
 def cmd_prune(args) -> int:
     from .data import digits, load_npz
-    from .plan import SparsityPlan, write_text_atomic
+    from ._atomic import write_text_atomic
+    from .plan import SparsityPlan
     from .targets import load_target
 
     out = Path(args.output)
@@ -355,6 +356,7 @@ def _add_overrides(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .checks import SPARSITY_LADDER
     from .examples import EXAMPLES
 
     parser = _Parser(prog="blockprune", description="Hardware-aware block sparsity for Keras 3 models.")
@@ -398,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="a .keras model; omitted: the built-in example (--example)")
     p.add_argument("--example", choices=sorted(EXAMPLES), default="mlp2048", help="built-in model (default: mlp2048)")
     _add_target(p)
-    p.add_argument("--sparsities", default="0.5,0.8,0.9,0.95", help="candidate sparsities (default: 0.5,0.8,0.9,0.95)")
+    ladder = ",".join(map(str, SPARSITY_LADDER))
+    p.add_argument("--sparsities", default=ladder, help=f"candidate sparsities (default: {ladder})")
     p.add_argument("--batch", type=int, default=1, help="batch size to measure at (default: 1)")
     p.add_argument("--threads", type=int, default=1, help="runtime threads (default: 1)")
     p.add_argument("--time-budget", type=_float, default=600, help="stop after this many seconds (default: 600)")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .masks import check_blocks_divide
+from .checks import check_blocks_divide, divides
 
 __all__ = ["BSR", "BlockedELL", "FORMATS", "index_dtype", "nonzero_block_grid", "detect_block_shape"]
 
@@ -65,7 +65,7 @@ def detect_block_shape(w2d: np.ndarray, candidates, explained: float = 0.95) -> 
     best = None
     for block in candidates:
         block = tuple(int(v) for v in block)
-        if zero_fraction == 0 or w2d.shape[0] % block[0] or w2d.shape[1] % block[1]:
+        if zero_fraction == 0 or not divides(w2d.shape, block):
             continue
         zero_blocks = 1.0 - float(nonzero_block_grid(w2d, block).mean())
         fits = zero_blocks > 0 and zero_blocks >= explained * zero_fraction

@@ -4,7 +4,7 @@ A weight's view is cut into ``block_shape = (rows, cols)`` blocks; each block ge
 (``AVG`` or ``MAX`` of ``|w|`` over the block); the lowest-scoring blocks are zeroed so that
 exactly ``round(sparsity * n_blocks)`` blocks are zero. The *balanced* variant zeroes
 ``round(sparsity * n_block_rows)`` blocks in every block-column, so that every block-column
-keeps the same number of blocks (what the gather-matmul lowering needs, DESIGN.md section 3).
+keeps the same number of blocks (what the gather-matmul lowering needs, docs/DESIGN.md).
 
 Ties are broken deterministically: among blocks with equal scores, the one that comes first
 (row-major over the block grid; top to bottom within a block-column when balanced) is kept.
@@ -24,19 +24,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["POOLING_TYPES", "block_scores", "block_mask", "kept_block_grid", "check_blocks_divide",
-           "block_structure", "reachable_sparsity"]
+from .checks import check_blocks_divide
+
+__all__ = ["POOLING_TYPES", "block_scores", "block_mask", "kept_block_grid", "block_structure", "reachable_sparsity"]
 
 POOLING_TYPES = ("AVG", "MAX")
-
-
-def check_blocks_divide(view_shape: tuple[int, int], block_shape: tuple[int, int], where: str = "") -> None:
-    """Raises ``ValueError`` unless ``block_shape`` tiles ``view_shape`` exactly."""
-    bh, bw = block_shape
-    if bh <= 0 or bw <= 0 or view_shape[0] % bh or view_shape[1] % bw:
-        prefix = f"{where}: " if where else ""
-        raise ValueError(f"{prefix}block_shape={tuple(block_shape)} does not divide the [in, out] view "
-                         f"{tuple(view_shape)}")
 
 
 def block_scores(weight2d: np.ndarray, block_shape: tuple[int, int], pooling: str = "AVG") -> np.ndarray:

@@ -19,7 +19,7 @@ from typing import Any
 import keras
 
 from .prunable import is_prunable_layer
-from .views import WeightView, einsum_view
+from .views import WeightRef, WeightView, einsum_view
 
 __all__ = ["WeightSite", "find_weights", "target_sites", "layer_sites", "model_kind", "matrix_kind"]
 
@@ -31,31 +31,16 @@ _NOT_PRUNABLE_WHY = {
 }
 
 
-@dataclass
-class WeightSite:
-    """One matrix-like weight of a model.
+@dataclass(frozen=True)
+class WeightSite(WeightRef):
+    """One matrix-like weight of a live model: a ``WeightRef`` plus why it can't be pruned and
+    the variable itself.
 
     Attributes:
-        layer: path of the graph-node layer that owns it (``"encoder/dense_1"`` inside a nested
-            model ``encoder``); this is the layer a pruning wrapper wraps.
-        weight: the weight's name relative to that layer (``"kernel"``, ``"query/kernel"``).
-        layer_class: class name of the layer that directly holds the weight.
-        kind: one of ``blockprune.targets.LAYER_KINDS``, or the lowercased class name of a
-            layer blockprune cannot prune (``"depthwiseconv2d"``).
-        kernel_shape: the weight's shape as Keras stores it.
-        view: its ``[in, out]`` view, or None when it has none.
-        positions: rows of the matmul per sample (conv output positions, sequence length).
         not_prunable: why the weight can never be pruned, or None.
-        variable: the Keras variable (not serialized).
+        variable: the Keras variable (not serialized, not compared).
     """
 
-    layer: str
-    weight: str
-    layer_class: str
-    kind: str
-    kernel_shape: tuple[int, ...]
-    view: WeightView | None
-    positions: int = 1
     not_prunable: str | None = None
     variable: Any = field(default=None, repr=False, compare=False)
 

@@ -27,6 +27,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
+from .checks import divides
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
@@ -161,6 +163,10 @@ class TargetDescriptor:
     runtime: RuntimeOptions
     cost_model: CostModel
     source: str = field(default="", compare=False)
+
+    def blocks_dividing(self, view_shape) -> list[tuple[int, int]]:
+        """The allowed block shapes that tile ``view_shape`` exactly, most preferred first."""
+        return [b for b in self.block_shapes if divides(view_shape, b)]
 
     @property
     def dtype_bytes(self) -> int:

@@ -22,15 +22,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from .checks import SPARSITY_LADDER, divides
 from .masks import block_mask
 from .modelwalk import find_weights, target_sites
 from .profile import Measurement, ModelMeasurement, Profile, model_key
 from .targets import LOWERABLE_KINDS, fast_runtimes, load_target
 from .timing import machine_info, median_latency_us
 
-__all__ = ["tune", "measure_layer", "measure_model", "layer_shapes", "SPARSITIES"]
-
-SPARSITIES = (0.5, 0.8, 0.9, 0.95)
+__all__ = ["tune", "measure_layer", "measure_model", "layer_shapes"]
 
 
 def layer_shapes(model, target, batch: int = 1) -> list[tuple[tuple[int, int], int]]:
@@ -97,7 +96,7 @@ def _versions() -> dict:
     return out
 
 
-def tune(model, target, sparsities=SPARSITIES, batch: int = 1, threads: int = 1, profile: Profile | None = None,
+def tune(model, target, sparsities=SPARSITY_LADDER, batch: int = 1, threads: int = 1, profile: Profile | None = None,
          time_budget_s: float = 600.0, rounds: int = 3, reps: int = 30, progress: bool = True,
          whole_model: bool = True) -> Profile:
     """Measures the target's block shapes on every distinct prunable layer shape of ``model``.
@@ -137,7 +136,7 @@ def tune(model, target, sparsities=SPARSITIES, batch: int = 1, threads: int = 1,
         for rt in runtimes:
             jobs.append((rt, view, rows, None, 0.0))
             for block in target.block_shapes:
-                if view[0] % block[0] == 0 and view[1] % block[1] == 0:
+                if divides(view, block):
                     jobs += [(rt, view, rows, block, s) for s in sparsities]
     todo = [j for j in jobs if not profile.has(j[0], j[1], j[2], threads, j[3], j[4])]
     bar = keras.utils.Progbar(len(todo), unit_name="measurement") if progress and todo and sys.stdout.isatty() else None

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["WeightView", "einsum_view"]
+__all__ = ["WeightView", "WeightRef", "einsum_view"]
 
 
 @dataclass(frozen=True)
@@ -143,3 +143,50 @@ def einsum_view(equation: str, kernel_shape) -> WeightView:
     if not contracted or not produced:
         raise ValueError(f"einsum equation {equation!r} has no contracted or no output kernel axis")
     return WeightView(shape, tuple(contracted + produced), len(contracted))
+
+
+@dataclass(frozen=True)
+class WeightRef:
+    """One matrix-like weight of a model, by name, with its ``[in, out]`` view.
+
+    What the model walk finds (``blockprune.modelwalk.WeightSite``) and what the plan decides
+    for it (``blockprune.plan.LayerPlan``) both extend this, so every function that needs a
+    weight's name, shape and view takes either.
+
+    Attributes:
+        layer: path of the graph-node layer owning the weight (``"encoder/dense_1"`` inside a
+            nested model ``encoder``); the layer a pruning wrapper wraps.
+        weight: the weight's name relative to ``layer`` (``"kernel"``, ``"query/kernel"``).
+        layer_class: class name of the layer that directly holds the weight.
+        kind: layer kind (``dense``, ``conv1x1``, ``conv``, ``einsum_dense``, ``custom``), or
+            the lowercased class name of a layer blockprune cannot prune.
+        kernel_shape: the weight's shape as Keras stores it.
+        view: its ``[in, out]`` view, or None when it has none.
+        positions: rows of the matmul per sample (conv output positions, sequence length).
+    """
+
+    layer: str
+    weight: str
+    layer_class: str
+    kind: str
+    kernel_shape: tuple[int, ...]
+    view: WeightView | None
+    positions: int = 1
+
+    @property
+    def name(self) -> str:
+        """``layer/weight``, unique within a model."""
+        return f"{self.layer}/{self.weight}"
+
+    @property
+    def view_shape(self) -> tuple[int, int] | None:
+        return self.view.view_shape if self.view else None
+
+    @property
+    def n_weights(self) -> int:
+        return math.prod(self.kernel_shape)
+
+    def ref(self) -> "WeightRef":
+        """Just the reference fields (a ``WeightRef``), e.g. to build a plan entry from a site."""
+        return WeightRef(self.layer, self.weight, self.layer_class, self.kind, self.kernel_shape, self.view,
+                         self.positions)

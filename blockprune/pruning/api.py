@@ -13,7 +13,7 @@ from .._atomic import atomic_path
 from .._text import text_table
 from ..masks import block_structure, reachable_sparsity
 from ..modelwalk import find_weights, layer_sites, model_kind
-from ..plan import SparsityPlan
+from ..plan.records import SparsityPlan
 from .callbacks import collect_wrappers
 from .schedules import ConstantSparsity, PruningSchedule
 from .wrapper import PruneLowMagnitude

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from ..data import Dataset, check_fits
-from ..plan import SparsityPlan
+from ..plan.records import SparsityPlan
 from .api import Verification, prune, save_model_atomic, strip_pruning, verify
 from .callbacks import UpdatePruningStep
 from .schedules import PolynomialDecay

@@ -18,7 +18,7 @@ import math
 
 import keras
 
-from ..plan import check_sparsity
+from ..checks import check_sparsity
 
 __all__ = ["PruningSchedule", "ConstantSparsity", "PolynomialDecay"]
 

@@ -21,9 +21,9 @@ import re
 
 import keras
 
-from ..masks import POOLING_TYPES, block_mask, block_scores, check_blocks_divide
+from ..checks import check_block_shape, check_blocks_divide
+from ..masks import POOLING_TYPES, block_mask, block_scores
 from ..modelwalk import layer_sites
-from ..plan import check_block_shape
 from .schedules import ConstantSparsity, PruningSchedule
 
 __all__ = ["PruneLowMagnitude", "MaskConstraint"]
