@@ -22,7 +22,7 @@ import numpy as np
 
 from .formats import BlockedELL, detect_block_shape
 from .modelwalk import target_sites
-from .pruning.api import _copy_model, _rewrap
+from .kerasgraph import copy_model, rewrap
 from .targets import LOWERABLE_KINDS, load_target
 
 __all__ = ["BlockSparseDense", "LoweredLayer", "lower", "LOWERABLE_KINDS"]
@@ -153,7 +153,7 @@ def lower(model, target, runtime: str = "tflite", block_shapes=None):
     target = load_target(target)
     if runtime not in ("tflite", "onnx"):
         raise ValueError(f"runtime={runtime!r} must be 'tflite' or 'onnx'")
-    copy = _copy_model(model)
+    copy = copy_model(model)
     if getattr(target.lowering, runtime) != "gather-matmul":
         return copy, []
     block_shapes = block_shapes or {}
@@ -181,4 +181,4 @@ def lower(model, target, runtime: str = "tflite", block_shapes=None):
                                     block, zero, matrix.k))
         return new
 
-    return _rewrap(copy, swap), lowered
+    return rewrap(copy, swap), lowered

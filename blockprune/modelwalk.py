@@ -18,6 +18,7 @@ from typing import Any
 
 import keras
 
+from .kerasgraph import build_shapes, is_functional, own_variables, owns, sublayers
 from .prunable import is_prunable_layer
 from .views import WeightRef, WeightView, einsum_view
 
@@ -49,13 +50,7 @@ def model_kind(model) -> str:
     """``"sequential"``, ``"functional"`` or ``"subclassed"``."""
     if isinstance(model, keras.Sequential):
         return "sequential"
-    try:
-        from keras.src.models.functional import Functional
-    except ImportError:  # pragma: no cover - guards a private Keras path
-        Functional = None
-    if Functional is not None and isinstance(model, Functional):
-        return "functional"
-    return "subclassed"
+    return "functional" if is_functional(model) else "subclassed"
 
 
 def matrix_kind(layer) -> tuple[str, WeightView | None, str | None]:
@@ -93,20 +88,9 @@ def _dtype_reason(variable) -> str | None:
 
 def _own_weight(layer, name: str):
     for w in layer.weights:
-        if w.name == name and _owned_by(layer, w):
+        if w.name == name and owns(layer, w):
             return w
     return None
-
-
-def _owned_by(layer, variable) -> bool:
-    own_ids = {id(v) for v in getattr(layer, "_trainable_variables", [])}
-    own_ids |= {id(v) for v in getattr(layer, "_non_trainable_variables", [])}
-    return id(variable) in own_ids if own_ids else True
-
-
-def _children(layer) -> list:
-    # Keras 3 keeps a layer's direct sublayers here; it is how Layer.weights itself recurses.
-    return list(layer._flatten_layers(include_self=False, recursive=False))
 
 
 def _known_positions(shape, n_out: int) -> int | None:
@@ -120,7 +104,7 @@ def _output_shape(layer):
     try:
         return tuple(layer.output.shape)
     except (AttributeError, ValueError, RuntimeError):
-        build = getattr(layer, "_build_shapes_dict", None) or {}
+        build = build_shapes(layer)
         if len(build) == 1:
             try:
                 return tuple(layer.compute_output_shape(next(iter(build.values()))))
@@ -159,7 +143,7 @@ def _sites_of(layer, node, node_path: str, rel_prefix: str, out: list[WeightSite
         out.append(WeightSite(node_path, rel_prefix + "kernel", type(layer).__name__, kind,
                               tuple(int(d) for d in kernel.shape), view, _positions(layer, view, node), reason, kernel))
         return
-    for child in _children(layer):
+    for child in sublayers(layer):
         _sites_of(child, node, node_path, f"{rel_prefix}{child.name}/", out, covered)
 
 
@@ -181,8 +165,8 @@ def _uncovered(layer, node_path: str, out: list[WeightSite], covered: set[int]) 
 
 def _owner_class(layer, variable) -> str:
     owner = type(layer).__name__
-    for sub in layer._flatten_layers(include_self=True, recursive=True):
-        if any(v is variable for v in getattr(sub, "_trainable_variables", [])):
+    for sub in sublayers(layer, recursive=True, include_self=True):
+        if any(v is variable for v in own_variables(sub, trainable_only=True)):
             owner = type(sub).__name__
     return owner
 

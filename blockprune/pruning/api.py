@@ -12,6 +12,7 @@ import keras
 from .._atomic import atomic_path
 from .._text import text_table
 from ..masks import block_structure, reachable_sparsity
+from ..kerasgraph import copy_model, rewrap
 from ..modelwalk import find_weights, layer_sites, model_kind
 from ..plan.records import SparsityPlan
 from .callbacks import collect_wrappers
@@ -28,38 +29,6 @@ def _require_graph_model(model, what: str) -> None:
         raise ValueError(f"Model '{model.name}' is a subclassed model: {what} needs a Sequential or functional "
                          "model whose layers it can wrap (blockprune.plan can still plan it; rebuild the model "
                          "with keras.Input to prune it)")
-
-
-def _copy_model(model):
-    """An independent, uncompiled copy of a Sequential/functional model, weights included.
-
-    Rebuilt from its config (``clone_model`` would also copy the compile state and so an
-    optimizer); the model's own layer classes are passed so unregistered custom layers work.
-    """
-    classes = {type(layer).__name__: type(layer) for layer in model._flatten_layers(include_self=False)}
-    copy = type(model).from_config(model.get_config(), custom_objects=classes)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def _layer_paths(model) -> dict[int, str]:
-    paths: dict[int, str] = {}
-
-    def walk(m, prefix):
-        for layer in m.layers:
-            paths[id(layer)] = prefix + layer.name
-            if isinstance(layer, keras.Model):
-                walk(layer, prefix + layer.name + "/")
-
-    walk(model, "")
-    return paths
-
-
-def _rewrap(model, wrap):
-    """Clones ``model`` (nested models too), replacing each layer by ``wrap(layer, path)``."""
-    paths = _layer_paths(model)
-    return keras.models.clone_model(model, clone_function=lambda layer: wrap(layer, paths.get(id(layer))),
-                                    recursive=True)
 
 
 def prune(model, plan: SparsityPlan, schedule: PruningSchedule | None = None, block_pooling_type: str = "AVG"):
@@ -118,7 +87,7 @@ def prune(model, plan: SparsityPlan, schedule: PruningSchedule | None = None, bl
                                      balanced=plan.target.balanced, prune_weights=groups[path])
         return layer
 
-    return _rewrap(_copy_model(model), wrap)
+    return rewrap(copy_model(model), wrap)
 
 
 def prune_once(model, plan: SparsityPlan, block_pooling_type: str = "AVG"):
@@ -178,7 +147,7 @@ def prune_low_magnitude(to_prune, pruning_schedule: PruningSchedule | None = Non
         def wrap(layer, path):
             return PruneLowMagnitude(layer, **params) if path in prunable else layer
 
-        return _rewrap(_copy_model(to_prune), wrap)
+        return rewrap(copy_model(to_prune), wrap)
     if isinstance(to_prune, (list, tuple)):
         return [prune_low_magnitude(layer, **params) for layer in to_prune]
     if isinstance(to_prune, keras.layers.Layer):
@@ -204,9 +173,9 @@ def strip_pruning(model):
     _require_graph_model(model, "strip_pruning")
     for wrapper in collect_wrappers(model):
         wrapper.apply_masks()
-    unwrapped = _rewrap(model, lambda layer, path: layer.layer if isinstance(layer, PruneLowMagnitude) else layer)
+    unwrapped = rewrap(model, lambda layer, path: layer.layer if isinstance(layer, PruneLowMagnitude) else layer)
     # The unwrapped model shares layers (and their mask constraints) with ``model``; a copy does not.
-    return _copy_model(unwrapped)
+    return copy_model(unwrapped)
 
 
 # --------------------------------------------------------------------------- verification

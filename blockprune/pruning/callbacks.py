@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from ..kerasgraph import sublayers
 from .wrapper import PruneLowMagnitude
 
 __all__ = ["UpdatePruningStep", "PruningSummaries", "collect_wrappers"]
@@ -12,8 +13,7 @@ __all__ = ["UpdatePruningStep", "PruningSummaries", "collect_wrappers"]
 
 def collect_wrappers(model) -> list[PruneLowMagnitude]:
     """Every ``PruneLowMagnitude`` in ``model``, nested models included."""
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
-            if isinstance(layer, PruneLowMagnitude)]
+    return [layer for layer in sublayers(model, recursive=True) if isinstance(layer, PruneLowMagnitude)]
 
 
 class UpdatePruningStep(keras.callbacks.Callback):
@@ -40,7 +40,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
             raise ValueError(f"UpdatePruningStep: model '{self.model.name}' has no layer wrapped for pruning; "
                              "wrap it with blockprune.prune(...) or prune_low_magnitude(...) first")
         for w in self.wrappers:
-            w._step_callback_active = True
+            w.step_callback_active = True
         # A fresh model starts at step 0; a reloaded one continues after its saved step.
         saved = int(keras.ops.convert_to_numpy(self.wrappers[0].pruning_step))
         self.step = saved + 1 if saved >= 0 else 0
@@ -52,7 +52,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         for w in self.wrappers:
-            w._step_callback_active = False
+            w.step_callback_active = False
 
 
 def _scalar(tf, tag: str, value: float, step: int) -> None:

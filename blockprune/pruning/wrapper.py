@@ -22,6 +22,7 @@ import re
 import keras
 
 from ..checks import check_block_shape, check_blocks_divide
+from ..kerasgraph import call_takes_training
 from ..masks import POOLING_TYPES, block_mask, block_scores
 from ..modelwalk import layer_sites
 from .schedules import ConstantSparsity, PruningSchedule
@@ -121,7 +122,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             for k, v in dict(prune_weights).items()
         }
         self._targets: list[_Target] = []
-        self._step_callback_active = False
+        #: Set by ``UpdatePruningStep`` while it drives training; training without it is an error.
+        self.step_callback_active = False
 
     # ------------------------------------------------------------------ state
 
@@ -220,10 +222,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     # ------------------------------------------------------------------ call
 
     def call(self, inputs, *args, training=None, **kwargs):
-        if training and not self._step_callback_active:
+        if training and not self.step_callback_active:
             raise ValueError(f"Layer '{self.name}': training a pruned model needs the UpdatePruningStep "
                              "callback, e.g. model.fit(x, y, callbacks=[blockprune.UpdatePruningStep()])")
-        if self.layer._call_has_training_arg:
+        if call_takes_training(self.layer):
             kwargs["training"] = training
         return self.layer(inputs, *args, **kwargs)
 

@@ -1,0 +1,93 @@
+"""The one module that touches Keras internals, and the one place models are copied and rewrapped.
+
+Keras 3 has no public API for some facts blockprune needs: a layer's direct sublayers, which
+variables a layer owns itself, the shapes a layer was built with, whether a layer's ``call``
+takes ``training``, and whether a model is functional. Each is read here, behind a public
+function, so a Keras upgrade that moves one of them breaks one module. Model surgery (an
+independent copy; a clone with some layers replaced) lives here too, for pruning, stripping
+and lowering alike.
+"""
+
+from __future__ import annotations
+
+import keras
+
+__all__ = ["is_functional", "sublayers", "own_variables", "owns", "build_shapes", "call_takes_training", "copy_model",
+           "layer_paths", "rewrap"]
+
+
+def is_functional(model) -> bool:
+    """Whether ``model`` is a functional model (built from ``keras.Input``; Sequential counts too)."""
+    try:
+        from keras.src.models.functional import Functional
+    except ImportError:  # pragma: no cover - guards a private Keras path
+        return False
+    return isinstance(model, Functional)
+
+
+def sublayers(layer, recursive: bool = False, include_self: bool = False) -> list:
+    """The layers ``layer`` tracks: its direct sublayers, or all of them with ``recursive``.
+
+    Keras 3 keeps them in ``_flatten_layers``; it is how ``Layer.weights`` itself recurses.
+    """
+    return list(layer._flatten_layers(include_self=include_self, recursive=recursive))
+
+
+def own_variables(layer, trainable_only: bool = False) -> list:
+    """The variables ``layer`` created itself (not its sublayers')."""
+    own = list(getattr(layer, "_trainable_variables", []))
+    return own if trainable_only else own + list(getattr(layer, "_non_trainable_variables", []))
+
+
+def owns(layer, variable) -> bool:
+    """Whether ``variable`` is one of ``layer``'s own variables (not a sublayer's).
+
+    A layer that tracks no variables of its own (e.g. a custom layer that keeps them elsewhere)
+    is taken to own every variable it lists.
+    """
+    own_ids = {id(v) for v in own_variables(layer)}
+    return id(variable) in own_ids if own_ids else True
+
+
+def build_shapes(layer) -> dict:
+    """``{argument: shape}`` the layer was built with (empty when unknown)."""
+    return dict(getattr(layer, "_build_shapes_dict", None) or {})
+
+
+def call_takes_training(layer) -> bool:
+    """Whether ``layer.call`` accepts a ``training`` argument."""
+    return bool(getattr(layer, "_call_has_training_arg", False))
+
+
+def copy_model(model):
+    """An independent, uncompiled copy of a Sequential/functional model, weights included.
+
+    Rebuilt from its config (``clone_model`` would also copy the compile state and so an
+    optimizer); the model's own layer classes are passed so unregistered custom layers work.
+    """
+    classes = {type(layer).__name__: type(layer) for layer in sublayers(model, recursive=True)}
+    copy = type(model).from_config(model.get_config(), custom_objects=classes)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def layer_paths(model) -> dict[int, str]:
+    """``{id(layer): path}`` for every layer of ``model``, nested models included
+    (``"encoder/dense_1"``)."""
+    paths: dict[int, str] = {}
+
+    def walk(m, prefix):
+        for layer in m.layers:
+            paths[id(layer)] = prefix + layer.name
+            if isinstance(layer, keras.Model):
+                walk(layer, prefix + layer.name + "/")
+
+    walk(model, "")
+    return paths
+
+
+def rewrap(model, replace):
+    """Clones ``model`` (nested models too), replacing each layer by ``replace(layer, path)``."""
+    paths = layer_paths(model)
+    return keras.models.clone_model(model, clone_function=lambda layer: replace(layer, paths.get(id(layer))),
+                                    recursive=True)
