@@ -2,7 +2,7 @@
 
 Model: a 3-layer MLP of width 2048 (2048 -> 2048 -> 2048 -> 10) whose two hidden kernels are
 90% block-sparse (magnitude masks of random weights). Each file is exported by blockprune
-(verified against Keras), then timed through `blockprune.export.make_runner` (the recorded
+(verified against Keras), then timed through `blockprune.runtimes.make_runner` (the recorded
 run options) at 1 thread: warm-up, then `rounds` rounds of `reps` calls, interleaving the
 dense and the sparse file; the median per round, and the median over rounds, are reported.
 
@@ -30,7 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from blockprune.export import export_onnx, export_tflite, make_runner  # noqa: E402
+from blockprune.export import export_onnx, export_tflite  # noqa: E402
+from blockprune.runtimes import make_runner  # noqa: E402
 from blockprune.masks import block_mask  # noqa: E402
 from blockprune.packfile import pack_model  # noqa: E402
 

@@ -29,7 +29,8 @@ import blockprune  # noqa: E402
 from _timing import step_timer  # noqa: E402
 from blockprune.data import digits, save_npz  # noqa: E402
 from blockprune.examples import example_model, train_dense  # noqa: E402
-from blockprune.export import _tflite_interpreter, _TfliteRunner, export_tflite  # noqa: E402
+from blockprune.export import export_tflite  # noqa: E402
+from blockprune.runtimes import RUNTIMES  # noqa: E402
 from blockprune.pruning.finetune import finetune  # noqa: E402
 from blockprune.timing import median_latency_us  # noqa: E402
 
@@ -37,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def latency_us(path: Path, default_delegates: bool) -> float:
-    run = _TfliteRunner(_tflite_interpreter(path.read_bytes(), default_delegates, num_threads=1))
+    run = RUNTIMES["litert"].runner(path.read_bytes(), {"default_delegates": default_delegates}, num_threads=1)
     x = np.random.default_rng(0).normal(size=(1, 64)).astype("float32")
     return median_latency_us(run, x, rounds=5, reps=300, warmup=50)
 

@@ -38,7 +38,8 @@ import blockprune  # noqa: E402
 from blockprune.checks import SPARSITY_LADDER  # noqa: E402
 from blockprune.cost import calibrate, prediction_error  # noqa: E402
 from blockprune.examples import example_model  # noqa: E402
-from blockprune.export import export_tflite, make_runner  # noqa: E402
+from blockprune.export import export_tflite  # noqa: E402
+from blockprune.runtimes import make_runner  # noqa: E402
 from blockprune.pruning import prune_once  # noqa: E402
 from blockprune.targets import load_target  # noqa: E402
 from blockprune.timing import median_latency_us  # noqa: E402

@@ -147,7 +147,7 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
     import keras
 
     from .cost import ideal_speedup
-    from .export import _compare, _sample_inputs, make_runner
+    from .runtimes import compare, make_runner, sample_inputs
 
     export_dir = Path(export_dir)
     for name, values in (("batch", batches), ("threads", threads)):
@@ -169,18 +169,18 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
     jobs = [(s, d, b, t) for s, d in pairs for b in batches for t in threads]
     interactive = progress and sys.stdout.isatty()
     bar = keras.utils.Progbar(len(jobs), unit_name="configuration") if interactive and jobs else None
-    x = _sample_inputs(model, max(batches), seed=1)[0]
+    x = sample_inputs(model, max(batches), seed=1)[0]
     reference = np.asarray(model.predict(x, verbose=0))  # once: every file is compared with it
     for sparse, dense in pairs:
         result.sizes.append({"format": sparse["format"], "dense_bytes": dense["bytes"], "sparse_bytes": sparse["bytes"],
                              "dense_gzip_bytes": dense["gzip_bytes"], "sparse_gzip_bytes": sparse["gzip_bytes"]})
         for rec in (sparse, dense):
-            err, rel = _compare(reference, make_runner(_local(export_dir, rec))(x))
+            err, rel = compare(reference, make_runner(_local(export_dir, rec))(x))
             result.agreement.append({"file": Path(rec["path"]).name, "max_abs_error": err, "rel_error": rel})
     for i, (sparse, dense, batch, n_threads) in enumerate(jobs):
         runners = {"dense": make_runner(_local(export_dir, dense), n_threads),
                    "sparse": make_runner(_local(export_dir, sparse), n_threads)}
-        stats = _time(runners, _sample_inputs(model, batch)[0], rounds, reps, warmup)
+        stats = _time(runners, sample_inputs(model, batch)[0], rounds, reps, warmup)
         runtime = "LiteRT" if sparse["format"] == "tflite" else "ONNX Runtime"
         (dm, d10, d90), (sm, s10, s90) = stats["dense"], stats["sparse"]
         result.configs.append(BenchConfig(runtime, sparse["format"], batch, n_threads, dm, sm, dm / sm, d10, d90, s10,

@@ -12,7 +12,7 @@ running it in its runtime against Keras before anything is written.
 
 The runtime options a file needs (e.g. LiteRT without its default delegates, DESIGN.md
 section 3's wrong-output trap) are written beside it as ``<file>.runtime.json``, and
-``make_runner`` reads them back, so every user of the file runs it the same way.
+``blockprune.runtimes.make_runner`` reads them back, so every user of the file runs it the same way.
 """
 
 from __future__ import annotations
@@ -33,11 +33,12 @@ from .masks import reachable_sparsity
 from .lower import lower
 from .modelwalk import target_sites
 from .plan import SparsityPlan
+from .runtimes import RUNTIMES, compare, sample_inputs
 from .targets import TargetDescriptor, load_target
 
-__all__ = ["ExportError", "ExportRecord", "export", "export_tflite", "export_onnx", "make_runner",
-           "sparse_structure"]
+__all__ = ["ExportError", "ExportRecord", "export", "export_tflite", "export_onnx", "sparse_structure"]
 
+LITERT, ONNXRUNTIME = RUNTIMES["litert"], RUNTIMES["onnxruntime"]
 FLOAT_TOLERANCE = 1e-3  # relative to the largest reference output
 INT8_TOLERANCE = 0.05
 
@@ -117,21 +118,6 @@ def _layer_entry(s: dict, fmt: str) -> dict:
             "block_sparsity": s["block_sparsity"]}
 
 
-def _sample_inputs(model, batch: int = 4, seed: int = 0) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    samples = []
-    for t in model.inputs:
-        shape = [batch] + [d if d is not None else 1 for d in t.shape[1:]]
-        samples.append(rng.normal(size=shape).astype(t.dtype if "float" in str(t.dtype) else "float32"))
-    return samples
-
-
-def _compare(reference: np.ndarray, got: np.ndarray) -> tuple[float, float]:
-    err = float(np.max(np.abs(reference - got))) if reference.size else 0.0
-    scale = float(np.max(np.abs(reference))) or 1.0
-    return err, err / scale
-
-
 def _write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(path, suffix=".tmp" + path.suffix) as tmp:
         tmp.write_bytes(data)
@@ -169,7 +155,7 @@ def _verify(model, samples, run, target: TargetDescriptor, what: str) -> tuple[f
         ExportError: the relative error exceeds the target dtype's tolerance.
     """
     reference = np.asarray(model.predict(samples if len(samples) > 1 else samples[0], verbose=0))
-    err, rel = _compare(reference, run(samples))
+    err, rel = compare(reference, run(samples))
     tol = INT8_TOLERANCE if target.dtype == "int8" else FLOAT_TOLERANCE
     if not rel <= tol:
         raise ExportError(f"{what} for target '{target.name}' disagrees with Keras: relative error {rel:.3g} > "
@@ -188,44 +174,9 @@ def _convert_tflite(model, optimizations) -> bytes:
         return converter.convert()
 
 
-def _tflite_interpreter(model_content: bytes, default_delegates: bool, num_threads: int | None = None):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    resolver = OpResolverType.AUTO if default_delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    return Interpreter(model_content=model_content, num_threads=num_threads, experimental_op_resolver_type=resolver)
-
-
-class _TfliteRunner:
-    """Runs an interpreter; resizes and re-allocates only when the input shapes change."""
-
-    def __init__(self, interp):
-        self.interp = interp
-        self.inputs = interp.get_input_details()
-        self.output = interp.get_output_details()[0]["index"]
-        self.shapes = None
-
-    def __call__(self, *xs):
-        shapes = [x.shape for x in xs]
-        if shapes != self.shapes:
-            for d, x in zip(self.inputs, xs):
-                self.interp.resize_tensor_input(d["index"], list(x.shape))
-            self.interp.allocate_tensors()
-            self.shapes = shapes
-        for d, x in zip(self.inputs, xs):
-            self.interp.set_tensor(d["index"], x)
-        self.interp.invoke()
-        return self.interp.get_tensor(self.output)
-
-
-def _run_tflite(interp, inputs: list[np.ndarray]) -> np.ndarray:
-    return _TfliteRunner(interp)(*inputs)
-
-
 def _fully_connected_weights(model_content: bytes) -> list[dict]:
     """For every FULLY_CONNECTED op: its weight tensor's name, [out, in] shape and encoding."""
-    interp = _tflite_interpreter(model_content, default_delegates=False)
-    tensors = {t["index"]: t for t in interp.get_tensor_details()}
-    ops = interp._get_ops_details()  # the only API listing ops with their tensors
+    ops, tensors = LITERT.ops(model_content)
     densify = {op["outputs"][0]: op["inputs"][0] for op in ops if op["op_name"] == "DENSIFY"}
     out = []
     for op in ops:
@@ -305,8 +256,8 @@ def export_tflite(model, target, path, plan: SparsityPlan | None = None, allow_d
     if warnings and not allow_dense and not dense:
         raise ExportError(f"{path.name} for target '{target.name}': " + "; ".join(warnings) +
                           " (--allow-dense / allow_dense=True writes it anyway)")
-    interp = _tflite_interpreter(buf, default_delegates)
-    err, rel = _verify(model, samples or _sample_inputs(model), lambda xs: _run_tflite(interp, xs), target, path.name)
+    run = LITERT.runner(buf, {"default_delegates": default_delegates})
+    err, rel = _verify(model, samples or sample_inputs(model), lambda xs: run(*xs), target, path.name)
     options = {"runtime": "litert", "target": target.name, "variant": "dense" if dense else "sparse",
                "lowering": lowering, "dtype": target.dtype, "default_delegates": default_delegates,
                "op_resolver_type": "AUTO" if default_delegates else "BUILTIN_WITHOUT_DEFAULT_DELEGATES"}
@@ -353,17 +304,6 @@ def _sparsify_initializers(proto, min_elements: int = 1024) -> list[str]:
     return moved
 
 
-def _ort_session(model_bytes: bytes, num_threads: int | None = None):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if num_threads:
-        opts.intra_op_num_threads = num_threads
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def export_onnx(model, target, path, plan: SparsityPlan | None = None, allow_dense: bool = False,
                 dense: bool = False, samples: list | None = None) -> ExportRecord:
     """Writes a verified ``.onnx`` for ``target`` (arguments as for ``export_tflite``).
@@ -393,10 +333,8 @@ def export_onnx(model, target, path, plan: SparsityPlan | None = None, allow_den
             warnings.append(f"Layer '{s['layer']}' has no gather-matmul form here; it runs dense")
         layers.append(_layer_entry(s, fmt))
     data = proto.SerializeToString()
-    session = _ort_session(data)
-    err, rel = _verify(model, samples or _sample_inputs(model),
-                       lambda xs: session.run(None, {i.name: x for i, x in zip(session.get_inputs(), xs)})[0],
-                       target, path.name)
+    run = ONNXRUNTIME.runner(data)
+    err, rel = _verify(model, samples or sample_inputs(model), lambda xs: run(*xs), target, path.name)
     options = {"runtime": "onnxruntime", "target": target.name, "variant": "dense" if dense else "sparse",
                "lowering": lowering, "opset": target.runtime.onnx_opset, "providers": ["CPUExecutionProvider"],
                "sparse_initializers": sorted(moved)}
@@ -435,7 +373,7 @@ def export(model, target, out_dir, formats=("tflite", "onnx"), plan: SparsityPla
     out.mkdir(parents=True, exist_ok=True)
     writers = {"tflite": export_tflite, "onnx": export_onnx}
     records = []
-    samples = _sample_inputs(model)
+    samples = sample_inputs(model)
     for fmt in formats:
         records.append(writers[fmt](model, target, out / f"{model.name}.{fmt}", plan, allow_dense, samples=samples))
     if dense_baseline:
@@ -452,23 +390,3 @@ def export(model, target, out_dir, formats=("tflite", "onnx"), plan: SparsityPla
         tmp.write_text(json.dumps({"target": target.name, "target_descriptor": descriptor, "model": model.name,
                                    "records": [r.to_dict() for r in records]}, indent=2) + "\n")
     return records
-
-
-def make_runner(path, num_threads: int | None = None):
-    """A function ``run(*inputs) -> output`` for an exported file, with its recorded options.
-
-    Args:
-        path: a ``.tflite`` or ``.onnx`` written by this module (its ``.runtime.json`` beside it).
-        num_threads: threads for the runtime (default: the runtime's).
-    """
-    path = Path(path)
-    options_path = path.with_name(path.name + ".runtime.json")
-    if not options_path.is_file():
-        raise ValueError(f"{path}: no {options_path.name} beside it; export it with blockprune to record how it runs")
-    options = json.loads(options_path.read_text())
-    data = path.read_bytes()
-    if options["runtime"] == "litert":
-        return _TfliteRunner(_tflite_interpreter(data, options["default_delegates"], num_threads))
-    session = _ort_session(data, num_threads)
-    names = [i.name for i in session.get_inputs()]
-    return lambda *xs: session.run(None, dict(zip(names, xs)))[0]

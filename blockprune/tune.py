@@ -49,7 +49,8 @@ def measure_layer(target, runtime: str, view_shape, rows: int, block_shape, spar
                   rounds: int = 3, reps: int = 30, seed: int = 0) -> float:
     """Median latency (us) of one Dense layer ``[in, out]`` with the given block pattern,
     exported for the target and run with its recorded options (``block_shape=None``: dense)."""
-    from .export import export_onnx, export_tflite, make_runner
+    from .export import export_onnx, export_tflite
+    from .runtimes import make_runner
 
     target = load_target(target)
     n_in, n_out = view_shape
@@ -72,7 +73,8 @@ def measure_model(model, target, runtime: str, plan=None, batch: int = 1, thread
                   reps: int = 30, seed: int = 0) -> float:
     """Median latency (us) of the whole model exported for the target (``plan=None``: dense;
     else pruned one-shot to the plan), on one input batch."""
-    from .export import export_onnx, export_tflite, make_runner
+    from .export import export_onnx, export_tflite
+    from .runtimes import make_runner
     from .pruning import prune_once
 
     writer = export_tflite if runtime == "tflite" else export_onnx

@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from blockprune.export import ExportError, export, export_onnx, export_tflite, make_runner
+from blockprune.export import ExportError, export, export_onnx, export_tflite
+from blockprune.runtimes import make_runner
 from blockprune.lower import BlockSparseDense, lower
 from blockprune.masks import block_mask
 

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import REPO
 
-TF_FREE = ["targets", "checks", "plan/records", "plan/rules", "plan/allocate", "plan/__init__", "views", "cost", "masks", "prunable", "data", "_atomic", "formats", "packfile",
+TF_FREE = ["targets", "checks", "runtimes", "plan/records", "plan/rules", "plan/allocate", "plan/__init__", "views", "cost", "masks", "prunable", "data", "_atomic", "formats", "packfile",
            "_quiet", "profile", "timing", "_text"]
 KERAS_MODULES = {"pruning", "modelwalk", "kerasgraph", "examples", "cli", "lower", "export", "tune", "bench", "run"}
 

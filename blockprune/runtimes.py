@@ -1,0 +1,180 @@
+"""The runtime layer: every runtime blockprune runs files in, behind one small interface.
+
+A ``Runtime`` reads files of some formats and turns a file's bytes and its recorded run
+options (``<file>.runtime.json``, written by the exporter) into a ``run(*inputs) -> output``
+function. The exporter verifies files through it, and ``bench`` and ``tune`` time them through
+it, so every user of a file runs it the same way. Adding a runtime is one new class here and
+one entry in ``RUNTIMES``.
+
+Also here: the sample inputs files are checked on, and the comparison of a file's output with
+the Keras reference.
+
+Example:
+    >>> run = make_runner("exported/model.tflite", num_threads=1)   # doctest: +SKIP
+    >>> y = run(x)                                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Runtime", "LiteRT", "OnnxRuntime", "RUNTIMES", "runtime", "runtimes_for", "make_runner",
+           "read_options", "sample_inputs", "compare"]
+
+
+def sample_inputs(model, batch: int = 4, seed: int = 0) -> list[np.ndarray]:
+    """Random normal inputs for every input of ``model`` (unknown dimensions become 1)."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for t in model.inputs:
+        shape = [batch] + [d if d is not None else 1 for d in t.shape[1:]]
+        samples.append(rng.normal(size=shape).astype(t.dtype if "float" in str(t.dtype) else "float32"))
+    return samples
+
+
+def compare(reference: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+    """``(max_abs_error, relative_error)`` of ``got`` against ``reference`` (relative to its
+    largest magnitude)."""
+    err = float(np.max(np.abs(reference - got))) if reference.size else 0.0
+    scale = float(np.max(np.abs(reference))) or 1.0
+    return err, err / scale
+
+
+class Runtime:
+    """One inference runtime.
+
+    Attributes:
+        name: the key recorded in ``<file>.runtime.json`` (``"litert"``).
+        label: the name people know it by, for tables (``"LiteRT"``).
+        formats: the file formats it reads (``("tflite",)``).
+    """
+
+    name = ""
+    label = ""
+    formats: tuple[str, ...] = ()
+    package = ""  # the distribution whose version identifies the runtime
+
+    def runner(self, model_bytes: bytes, options: dict | None = None, num_threads: int | None = None):
+        """A function ``run(*inputs) -> first output`` for a model file's bytes."""
+        raise NotImplementedError
+
+    def version(self) -> str | None:
+        """The installed version of the runtime's package, or None."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version(self.package)
+        except PackageNotFoundError:
+            return None
+
+
+class _TfliteRunner:
+    """Runs a LiteRT interpreter; resizes and re-allocates only when the input shapes change."""
+
+    def __init__(self, interp):
+        self.interp = interp
+        self.inputs = interp.get_input_details()
+        self.output = interp.get_output_details()[0]["index"]
+        self.shapes = None
+
+    def __call__(self, *xs):
+        shapes = [x.shape for x in xs]
+        if shapes != self.shapes:
+            for d, x in zip(self.inputs, xs):
+                self.interp.resize_tensor_input(d["index"], list(x.shape))
+            self.interp.allocate_tensors()
+            self.shapes = shapes
+        for d, x in zip(self.inputs, xs):
+            self.interp.set_tensor(d["index"], x)
+        self.interp.invoke()
+        return self.interp.get_tensor(self.output)
+
+
+class LiteRT(Runtime):
+    """LiteRT (``ai-edge-litert``), the TFLite interpreter, XNNPACK by default.
+
+    Options: ``default_delegates`` (False runs the builtin kernels only: dynamic-range int8
+    block-sparse models give wrong outputs under XNNPACK).
+    """
+
+    name, label, formats, package = "litert", "LiteRT", ("tflite",), "ai-edge-litert"
+
+    def interpreter(self, model_bytes: bytes, default_delegates: bool = True, num_threads: int | None = None):
+        """An interpreter for a ``.tflite`` flatbuffer."""
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        resolver = OpResolverType.AUTO if default_delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        return Interpreter(model_content=model_bytes, num_threads=num_threads, experimental_op_resolver_type=resolver)
+
+    def runner(self, model_bytes: bytes, options: dict | None = None, num_threads: int | None = None):
+        delegates = (options or {}).get("default_delegates", True)
+        return _TfliteRunner(self.interpreter(model_bytes, delegates, num_threads))
+
+    def ops(self, model_bytes: bytes) -> tuple[list[dict], dict[int, dict]]:
+        """``(ops, tensors)`` of a flatbuffer: each op with its name and input/output tensor
+        indices, and every tensor's details (shape, name, sparsity parameters) by index."""
+        interp = self.interpreter(model_bytes, default_delegates=False)
+        tensors = {t["index"]: t for t in interp.get_tensor_details()}
+        return interp._get_ops_details(), tensors  # the only API that lists ops with their tensors
+
+
+class OnnxRuntime(Runtime):
+    """ONNX Runtime's CPU execution provider."""
+
+    name, label, formats, package = "onnxruntime", "ONNX Runtime", ("onnx",), "onnxruntime"
+
+    def session(self, model_bytes: bytes, num_threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if num_threads:
+            opts.intra_op_num_threads = num_threads
+            opts.inter_op_num_threads = 1
+        return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+
+    def runner(self, model_bytes: bytes, options: dict | None = None, num_threads: int | None = None):
+        session = self.session(model_bytes, num_threads)
+        names = [i.name for i in session.get_inputs()]
+        return lambda *xs: session.run(None, dict(zip(names, xs)))[0]
+
+
+#: Every runtime blockprune knows, by the name recorded in run options.
+RUNTIMES: dict[str, Runtime] = {r.name: r for r in (LiteRT(), OnnxRuntime())}
+
+
+def runtime(name: str) -> Runtime:
+    """The runtime recorded as ``name`` in run options."""
+    try:
+        return RUNTIMES[name]
+    except KeyError:
+        raise ValueError(f"unknown runtime {name!r} (known: {', '.join(RUNTIMES)})") from None
+
+
+def runtimes_for(fmt: str) -> list[Runtime]:
+    """The runtimes that read files of format ``fmt`` (``"tflite"``, ``"onnx"``)."""
+    return [r for r in RUNTIMES.values() if fmt in r.formats]
+
+
+def read_options(path) -> dict:
+    """The run options recorded beside an exported file (``<file>.runtime.json``)."""
+    path = Path(path)
+    options_path = path.with_name(path.name + ".runtime.json")
+    if not options_path.is_file():
+        raise ValueError(f"{path}: no {options_path.name} beside it; export it with blockprune to record how it runs")
+    return json.loads(options_path.read_text())
+
+
+def make_runner(path, num_threads: int | None = None):
+    """A function ``run(*inputs) -> output`` for an exported file, with its recorded options.
+
+    Args:
+        path: a ``.tflite`` or ``.onnx`` written by ``blockprune.export`` (its ``.runtime.json``
+            beside it).
+        num_threads: threads for the runtime (default: the runtime's).
+    """
+    options = read_options(path)
+    return runtime(options["runtime"]).runner(Path(path).read_bytes(), options, num_threads)
