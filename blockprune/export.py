@@ -21,22 +21,19 @@ import contextlib
 import gzip
 import io
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ._atomic import atomic_path
-from .formats import detect_block_shape
-from .masks import reachable_sparsity
-from .lower import lower
-from .modelwalk import target_sites
+from .lower import lower, lowering
 from .plan import SparsityPlan
 from .runtimes import RUNTIMES, compare, sample_inputs
+from .structure import StructureError, read_structure
 from .targets import TargetDescriptor, load_target
 
-__all__ = ["ExportError", "ExportRecord", "export", "export_tflite", "export_onnx", "sparse_structure"]
+__all__ = ["ExportError", "ExportRecord", "export", "export_tflite", "export_onnx"]
 
 LITERT, ONNXRUNTIME = RUNTIMES["litert"], RUNTIMES["onnxruntime"]
 FLOAT_TOLERANCE = 1e-3  # relative to the largest reference output
@@ -83,39 +80,11 @@ class ExportRecord:
 
 # --------------------------------------------------------------------------- structure
 
-def sparse_structure(model, target: TargetDescriptor, plan: SparsityPlan | None = None) -> list[dict]:
-    """Per eligible weight: its block shape and zero-block fraction, read from the weights.
-
-    With a plan, each planned weight must have the planned block shape and sparsity.
-
-    Raises:
-        ExportError: a planned weight lacks its planned block structure.
-    """
-    planned = {lp.name: lp for lp in plan.pruned_layers} if plan else {}
-    out = []
-    for site in target_sites(model, target):
-        name = f"{site.layer}/{site.weight}"
-        w2d = site.view.to_2d(np.asarray(site.variable.numpy()))
-        lp = planned.get(name)
-        candidates = [lp.block_shape] if lp else target.block_shapes
-        found = detect_block_shape(w2d, candidates)
-        if lp and (found is None or found[1] < reachable_sparsity(w2d.shape, lp.block_shape, lp.sparsity,
-                                                           target.balanced) - 1e-9):
-            have = "no zero block" if found is None else f"{found[1]:.1%} zero blocks"
-            raise ExportError(f"Layer '{site.layer}': weight '{site.weight}' has {have} of {lp.block_shape}, but the "
-                              f"plan for target '{target.name}' says {lp.sparsity:.0%}; prune it first")
-        out.append({"name": name, "layer": site.layer, "kind": site.kind, "view_shape": list(site.view.view_shape),
-                    "block_shape": list(found[0]) if found else None,
-                    "block_sparsity": found[1] if found else 0.0,
-                    "sparsity": float(np.mean(w2d == 0))})
-    return out
-
-
-def _layer_entry(s: dict, fmt: str) -> dict:
+def _layer_entry(ws, fmt: str) -> dict:
     """A record's per-weight entry: name, sparsity, how it runs, and its shape facts."""
-    return {"name": s["name"], "sparsity": s["sparsity"], "format": fmt, "view_shape": s["view_shape"],
-            "n_weights": s["view_shape"][0] * s["view_shape"][1], "block_shape": s["block_shape"],
-            "block_sparsity": s["block_sparsity"]}
+    return {"name": ws.name, "sparsity": ws.sparsity, "format": fmt, "view_shape": list(ws.view_shape),
+            "n_weights": ws.view_shape[0] * ws.view_shape[1],
+            "block_shape": list(ws.block_shape) if ws.block_shape else None, "block_sparsity": ws.block_sparsity}
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -133,16 +102,39 @@ def _finish(path: Path, data: bytes, record: ExportRecord) -> ExportRecord:
     return record
 
 
-def _prepare(model, target, path, plan, allow_dense: bool, dense: bool):
-    """Loads the target and reads the block structure; refuses a model with none to export."""
+def _prepare(model, target, path, plan, allow_dense: bool, dense: bool, structure):
+    """Loads the target and reads the block structure (unless given); refuses a model with none
+    to export."""
     target = load_target(target)
-    structure = sparse_structure(model, target, plan)
-    sparse_layers = [s for s in structure if s["block_shape"]]
-    if not dense and not sparse_layers and not allow_dense:
+    if structure is None:
+        try:
+            structure = read_structure(model, target, plan)
+        except StructureError as e:
+            raise ExportError(str(e)) from None
+    if not dense and not structure.blocked and not allow_dense:
         raise ExportError(f"model '{model.name}' has no weight with a block shape of target '{target.name}' "
                           f"({', '.join(map(str, target.block_shapes))}); prune it for this target first, or allow "
                           "dense layers (--allow-dense / allow_dense=True)")
-    return target, Path(path), structure, sparse_layers
+    return target, Path(path), structure
+
+
+def _lowered(model, target, fmt: str, entry, structure):
+    """``(model to convert, names of the layers rewritten)`` for lowering ``entry``."""
+    if not entry.rewrites:
+        return model, set()
+    source, lowered = lower(model, target, fmt, structure=structure)
+    return source, {lw.name for lw in lowered}
+
+
+def _layers_and_warnings(entry, structure, formats: dict[str, str]) -> tuple[list, list]:
+    """The record's per-weight entries, and a warning for each blocked weight that runs dense."""
+    layers, warnings = [], []
+    for ws in structure:
+        fmt = formats[ws.name]
+        if ws.blocked and fmt != entry.name and entry.name != "dense":
+            warnings.append(entry.warning(ws, fmt))
+        layers.append(_layer_entry(ws, fmt))
+    return layers, warnings
 
 
 def _verify(model, samples, run, target: TargetDescriptor, what: str) -> tuple[float, float]:
@@ -174,37 +166,8 @@ def _convert_tflite(model, optimizations) -> bytes:
         return converter.convert()
 
 
-def _fully_connected_weights(model_content: bytes) -> list[dict]:
-    """For every FULLY_CONNECTED op: its weight tensor's name, [out, in] shape and encoding."""
-    ops, tensors = LITERT.ops(model_content)
-    densify = {op["outputs"][0]: op["inputs"][0] for op in ops if op["op_name"] == "DENSIFY"}
-    out = []
-    for op in ops:
-        if op["op_name"] != "FULLY_CONNECTED":
-            continue
-        w = op["inputs"][1]
-        if w in densify:
-            encoding, src = "densify", tensors[densify[w]]
-        else:
-            src = tensors[w]
-            sp = src.get("sparsity_parameters") or {}
-            encoding = "builtin-sparse" if sp and len(sp.get("block_map", [])) else ("csr" if sp else "dense")
-        out.append({"tensor": src["name"], "shape": tuple(int(d) for d in src["shape"]), "encoding": encoding})
-    return out
-
-
-def _match_fc(layer: str, view_shape, fcs: list[dict]) -> dict | None:
-    shape = (view_shape[1], view_shape[0])
-    same = [f for f in fcs if f["shape"] == shape]
-    if len(same) <= 1:
-        return same[0] if same else None
-    leaf = re.escape(layer.split("/")[-1])
-    named = [f for f in same if re.search(rf"(^|/){leaf}(_\d+)?/", f["tensor"])]
-    return named[0] if named else same[0]
-
-
 def export_tflite(model, target, path, plan: SparsityPlan | None = None, allow_dense: bool = False,
-                  dense: bool = False, samples: list | None = None) -> ExportRecord:
+                  dense: bool = False, samples: list | None = None, structure=None) -> ExportRecord:
     """Writes a verified ``.tflite`` for ``target``.
 
     Args:
@@ -215,6 +178,7 @@ def export_tflite(model, target, path, plan: SparsityPlan | None = None, allow_d
         allow_dense: warn instead of failing when a block-sparse layer ends up dense.
         dense: write the dense baseline instead (same weights, no sparse encoding or lowering).
         samples: inputs to compare on (default: 4 random samples).
+        structure: the model's ``ModelStructure`` when the caller has read it already.
 
     Returns:
         An ``ExportRecord``.
@@ -225,41 +189,21 @@ def export_tflite(model, target, path, plan: SparsityPlan | None = None, allow_d
     """
     import tensorflow as tf
 
-    target, path, structure, sparse_layers = _prepare(model, target, path, plan, allow_dense, dense)
-    lowering = "dense" if dense else target.lowering.tflite
+    target, path, structure = _prepare(model, target, path, plan, allow_dense, dense, structure)
+    entry = lowering("dense" if dense else target.lowering.tflite)
     # The delegate trap is specific to sparse int8 kernels; the dense baseline runs at its best.
     default_delegates = True if dense else target.runtime.tflite_default_delegates
-    warnings, layers = [], []
-    optimizations = [tf.lite.Optimize.DEFAULT] if target.dtype == "int8" else []
-    if lowering == "gather-matmul":
-        pins = {s["name"]: tuple(s["block_shape"]) for s in sparse_layers}
-        converted, lowered = lower(model, target, "tflite", block_shapes=pins)
-        done = {lw.name for lw in lowered}
-        for s in structure:
-            fmt = "gather-matmul" if s["layer"] in done else "dense"
-            if s["block_shape"] and fmt == "dense":
-                warnings.append(f"Layer '{s['layer']}' is block-sparse but has no gather-matmul form here; it runs dense")
-            layers.append(_layer_entry(s, fmt))
-        buf = _convert_tflite(converted, optimizations)
-    else:
-        if lowering == "builtin-sparse":
-            optimizations = optimizations + [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-        buf = _convert_tflite(model, optimizations)
-        fcs = _fully_connected_weights(buf)
-        for s in structure:
-            fc = _match_fc(s["layer"], s["view_shape"], fcs) if s["kind"] == "dense" else None
-            fmt = fc["encoding"] if fc else "dense"
-            if lowering == "builtin-sparse" and s["block_shape"] and fmt != "builtin-sparse":
-                warnings.append(f"Layer '{s['layer']}' is {s['sparsity']:.0%} sparse in blocks {tuple(s['block_shape'])} "
-                                f"but TFLite stores it {'behind a DENSIFY op' if fmt == 'densify' else fmt}: dense speed")
-            layers.append(_layer_entry(s, fmt))
+    optimizations = ([tf.lite.Optimize.DEFAULT] if target.dtype == "int8" else []) + entry.converter_optimizations()
+    source, done = _lowered(model, target, "tflite", entry, structure)
+    buf = _convert_tflite(source, optimizations)
+    layers, warnings = _layers_and_warnings(entry, structure, entry.file_formats(buf, structure, done))
     if warnings and not allow_dense and not dense:
         raise ExportError(f"{path.name} for target '{target.name}': " + "; ".join(warnings) +
                           " (--allow-dense / allow_dense=True writes it anyway)")
     run = LITERT.runner(buf, {"default_delegates": default_delegates})
     err, rel = _verify(model, samples or sample_inputs(model), lambda xs: run(*xs), target, path.name)
     options = {"runtime": "litert", "target": target.name, "variant": "dense" if dense else "sparse",
-               "lowering": lowering, "dtype": target.dtype, "default_delegates": default_delegates,
+               "lowering": entry.name, "dtype": target.dtype, "default_delegates": default_delegates,
                "op_resolver_type": "AUTO" if default_delegates else "BUILTIN_WITHOUT_DEFAULT_DELEGATES"}
     record = ExportRecord("", "tflite", target.name, "dense" if dense else "sparse", 0, 0, layers, err, rel,
                           options, warnings=warnings)
@@ -305,38 +249,27 @@ def _sparsify_initializers(proto, min_elements: int = 1024) -> list[str]:
 
 
 def export_onnx(model, target, path, plan: SparsityPlan | None = None, allow_dense: bool = False,
-                dense: bool = False, samples: list | None = None) -> ExportRecord:
+                dense: bool = False, samples: list | None = None, structure=None) -> ExportRecord:
     """Writes a verified ``.onnx`` for ``target`` (arguments as for ``export_tflite``).
 
     Raises:
         ExportError: the file would disagree with ONNX Runtime's reference, or (without
             ``allow_dense``) the model holds no weight with the target's block structure.
     """
-    target, path, structure, sparse_layers = _prepare(model, target, path, plan, allow_dense, dense)
-    lowering = "dense" if dense else target.lowering.onnx
-    warnings, layers = [], []
-    source, done = model, set()
-    if lowering == "gather-matmul":
-        pins = {s["name"]: tuple(s["block_shape"]) for s in sparse_layers}
-        source, lowered = lower(model, target, "onnx", block_shapes=pins)
-        done = {lw.name for lw in lowered}
+    target, path, structure = _prepare(model, target, path, plan, allow_dense, dense, structure)
+    entry = lowering("dense" if dense else target.lowering.onnx)
+    source, done = _lowered(model, target, "onnx", entry, structure)
     proto = _convert_onnx(source, target.runtime.onnx_opset)
     moved = set() if dense else set(_sparsify_initializers(proto))
-    for s in structure:
-        if s["layer"] in done:
-            fmt = "gather-matmul"
-        elif s["block_shape"] and moved:
-            fmt = "sparse-initializer"
-        else:
-            fmt = "dense"
-        if s["block_shape"] and fmt != "gather-matmul" and lowering == "gather-matmul":
-            warnings.append(f"Layer '{s['layer']}' has no gather-matmul form here; it runs dense")
-        layers.append(_layer_entry(s, fmt))
+    formats = entry.file_formats(b"", structure, done)
+    if moved:  # dense-run weights with zero blocks are stored sparse: a size win only
+        formats = {n: "sparse-initializer" if f == "dense" and structure.get(n).blocked else f for n, f in formats.items()}
+    layers, warnings = _layers_and_warnings(entry, structure, formats)
     data = proto.SerializeToString()
     run = ONNXRUNTIME.runner(data)
     err, rel = _verify(model, samples or sample_inputs(model), lambda xs: run(*xs), target, path.name)
     options = {"runtime": "onnxruntime", "target": target.name, "variant": "dense" if dense else "sparse",
-               "lowering": lowering, "opset": target.runtime.onnx_opset, "providers": ["CPUExecutionProvider"],
+               "lowering": entry.name, "opset": target.runtime.onnx_opset, "providers": ["CPUExecutionProvider"],
                "sparse_initializers": sorted(moved)}
     record = ExportRecord("", "onnx", target.name, "dense" if dense else "sparse", 0, 0, layers, err, rel, options,
                           warnings=warnings)
@@ -374,12 +307,17 @@ def export(model, target, out_dir, formats=("tflite", "onnx"), plan: SparsityPla
     writers = {"tflite": export_tflite, "onnx": export_onnx}
     records = []
     samples = sample_inputs(model)
+    try:
+        structure = read_structure(model, target, plan)  # once, for every file
+    except StructureError as e:
+        raise ExportError(str(e)) from None
     for fmt in formats:
-        records.append(writers[fmt](model, target, out / f"{model.name}.{fmt}", plan, allow_dense, samples=samples))
+        records.append(writers[fmt](model, target, out / f"{model.name}.{fmt}", plan, allow_dense, samples=samples,
+                                    structure=structure))
     if dense_baseline:
         for fmt in formats:
             records.append(writers[fmt](model, target, out / f"{model.name}.dense.{fmt}", plan, allow_dense,
-                                        dense=True, samples=samples))
+                                        dense=True, samples=samples, structure=structure))
     # The Keras model travels with its exports, so `blockprune bench` can check outputs later.
     from .pruning.api import save_model_atomic
 

@@ -28,7 +28,8 @@ import numpy as np
 
 from ._atomic import atomic_path
 from ._text import text_table
-from .formats import FORMATS, BlockedELL, BSR, detect_block_shape
+from .formats import FORMATS, BlockedELL, BSR
+from .structure import ModelStructure, WeightStructure, read_structure
 from .views import WeightView
 
 __all__ = ["PackedLayer", "pack_arrays", "pack_model", "save_packed", "load_packed", "PackFileError",
@@ -97,14 +98,11 @@ class PackedLayer:
         return h.hexdigest()
 
 
-def _pack_one(name: str, kernel: np.ndarray, view: WeightView, block_shapes, balanced: bool) -> PackedLayer:
-    w2d = view.to_2d(kernel)
-    found = detect_block_shape(w2d, block_shapes)
-    if found is None:
-        return PackedLayer(name, view, "dense", np.ascontiguousarray(w2d))
-    block, _ = found
+def _pack_one(name: str, view: WeightView, ws: WeightStructure, balanced: bool) -> PackedLayer:
+    if not ws.blocked:
+        return PackedLayer(name, view, "dense", np.ascontiguousarray(ws.matrix))
     cls = BlockedELL if balanced else BSR
-    return PackedLayer(name, view, cls.format_name, cls.from_dense(w2d, block))
+    return PackedLayer(name, view, cls.format_name, cls.from_dense(ws.matrix, ws.block_shape))
 
 
 def pack_arrays(kernels: dict[str, np.ndarray], block_shapes, balanced: bool,
@@ -121,28 +119,28 @@ def pack_arrays(kernels: dict[str, np.ndarray], block_shapes, balanced: bool,
         One ``PackedLayer`` per kernel, in order.
     """
     views = views or {}
-    return [_pack_one(n, np.asarray(k), views.get(n) or WeightView.for_matrix_like(np.shape(k)), block_shapes,
-                      balanced) for n, k in kernels.items()]
+    out = []
+    for name, kernel in kernels.items():
+        view = views.get(name) or WeightView.for_matrix_like(np.shape(kernel))
+        out.append(_pack_one(name, view, WeightStructure.measure(None, view.to_2d(np.asarray(kernel)), block_shapes),
+                             balanced))
+    return out
 
 
-def pack_model(model, target) -> list[PackedLayer]:
-    """Packs every weight of ``model`` that the target can prune (as ``blockprune.plan`` would),
-    reading the block structure from the weights.
+def pack_model(model, target, structure: ModelStructure | None = None) -> list[PackedLayer]:
+    """Packs every weight of ``model`` that the target can prune (as ``blockprune.plan`` would).
 
     Args:
         model: a stripped Keras model.
         target: a target name, path or descriptor.
+        structure: the model's block structure when the caller has read it already
+            (``blockprune.structure.read_structure``); default: read here.
     """
-    from .modelwalk import target_sites
     from .targets import load_target
 
     target = load_target(target)
-    kernels, views = {}, {}
-    for site in target_sites(model, target):
-        name = f"{site.layer}/{site.weight}"
-        kernels[name] = np.asarray(site.variable.numpy())
-        views[name] = site.view
-    return pack_arrays(kernels, target.block_shapes, target.balanced, views)
+    structure = structure if structure is not None else read_structure(model, target)
+    return [_pack_one(ws.name, ws.site.view, ws, target.balanced) for ws in structure]
 
 
 def save_packed(path: str | os.PathLike, layers: list[PackedLayer], metadata: dict | None = None) -> Path:

@@ -44,8 +44,6 @@ __all__ = [
     "TFLITE_LOWERINGS",
     "ONNX_LOWERINGS",
     "DTYPES",
-    "LOWERABLE_KINDS",
-    "runs_sparse",
     "fast_runtimes",
     "list_targets",
     "load_target",
@@ -60,8 +58,6 @@ ONNX_LOWERINGS = ("gather-matmul", "dense")
 #: ``int8`` means dynamic-range int8 (int8 weights, float activations), as TFLite does it.
 DTYPES = ("float32", "int8")
 LANE_AXES = ("in", "out", "both")
-#: Layer kinds the gather-matmul lowering rewrites (KxK convolutions and EinsumDense stay dense).
-LOWERABLE_KINDS = ("dense", "conv1x1")
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -453,22 +449,3 @@ def fast_runtimes(target: TargetDescriptor) -> list[str]:
     """The runtimes (``tflite``, ``onnx``) whose lowering for ``target`` is not ``dense``."""
     return [rt for rt in ("tflite", "onnx") if getattr(target.lowering, rt) != "dense"]
 
-
-def runs_sparse(target: TargetDescriptor, kind: str, runtime: str) -> bool:
-    """Whether a pruned weight of layer ``kind`` runs sparse (faster) after export for ``runtime``.
-
-    An emulated target (``native = false``) is described by its cost model, so every eligible
-    kind counts. On this machine's runtimes, the gather-matmul lowering rewrites only
-    ``LOWERABLE_KINDS`` (other kinds are exported dense: pruning them saves size, not time), a
-    ``dense`` lowering rewrites nothing, and ``builtin-sparse`` leaves the choice to the converter.
-
-    Example:
-        >>> runs_sparse(load_target("cpu-wide"), "einsum_dense", "tflite")
-        False
-    """
-    if not target.native:
-        return True
-    lowering = getattr(target.lowering, runtime)
-    if lowering == "gather-matmul":
-        return kind in LOWERABLE_KINDS
-    return lowering != "dense"

@@ -26,10 +26,13 @@ from .checks import SPARSITY_LADDER, divides
 from .masks import block_mask
 from .modelwalk import find_weights, target_sites
 from .profile import Measurement, ModelMeasurement, Profile, model_key
-from .targets import LOWERABLE_KINDS, fast_runtimes, load_target
+from .targets import fast_runtimes, load_target
 from .timing import machine_info, median_latency_us
 
-__all__ = ["tune", "measure_layer", "measure_model", "layer_shapes"]
+__all__ = ["tune", "measure_layer", "measure_model", "layer_shapes", "PROBED_KINDS"]
+
+#: Layer kinds a single-layer Dense probe stands for (a 1x1 convolution is a matmul over positions).
+PROBED_KINDS = ("dense", "conv1x1")
 
 
 def layer_shapes(model, target, batch: int = 1) -> list[tuple[tuple[int, int], int]]:
@@ -37,7 +40,7 @@ def layer_shapes(model, target, batch: int = 1) -> list[tuple[tuple[int, int], i
     target = load_target(target)
     seen = []
     for site in target_sites(model, target):
-        if site.kind not in LOWERABLE_KINDS or site.weight != "kernel" or site.view.view_shape[0] * site.view.view_shape[1] < target.min_weights:
+        if site.kind not in PROBED_KINDS or site.weight != "kernel" or site.n_weights < target.min_weights:
             continue
         key = (tuple(site.view.view_shape), batch * site.positions)
         if key not in seen:
@@ -132,7 +135,7 @@ def tune(model, target, sparsities=SPARSITY_LADDER, batch: int = 1, threads: int
     shapes = layer_shapes(model, target, batch)
     if not shapes:
         raise ValueError(f"model '{model.name}' has no layer that target '{target.name}' can lower "
-                         f"({', '.join(LOWERABLE_KINDS)} of at least {target.min_weights} weights)")
+                         f"({', '.join(PROBED_KINDS)} of at least {target.min_weights} weights)")
     jobs = []
     for view, rows in shapes:
         for rt in runtimes:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import cost
-from ..targets import TargetDescriptor, runs_sparse
+from ..lower import runs_sparse
+from ..targets import TargetDescriptor
 from .records import LayerPlan, SparsityPlan
 
 __all__ = ["ProfileReader", "Predictor", "LevelTable", "allocate", "allocate_for_model"]

@@ -1,31 +1,13 @@
-"""Lowering: rewrite block-sparse Dense and 1x1 convolution layers into gather-matmul layers.
-
-With balanced block sparsity, ``y = x @ W`` becomes standard ops that stock TFLite (XNNPACK)
-and ONNX Runtime run fast at any batch size (DESIGN.md section 3)::
-
-    Gather(x, cols[ncb, k*rows], axis=-1)   -> [B, ncb, k*rows]
-    Transpose                               -> [ncb, B, k*rows]
-    MatMul with packed W[ncb, k*rows, cols] -> [ncb, B, cols]
-    Transpose, Reshape                      -> [B, out]
-
-``lower(model, target, runtime)`` returns a new model in which every Dense and 1x1
-convolution whose weights have one of the target's block shapes (read from the zeros) becomes a
-``BlockSparseDense`` holding the packed blocked-ELL weights; everything else is unchanged.
-"""
+"""Keras layers that lowered models are built from (registered, so a lowered model saves and loads)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import keras
 import numpy as np
 
-from .formats import BlockedELL, detect_block_shape
-from .modelwalk import target_sites
-from .kerasgraph import copy_model, rewrap
-from .targets import LOWERABLE_KINDS, load_target
+from ..formats import BlockedELL
 
-__all__ = ["BlockSparseDense", "LoweredLayer", "lower", "LOWERABLE_KINDS"]
+__all__ = ["BlockSparseDense"]
 
 
 @keras.saving.register_keras_serializable(package="blockprune")
@@ -108,77 +90,3 @@ class BlockSparseDense(keras.layers.Layer):
         return {**super().get_config(), "units": self.units, "in_features": self.in_features,
                 "block_shape": list(self.block_shape), "blocks_per_column": self.blocks_per_column,
                 "activation": keras.activations.serialize(self.activation), "use_bias": self.use_bias}
-
-
-@dataclass(frozen=True)
-class LoweredLayer:
-    """One rewritten layer: its name, kind, block shape, sparsity and blocks per block-column."""
-
-    name: str
-    kind: str
-    block_shape: tuple[int, int]
-    sparsity: float
-    blocks_per_column: int
-
-
-def _lowerable(layer) -> str | None:
-    """Why ``layer`` cannot become a gather-matmul layer, or None when it can."""
-    if isinstance(layer, keras.layers.Dense):
-        return None
-    if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)):
-        if layer.data_format != "channels_last":
-            return "a channels_first convolution"
-        if any(s != 1 for s in layer.strides):
-            return f"a strided convolution (strides={layer.strides})"
-        return None
-    return f"a {type(layer).__name__}"
-
-
-def lower(model, target, runtime: str = "tflite", block_shapes=None):
-    """Rewrites block-sparse Dense and 1x1 convolutions into ``BlockSparseDense`` layers.
-
-    Only when the target's lowering for ``runtime`` is ``gather-matmul``; otherwise the model
-    is returned unchanged (as a copy).
-
-    Args:
-        model: a stripped Sequential or functional model.
-        target: target name, path or descriptor.
-        runtime: ``"tflite"`` or ``"onnx"``.
-        block_shapes: ``{"layer/weight": (rows, cols)}`` to pin block shapes (from a plan);
-            default: read each weight's block shape from its zeros among the target's.
-
-    Returns:
-        ``(lowered_model, [LoweredLayer, ...])``.
-    """
-    target = load_target(target)
-    if runtime not in ("tflite", "onnx"):
-        raise ValueError(f"runtime={runtime!r} must be 'tflite' or 'onnx'")
-    copy = copy_model(model)
-    if getattr(target.lowering, runtime) != "gather-matmul":
-        return copy, []
-    block_shapes = block_shapes or {}
-    replacements: dict[str, tuple] = {}
-    for site in target_sites(copy, target):
-        if site.kind not in LOWERABLE_KINDS or site.weight != "kernel":
-            continue
-        w2d = site.view.to_2d(np.asarray(site.variable.numpy()))
-        name = f"{site.layer}/{site.weight}"
-        candidates = [block_shapes[name]] if name in block_shapes else target.block_shapes
-        found = detect_block_shape(w2d, candidates)
-        if found is None:
-            continue
-        replacements[site.layer] = (w2d, found[0], found[1])
-    lowered: list[LoweredLayer] = []
-
-    def swap(layer, path):
-        if path not in replacements or _lowerable(layer) is not None:
-            return layer
-        w2d, block, zero = replacements[path]
-        matrix = BlockedELL.from_dense(w2d, block)
-        bias = layer.bias.numpy() if layer.use_bias else None
-        new = BlockSparseDense.from_packed(matrix, bias, layer.activation, name=layer.name)
-        lowered.append(LoweredLayer(path, "conv1x1" if not isinstance(layer, keras.layers.Dense) else "dense",
-                                    block, zero, matrix.k))
-        return new
-
-    return rewrap(copy, swap), lowered

@@ -1,0 +1,67 @@
+"""What a lowering is: the layer kinds, block shapes and file formats it handles, and how it
+rewrites a layer (or asks the converter) so a runtime executes the sparsity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Lowering", "LoweredLayer"]
+
+
+@dataclass(frozen=True)
+class LoweredLayer:
+    """One rewritten layer: its path, kind, lowering, block shape, sparsity and blocks per block-column."""
+
+    name: str
+    kind: str
+    block_shape: tuple[int, int]
+    sparsity: float
+    blocks_per_column: int
+    lowering: str = ""
+
+
+class Lowering:
+    """One entry of the lowering catalogue.
+
+    Attributes:
+        name: the name target descriptors use (``[lowering] tflite = "gather-matmul"``).
+        kinds: the layer kinds (``blockprune.targets.LAYER_KINDS``) it makes run sparse.
+        formats: the file formats it writes (``"tflite"``, ``"onnx"``).
+        balanced: whether it needs every block-column to keep the same number of blocks.
+        summary: one line for tables and docs.
+    """
+
+    name = ""
+    kinds: tuple[str, ...] = ()
+    formats: tuple[str, ...] = ()
+    balanced = False
+    rewrites = True  # False: the converter carries it out from the weights, no layer is replaced
+    summary = ""
+
+    def handles(self, ws) -> bool:
+        """Whether this lowering can make weight ``ws`` (a ``WeightStructure``) run sparse,
+        judged from its kind and block structure alone. (A balanced lowering pads a block-column
+        that keeps fewer blocks up to the fullest one.)"""
+        return ws.blocked and ws.kind in self.kinds
+
+    def why_not(self, layer) -> str | None:
+        """Why ``layer`` (the Keras layer holding the weight) cannot be rewritten, or None."""
+        return None
+
+    def rewrite(self, layer, ws):
+        """The layer that replaces ``layer`` in the lowered model, or None to keep ``layer`` as is
+        (a lowering the converter carries out from the weights themselves)."""
+        return None
+
+    def converter_optimizations(self) -> list:
+        """TFLite converter optimizations this lowering needs (``tf.lite.Optimize`` members)."""
+        return []
+
+    def file_formats(self, model_bytes: bytes, structure, lowered: set[str]) -> dict[str, str]:
+        """``{weight name: how the written file runs it}`` (``gather-matmul``, ``builtin-sparse``,
+        ``densify``, ``dense``, ...), read back from the file where the converter decides."""
+        return {ws.name: self.name if ws.layer in lowered else "dense" for ws in structure}
+
+    def warning(self, ws, fmt: str) -> str:
+        """What to tell the user when blocked weight ``ws`` ended up as ``fmt`` (not sparse)."""
+        return f"Layer '{ws.layer}' is block-sparse but has no {self.name} form here; it runs dense"
