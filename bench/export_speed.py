@@ -60,7 +60,7 @@ def mlp(block, balanced):
 
 
 def wide_128_target(tmp: Path) -> Path:
-    """cpu-wide with (1, 128) blocks first: the wider block DESIGN.md says to measure."""
+    """cpu-wide with (1, 128) blocks first: the wider block docs/DESIGN.md section 4 says to measure."""
     from importlib import resources
 
     text = (resources.files("blockprune._targets") / "cpu-wide.toml").read_text()

@@ -12,7 +12,7 @@ __all__ = ["EXAMPLES", "example_model", "train_dense"]
 
 #: Name -> one-line description of each built-in model.
 EXAMPLES = {
-    "mlp": "digits MLP 64 -> 512 -> 512 -> 10 (scikit-learn's 8x8 digits), DESIGN.md section 3b",
+    "mlp": "digits MLP 64 -> 512 -> 512 -> 10 (scikit-learn's 8x8 digits), docs/DESIGN.md section 5",
     "digits1024": "digits MLP 64 -> 1024 -> 1024 -> 10, wide enough for sparsity to matter (blockprune run)",
     "mlp2048": "MLP 2048 -> 2048 -> 2048 -> 10, the width where sparse kernels pay off",
     "mobilenetv2": "keras.applications.MobileNetV2(weights=None), 224x224x3 input",

@@ -10,7 +10,7 @@ running it in its runtime against Keras before anything is written.
   stored as ``sparse_initializer`` when that makes the file smaller (ONNX Runtime densifies
   them at load: a size win only).
 
-The runtime options a file needs (e.g. LiteRT without its default delegates, DESIGN.md
+The runtime options a file needs (e.g. LiteRT without its default delegates, docs/DESIGN.md
 section 3's wrong-output trap) are written beside it as ``<file>.runtime.json``, and
 ``blockprune.runtimes.make_runner`` reads them back, so every user of the file runs it the same way.
 """

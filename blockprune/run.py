@@ -23,7 +23,7 @@ from ._atomic import atomic_path
 __all__ = ["RunResult", "run", "NARROW_INPUTS", "NARROW_SPARSITY"]
 
 #: Layers reading fewer input features than this are pruned to at most ``NARROW_SPARSITY``:
-#: DESIGN.md section 3b measured most of the accuracy loss of wide blocks in the narrow
+#: docs/DESIGN.md section 5 measured most of the accuracy loss of wide blocks in the narrow
 #: 64-input first layer of the digits MLP (a cheap layer, so little speed is lost).
 NARROW_INPUTS = 128
 NARROW_SPARSITY = 0.5

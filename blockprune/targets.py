@@ -5,7 +5,7 @@ exported model must be lowered and run. Targets are data: every rule lives in a 
 file, and this module is the one small interpreter of those files. It does not import
 TensorFlow.
 
-Block shapes follow the one convention of blockprune (DESIGN.md section 2):
+Block shapes follow the one convention of blockprune (docs/DESIGN.md, section 2):
 ``block_shape = (rows, cols)`` over the 2-D view ``[in, out]`` of the kernel as Keras stores
 it. TFLite's float "1x4" sparse path is therefore ``(4, 1)`` here.
 
@@ -76,7 +76,7 @@ class Lowering:
     Attributes:
         tflite: ``builtin-sparse`` (TFLite's own sparse FULLY_CONNECTED kernel reads the
             block encoding), ``gather-matmul`` (blocked-ELL rewrite into Gather + batched
-            MatMul, DESIGN.md section 3) or ``dense`` (no speed gain on this runtime).
+            MatMul, docs/DESIGN.md section 4) or ``dense`` (no speed gain on this runtime).
         onnx: ``gather-matmul`` or ``dense``; ONNX Runtime has no fast sparse MatMul.
     """
 

@@ -1,7 +1,7 @@
 """The one place where a kernel is flattened to its 2-D ``[in, out]`` view.
 
 blockprune states block shapes over the 2-D view ``[in, out]`` of a kernel as Keras stores it
-(DESIGN.md section 2):
+(docs/DESIGN.md, section 2):
 
 - Dense: the kernel ``[in, out]`` itself.
 - Conv1D/Conv2D/Conv3D: ``[k..., cin, cout]`` reshaped to ``[prod(k) * cin, cout]``.

@@ -1,5 +1,6 @@
 """Block-sparse kernels. They take packed arrays only (never a Keras object) and compute
 ``y = x @ W`` over the ``[in, out]`` view; installed as ``blockprune.kernels``.
 
-- ``reference``: NumPy kernels, the oracle for the lowering and the exporters.
+- ``reference``: NumPy kernels written for clarity, not speed. They are the oracle the tests
+  of the packed formats and of the lowered Keras layers compare against; no runtime uses them.
 """

@@ -1,7 +1,8 @@
 """Reference NumPy kernels for ``y = x @ W`` with ``W`` packed block-sparse.
 
-They are written for clarity, not speed: they are the oracle that the lowered Keras layers
-and the exported TFLite/ONNX models are checked against.
+They are written for clarity, not speed: they are the oracle that the tests of the packed
+formats (against dense matmul and scipy) and of the lowered Keras layers compare against.
+Exported files are checked against the Keras model itself, by running them in their runtime.
 
 Example:
     >>> import numpy as np
