@@ -17,6 +17,7 @@ EXAMPLES = {
     "mlp2048": "MLP 2048 -> 2048 -> 2048 -> 10, the width where sparse kernels pay off",
     "mobilenetv2": "keras.applications.MobileNetV2(weights=None), 224x224x3 input",
     "transformer": "one transformer encoder block: MultiHeadAttention + feed-forward, 64 tokens of 256",
+    "resnet": "ResNet-style CNN of 3x3 convolutions: 32x32x3 input, residual stages of 64, 128 and 256 channels",
 }
 
 
@@ -49,6 +50,8 @@ def example_model(name: str = "mlp", seed: int = 0):
         return keras.Model(inputs, outputs, name=model_name)
     if name == "mobilenetv2":
         return keras.applications.MobileNetV2(weights=None)
+    if name == "resnet":
+        return _resnet(layers)
     inputs = keras.Input((64, 256), name="tokens")
     attn = layers.MultiHeadAttention(num_heads=4, key_dim=64, name="attention")(inputs, inputs)
     x = layers.LayerNormalization(name="norm_1")(layers.Add()([inputs, attn]))
@@ -56,6 +59,23 @@ def example_model(name: str = "mlp", seed: int = 0):
     ff = layers.Dense(256, name="ff_2")(ff)
     outputs = layers.LayerNormalization(name="norm_2")(layers.Add()([x, ff]))
     return keras.Model(inputs, outputs, name="transformer_block")
+
+
+def _resnet(layers):
+    """Stem, then per stage a strided 3x3 convolution (none in the first) and a residual block of
+    two 3x3 convolutions; global pooling and a classifier."""
+    import keras
+
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = layers.Conv2D(64, 3, padding="same", activation="relu", name="stem")(inputs)
+    for stage, width in enumerate((64, 128, 256), start=1):
+        if stage > 1:
+            x = layers.Conv2D(width, 3, strides=2, padding="same", activation="relu", name=f"down_{stage}")(x)
+        y = layers.Conv2D(width, 3, padding="same", activation="relu", name=f"conv_{stage}a")(x)
+        y = layers.Conv2D(width, 3, padding="same", name=f"conv_{stage}b")(y)
+        x = layers.ReLU(name=f"relu_{stage}")(layers.Add(name=f"add_{stage}")([x, y]))
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, layers.Dense(10, name="logits")(x), name="resnet_cnn")
 
 
 def train_dense(model, data, epochs: int = 30, batch_size: int = 32, learning_rate: float = 1e-3,

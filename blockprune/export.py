@@ -38,6 +38,8 @@ __all__ = ["ExportError", "ExportRecord", "export", "export_tflite", "export_onn
 LITERT, ONNXRUNTIME = RUNTIMES["litert"], RUNTIMES["onnxruntime"]
 FLOAT_TOLERANCE = 1e-3  # relative to the largest reference output
 INT8_TOLERANCE = 0.05
+#: Record formats of weights that run at dense speed.
+DENSE_FORMATS = ("dense", "densify", "csr", "sparse-initializer")
 
 
 class ExportError(ValueError):
@@ -118,12 +120,12 @@ def _prepare(model, target, path, plan, allow_dense: bool, dense: bool, structur
     return target, Path(path), structure
 
 
-def _lowered(model, target, fmt: str, entry, structure):
-    """``(model to convert, names of the layers rewritten)`` for lowering ``entry``."""
+def _lowered(model, target, fmt: str, entry, structure, choices=None):
+    """``(model to convert, {weight: record format} of the weights rewritten)``."""
     if not entry.rewrites:
-        return model, set()
-    source, lowered = lower(model, target, fmt, structure=structure)
-    return source, {lw.name for lw in lowered}
+        return model, {}
+    source, lowered = lower(model, target, fmt, structure=structure, choices=choices)
+    return source, {lw.weight_name: lw.format for lw in lowered}
 
 
 def _layers_and_warnings(entry, structure, formats: dict[str, str]) -> tuple[list, list]:
@@ -131,7 +133,7 @@ def _layers_and_warnings(entry, structure, formats: dict[str, str]) -> tuple[lis
     layers, warnings = [], []
     for ws in structure:
         fmt = formats[ws.name]
-        if ws.blocked and fmt != entry.name and entry.name != "dense":
+        if ws.blocked and fmt in DENSE_FORMATS and entry.name != "dense":
             warnings.append(entry.warning(ws, fmt))
         layers.append(_layer_entry(ws, fmt))
     return layers, warnings
@@ -167,7 +169,7 @@ def _convert_tflite(model, optimizations) -> bytes:
 
 
 def export_tflite(model, target, path, plan: SparsityPlan | None = None, allow_dense: bool = False,
-                  dense: bool = False, samples: list | None = None, structure=None) -> ExportRecord:
+                  dense: bool = False, samples: list | None = None, structure=None, choices=None) -> ExportRecord:
     """Writes a verified ``.tflite`` for ``target``.
 
     Args:
@@ -194,7 +196,7 @@ def export_tflite(model, target, path, plan: SparsityPlan | None = None, allow_d
     # The delegate trap is specific to sparse int8 kernels; the dense baseline runs at its best.
     default_delegates = True if dense else target.runtime.tflite_default_delegates
     optimizations = ([tf.lite.Optimize.DEFAULT] if target.dtype == "int8" else []) + entry.converter_optimizations()
-    source, done = _lowered(model, target, "tflite", entry, structure)
+    source, done = _lowered(model, target, "tflite", entry, structure, choices)
     buf = _convert_tflite(source, optimizations)
     layers, warnings = _layers_and_warnings(entry, structure, entry.file_formats(buf, structure, done))
     if warnings and not allow_dense and not dense:
@@ -249,7 +251,7 @@ def _sparsify_initializers(proto, min_elements: int = 1024) -> list[str]:
 
 
 def export_onnx(model, target, path, plan: SparsityPlan | None = None, allow_dense: bool = False,
-                dense: bool = False, samples: list | None = None, structure=None) -> ExportRecord:
+                dense: bool = False, samples: list | None = None, structure=None, choices=None) -> ExportRecord:
     """Writes a verified ``.onnx`` for ``target`` (arguments as for ``export_tflite``).
 
     Raises:
@@ -258,7 +260,7 @@ def export_onnx(model, target, path, plan: SparsityPlan | None = None, allow_den
     """
     target, path, structure = _prepare(model, target, path, plan, allow_dense, dense, structure)
     entry = lowering("dense" if dense else target.lowering.onnx)
-    source, done = _lowered(model, target, "onnx", entry, structure)
+    source, done = _lowered(model, target, "onnx", entry, structure, choices)
     proto = _convert_onnx(source, target.runtime.onnx_opset)
     moved = set() if dense else set(_sparsify_initializers(proto))
     formats = entry.file_formats(b"", structure, done)

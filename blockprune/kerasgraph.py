@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import keras
 
-__all__ = ["is_functional", "sublayers", "own_variables", "owns", "build_shapes", "call_takes_training", "copy_model",
+__all__ = ["is_functional", "sublayers", "replace_sublayer", "sole_consumer", "own_variables", "owns", "build_shapes", "call_takes_training", "copy_model",
            "layer_paths", "rewrap"]
 
 
@@ -31,6 +31,41 @@ def sublayers(layer, recursive: bool = False, include_self: bool = False) -> lis
     Keras 3 keeps them in ``_flatten_layers``; it is how ``Layer.weights`` itself recurses.
     """
     return list(layer._flatten_layers(include_self=include_self, recursive=recursive))
+
+
+def replace_sublayer(layer, old, new) -> None:
+    """Makes ``layer`` (built) call ``new`` wherever it called its sublayer ``old``.
+
+    Keras locks a built layer's state; the lock is lifted for the swap and restored.
+
+    Raises:
+        ValueError: ``old`` is not an attribute of ``layer``.
+    """
+    names = [k for k, v in vars(layer).items() if v is old]
+    if not names:
+        raise ValueError(f"Layer '{layer.name}' holds no sublayer '{old.name}' as an attribute")
+    tracker = getattr(layer, "_tracker", None)
+    locked = bool(tracker and tracker.locked)
+    if locked:
+        tracker.unlock()
+    try:
+        for name in names:
+            setattr(layer, name, new)
+    finally:
+        if locked:
+            tracker.lock()
+
+
+def sole_consumer(model, layer):
+    """The one layer of ``model`` that reads ``layer``'s output, or None when the output is a model
+    output, is read by several layers, or ``layer`` is called more than once."""
+    if len(layer._inbound_nodes) != 1 or any(t._keras_history[0] is layer for t in model.outputs):
+        return None
+    members = {id(m) for m in model.layers}
+    readers = [n.operation for n in layer._outbound_nodes if id(n.operation) in members]
+    if len(readers) != 1 or len(readers[0]._inbound_nodes) != 1:
+        return None
+    return readers[0]
 
 
 def own_variables(layer, trainable_only: bool = False) -> list:

@@ -122,8 +122,8 @@ def pack_arrays(kernels: dict[str, np.ndarray], block_shapes, balanced: bool,
     out = []
     for name, kernel in kernels.items():
         view = views.get(name) or WeightView.for_matrix_like(np.shape(kernel))
-        out.append(_pack_one(name, view, WeightStructure.measure(None, view.to_2d(np.asarray(kernel)), block_shapes),
-                             balanced))
+        out.append(_pack_one(name, view, WeightStructure.measure(None, view.to_2d(np.asarray(kernel)), block_shapes,
+                                                                 view), balanced))
     return out
 
 
@@ -140,7 +140,7 @@ def pack_model(model, target, structure: ModelStructure | None = None) -> list[P
 
     target = load_target(target)
     structure = structure if structure is not None else read_structure(model, target)
-    return [_pack_one(ws.name, ws.site.view, ws, target.balanced) for ws in structure]
+    return [_pack_one(ws.name, ws.view, ws, target.balanced) for ws in structure]
 
 
 def save_packed(path: str | os.PathLike, layers: list[PackedLayer], metadata: dict | None = None) -> Path:

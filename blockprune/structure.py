@@ -38,7 +38,7 @@ class WeightStructure:
 
     Attributes:
         site: the weight (a ``blockprune.modelwalk.WeightSite``: name, kind, view, variable).
-        matrix: its ``[in, out]`` view as read (not compared, not shown).
+        matrix: its 2-D view as read (not compared, not shown).
         block_shape: the block shape (among the candidates) whose whole zero blocks explain its
             zeros, or None (dense, or zeros in no candidate's blocks).
         block_sparsity: fraction of zero blocks of ``block_shape`` (0 when None).
@@ -52,17 +52,20 @@ class WeightStructure:
     block_sparsity: float
     sparsity: float
     kept_per_block_column: tuple[int, int]
+    view: Any = None
 
     @classmethod
-    def measure(cls, site, matrix: np.ndarray, candidates) -> "WeightStructure":
-        """Reads the structure of ``matrix`` (the ``[in, out]`` view of ``site``)."""
+    def measure(cls, site, matrix: np.ndarray, candidates, view=None) -> "WeightStructure":
+        """Reads the structure of ``matrix``: ``view`` of the weight ``site`` (default its
+        ``[in, out]`` view), whose blocks may be any of ``candidates``."""
         matrix = np.asarray(matrix)
+        view = view if view is not None else getattr(site, "view", None)
         found = detect_block_shape(matrix, candidates)
         sparsity = float(np.mean(matrix == 0)) if matrix.size else 0.0
         if found is None:
-            return cls(site, matrix, None, 0.0, sparsity, (0, 0))
+            return cls(site, matrix, None, 0.0, sparsity, (0, 0), view)
         kept = nonzero_block_grid(matrix, found[0]).sum(axis=0)
-        return cls(site, matrix, found[0], found[1], sparsity, (int(kept.min()), int(kept.max())))
+        return cls(site, matrix, found[0], found[1], sparsity, (int(kept.min()), int(kept.max())), view)
 
     @property
     def name(self) -> str:
@@ -137,8 +140,12 @@ def read_structure(model, target, plan=None, block_shapes=None) -> ModelStructur
     out = []
     for site in target_sites(model, target):
         lp = planned.get(site.name)
-        candidates = [lp.block_shape] if lp else [pins[site.name]] if site.name in pins else target.block_shapes
-        ws = WeightStructure.measure(site, site.view.to_2d(np.asarray(site.variable.numpy())), candidates)
+        view, candidates = target.pattern(site)
+        if lp:
+            view, candidates = lp.view, [lp.block_shape]
+        elif site.name in pins:
+            view, candidates = site.view, [pins[site.name]]
+        ws = WeightStructure.measure(site, view.to_2d(np.asarray(site.variable.numpy())), candidates, view)
         if lp and (not ws.blocked or ws.block_sparsity < reachable_sparsity(ws.view_shape, lp.block_shape,
                                                                             lp.sparsity, target.balanced) - 1e-9):
             have = "no zero block" if not ws.blocked else f"{ws.block_sparsity:.1%} zero blocks"

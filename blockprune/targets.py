@@ -129,6 +129,9 @@ class TargetDescriptor:
         dtype: ``float32`` or ``int8`` (dynamic-range).
         block_shapes: allowed block shapes, most preferred first, in the ``[in, out]``
             convention.
+        channel_blocks: output channels per channel block of a KxK convolution (one input
+            channel, all its taps), most preferred first; empty when the target prunes KxK
+            convolutions in ``block_shapes`` (or not at all).
         balanced: every block-column must keep the same number of blocks.
         min_weights: layers with fewer weights stay dense.
         layer_kinds: which layer kinds (see ``LAYER_KINDS``) the target can speed up.
@@ -158,11 +161,20 @@ class TargetDescriptor:
     lowering: Lowering
     runtime: RuntimeOptions
     cost_model: CostModel
+    channel_blocks: tuple[int, ...] = ()
     source: str = field(default="", compare=False)
 
-    def blocks_dividing(self, view_shape) -> list[tuple[int, int]]:
-        """The allowed block shapes that tile ``view_shape`` exactly, most preferred first."""
-        return [b for b in self.block_shapes if divides(view_shape, b)]
+    def pattern(self, ref) -> tuple[Any, list[tuple[int, int]]]:
+        """``(view, block shapes)`` this target prunes the weight ``ref`` (a ``WeightRef``) in:
+        a KxK convolution of a target with ``channel_blocks`` in channel blocks over its
+        channel-major view, every other weight in ``block_shapes`` over its ``[in, out]`` view.
+        Only the block shapes that divide the view are listed."""
+        if ref.kind == "conv" and self.channel_blocks and ref.view is not None:
+            view = ref.view.channel_major(ref.kernel_shape)
+            return view, [(view.taps, c) for c in self.channel_blocks if divides(view.view_shape, (view.taps, c))]
+        if ref.view is None:
+            return None, []
+        return ref.view, [b for b in self.block_shapes if divides(ref.view.view_shape, b)]
 
     @property
     def dtype_bytes(self) -> int:
@@ -181,6 +193,7 @@ class TargetDescriptor:
             "hardware": self.hardware,
             "dtype": self.dtype,
             "block_shapes": [list(b) for b in self.block_shapes],
+            **({"channel_blocks": list(self.channel_blocks)} if self.channel_blocks else {}),
             "balanced": self.balanced,
             "min_weights": self.min_weights,
             "layer_kinds": list(self.layer_kinds),
@@ -203,6 +216,7 @@ _TOP_FIELDS = {
     "hardware": True,
     "dtype": True,
     "block_shapes": True,
+    "channel_blocks": False,
     "balanced": True,
     "min_weights": True,
     "layer_kinds": True,
@@ -297,6 +311,16 @@ def _parse_block_shapes(r: _Reader) -> tuple[tuple[int, int], ...]:
     return tuple(shapes)
 
 
+def _parse_channel_blocks(r: _Reader) -> tuple[int, ...]:
+    raw = r.get("channel_blocks", list, [])
+    for i, c in enumerate(raw):
+        if isinstance(c, bool) or not isinstance(c, int) or c <= 0:
+            raise r.error(f"channel_blocks[{i}]", f"expected a positive number of output channels, got {c!r}")
+    if len(set(raw)) != len(raw):
+        raise r.error("channel_blocks", f"duplicate entries in {raw!r}")
+    return tuple(raw)
+
+
 def _parse_layer_kinds(r: _Reader) -> tuple[str, ...]:
     raw = r.get("layer_kinds", list)
     if not raw:
@@ -359,6 +383,7 @@ def parse_target(data: Mapping[str, Any], source: str) -> TargetDescriptor:
         hardware=r.get("hardware", str),
         dtype=r.choice("dtype", DTYPES),
         block_shapes=_parse_block_shapes(r),
+        channel_blocks=_parse_channel_blocks(r),
         balanced=balanced,
         min_weights=min_weights,
         layer_kinds=_parse_layer_kinds(r),

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["WeightView", "WeightRef", "einsum_view"]
+__all__ = ["WeightView", "WeightRef", "einsum_view", "einsum_matmul_form"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,32 @@ class WeightView:
 
     for_dense = for_matrix_like
     for_conv = for_matrix_like
+
+    @classmethod
+    def channel_major(cls, kernel_shape) -> "WeightView":
+        """The channel-major view ``[cin * prod(k), cout]`` of a convolution kernel
+        ``[k..., cin, cout]``: the rows of one input channel (all its taps) are consecutive, so a
+        channel block (one input channel x ``c`` output channels) is the block ``(prod(k), c)``.
+
+        Example:
+            >>> WeightView.channel_major((3, 3, 16, 32)).view_shape
+            (144, 32)
+        """
+        shape = tuple(int(d) for d in kernel_shape)
+        if len(shape) < 3:
+            raise ValueError(f"a convolution kernel [k..., cin, cout] has at least 3 axes, got shape {shape}")
+        n = len(shape)
+        return cls(shape, (n - 2, *range(n - 2), n - 1), n - 1)
+
+    @property
+    def taps(self) -> int:
+        """Kernel positions per input channel of a convolution view (1 for a matrix)."""
+        return math.prod(self.kernel_shape[:-2]) if len(self.kernel_shape) > 2 else 1
+
+    @property
+    def is_channel_major(self) -> bool:
+        n = len(self.kernel_shape)
+        return n >= 3 and self.perm == (n - 2, *range(n - 2), n - 1)
 
     @property
     def is_identity(self) -> bool:
@@ -190,3 +216,33 @@ class WeightRef:
         """Just the reference fields (a ``WeightRef``), e.g. to build a plan entry from a site."""
         return WeightRef(self.layer, self.weight, self.layer_class, self.kind, self.kernel_shape, self.view,
                          self.positions)
+
+
+def einsum_matmul_form(equation: str, kernel_shape) -> tuple[int, tuple[int, ...]]:
+    """How an EinsumDense is a plain matmul over its ``[in, out]`` view, if it is one.
+
+    The layer is ``reshape(reshape(x, [-1, in]) @ W, lead + produced)`` when the input ends with
+    the contracted axes in the kernel's order and the output is the input's other axes followed
+    by the produced axes in the kernel's order (MultiHeadAttention's projections are).
+
+    Returns:
+        ``(input_axes, output_shape)``: how many trailing input axes form ``in``, and the shape
+        of the produced output axes.
+
+    Raises:
+        ValueError: the equation has no such form (the message says why).
+
+    Example:
+        >>> einsum_matmul_form("abcd,cde->abe", (4, 16, 64))
+        (2, (64,))
+    """
+    view = einsum_view(equation, kernel_shape)
+    lhs, out = equation.replace(" ", "").split("->")
+    inp, ker = lhs.split(",")
+    contracted = "".join(ker[a] for a in view.perm[: view.n_in_axes])
+    produced = "".join(ker[a] for a in view.perm[view.n_in_axes:])
+    lead = inp[: len(inp) - len(contracted)]
+    if not inp.endswith(contracted) or out != lead + produced:
+        raise ValueError(f"einsum equation {equation!r} is not x[..., in] @ W[in, out] with the contracted axes "
+                         "last in the input and the produced axes last in the output")
+    return len(contracted), tuple(int(kernel_shape[ker.index(c)]) for c in produced)

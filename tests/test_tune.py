@@ -6,6 +6,7 @@ import keras
 import pytest
 
 import blockprune
+from conftest import REPO
 from blockprune.profile import Measurement, Profile, ProfileError
 
 
@@ -115,10 +116,14 @@ def test_overall_sparsity_goes_where_it_buys_the_most_time():
     assert blockprune.SparsityPlan.from_json(p.to_json()).overall_target == 0.6
 
 
-def test_overall_sparsity_spares_weights_the_lowering_runs_dense():
+def test_overall_sparsity_spares_weights_the_lowering_runs_dense(write_toml):
     from blockprune.examples import example_model
 
-    p = blockprune.plan(example_model("transformer"), "cpu-wide", sparsity=0.95, overall_sparsity=0.9)
+    # builtin-sparse makes Dense layers' FULLY_CONNECTED sparse; EinsumDense weights run dense under it
+    toml = (REPO / "targets" / "simd-4x1.toml").read_text().replace('name = "simd-4x1"', 'name = "simd-einsum"')
+    toml = toml.replace('layer_kinds = ["dense", "custom"]', 'layer_kinds = ["dense", "einsum_dense", "custom"]')
+    target = write_toml(toml, "simd-einsum.toml")
+    p = blockprune.plan(example_model("transformer"), str(target), sparsity=0.95, overall_sparsity=0.9)
     ff = [lp for lp in p.layers if lp.kind == "dense"]
     attention = [lp for lp in p.layers if lp.kind == "einsum_dense"]
     assert ff and attention and all(lp.sparsity == 0.95 for lp in ff)

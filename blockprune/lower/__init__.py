@@ -16,11 +16,13 @@ reports which layers it rewrote.
 
 from __future__ import annotations
 
-from .base import LoweredLayer, Lowering
+from .base import LoweredLayer, Lowering, format_name
 from .builtin_sparse import BuiltinSparse
+from .channel_gather import ChannelGather
 from .gather_matmul import GatherMatmul
 
-__all__ = ["BlockSparseDense", "Lowering", "LoweredLayer", "LOWERINGS", "lowering", "lower", "runs_sparse"]
+__all__ = ["BlockSparseDense", "ChannelGatherConv", "Lowering", "LoweredLayer", "LOWERINGS", "lowering", "lower",
+           "runs_sparse", "default_choices", "candidates", "format_name"]
 
 
 class Dense(Lowering):
@@ -36,16 +38,25 @@ class Dense(Lowering):
 
 
 #: Every lowering, by the name target descriptors use.
-LOWERINGS: dict[str, Lowering] = {entry.name: entry for entry in (GatherMatmul(), BuiltinSparse(), Dense())}
+LOWERINGS: dict[str, Lowering] = {entry.name: entry for entry in (GatherMatmul(), ChannelGather(), BuiltinSparse(),
+                                                                   Dense())}
 
 
 def __getattr__(name):
     # The Keras layers load with Keras, only when asked for: the catalogue itself is TF-free.
-    if name == "BlockSparseDense":
-        from .layers import BlockSparseDense
+    if name in ("BlockSparseDense", "ChannelGatherConv"):
+        from . import layers
 
-        return BlockSparseDense
+        return getattr(layers, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def candidates(ws, fmt: str) -> list[tuple[str, str]]:
+    """Every ``(lowering, variant)`` that can make weight ``ws`` run sparse in a file of format
+    ``fmt`` and rewrites a layer to do it, plus ``("dense", "")``: what export chooses among."""
+    out = [(e.name, v) for e in LOWERINGS.values() if e.rewrites and fmt in e.formats and e.handles(ws)
+           for v in e.variants_for(fmt)]
+    return out + [("dense", "")]
 
 
 def lowering(name: str) -> Lowering:
@@ -74,8 +85,15 @@ def runs_sparse(target, kind: str, runtime: str) -> bool:
     return kind in lowering(getattr(target.lowering, runtime)).kinds
 
 
-def lower(model, target, runtime: str = "tflite", structure=None, block_shapes=None):
-    """Rewrites the layers a target's lowering for ``runtime`` handles; others stay as they are.
+def default_choices(target, runtime: str, structure) -> dict[str, tuple[str, str]]:
+    """``{weight: (lowering, variant)}``: the target's lowering for ``runtime``, in its default
+    form, for every weight it handles (what export uses without measurements)."""
+    entry = lowering(getattr(target.lowering, runtime))
+    return {ws.name: (entry.name, entry.variants_for(runtime)[0]) for ws in structure if entry.handles(ws)}
+
+
+def lower(model, target, runtime: str = "tflite", structure=None, block_shapes=None, choices=None):
+    """Rewrites the weights' layers into the lowerings chosen for them; others stay as they are.
 
     Args:
         model: a stripped Sequential or functional model.
@@ -85,34 +103,89 @@ def lower(model, target, runtime: str = "tflite", structure=None, block_shapes=N
             default: read here.
         block_shapes: ``{"layer/weight": (rows, cols)}`` to pin block shapes when reading the
             structure here (from a plan).
+        choices: ``{"layer/weight": (lowering, variant)}``; default: the target's lowering for
+            ``runtime`` wherever it applies (``default_choices``).
 
     Returns:
         ``(lowered_model, [LoweredLayer, ...])``: a new model (a copy when nothing is rewritten).
     """
-    from ..kerasgraph import copy_model, rewrap
+    from ..kerasgraph import copy_model, replace_sublayer, rewrap, sublayers
     from ..structure import read_structure
     from ..targets import load_target
 
     target = load_target(target)
     if runtime not in ("tflite", "onnx"):
         raise ValueError(f"runtime={runtime!r} must be 'tflite' or 'onnx'")
-    entry = lowering(getattr(target.lowering, runtime))
-    copy = copy_model(model)
     if structure is None:
         structure = read_structure(model, target, block_shapes=block_shapes)
-    chosen = {ws.layer: ws for ws in structure if ws.site.weight == "kernel" and entry.handles(ws)}
+    if choices is None:
+        choices = default_choices(target, runtime, structure)
+    by_node: dict[str, list] = {}
+    for ws in structure:
+        if ws.name in choices and choices[ws.name][0] != "dense":
+            by_node.setdefault(ws.layer, []).append((ws, *choices[ws.name]))
+    copy = copy_model(model)
+    chained_out, chained_in = _feature_major_chains(copy, by_node)
     lowered: list[LoweredLayer] = []
 
-    def swap(layer, path):
-        ws = chosen.get(path)
-        if ws is None or entry.why_not(layer) is not None:
-            return layer
-        new = entry.rewrite(layer, ws)
-        if new is None:
-            return layer
-        lowered.append(LoweredLayer(path, ws.kind, ws.block_shape, ws.block_sparsity, ws.kept_per_block_column[1],
-                                    entry.name))
+    def rewritten(holder, ws, name, variant):
+        entry = lowering(name)
+        if not entry.handles(ws) or entry.why_not(holder) is not None:
+            return None
+        new = entry.rewrite(holder, ws, variant)
+        if new is not None:
+            lowered.append(LoweredLayer(ws.layer, ws.kind, ws.block_shape, ws.block_sparsity,
+                                        ws.kept_per_block_column[1], entry.name, variant, ws.site.weight))
         return new
+
+    def swap(layer, path):
+        for ws, name, variant in by_node.get(path, []):
+            if ws.site.weight == "kernel":  # the graph-node layer holds the weight itself
+                new = rewritten(layer, ws, name, variant)
+                if new is not None and path in chained_out:  # the next layer reads [features, rows]
+                    new.output_layout = "feature"
+                if new is not None and path in chained_in:
+                    new.input_layout, new.lead_shape = "feature", chained_in[path]
+                return new or layer
+            # a sublayer holds it (MultiHeadAttention's query/key/value/attention_output projections)
+            sub_name = ws.site.weight.rsplit("/", 1)[0].split("/")[-1]
+            sub = next((s for s in sublayers(layer, recursive=True) if s.name == sub_name), None)
+            new = rewritten(sub, ws, name, variant) if sub is not None else None
+            if new is not None:
+                owner = next(o for o in sublayers(layer, recursive=True, include_self=True)
+                             if any(v is sub for v in vars(o).values()))
+                replace_sublayer(owner, sub, new)
+        return layer
 
     return rewrap(copy, swap), lowered
 
+
+def _feature_major_chains(model, by_node) -> tuple[set[str], dict[str, tuple[int, ...]]]:
+    """Pairs of feature-major gather-matmul layers where the first one's output is read by the
+    second one only: the first keeps its output ``[features, rows]`` and the second reads it so,
+    and the two transposes between them are left out. Returns the first layers' paths, and the
+    second layers' paths with their input's lead shape (the axes between batch and features)."""
+    from ..kerasgraph import layer_paths, sole_consumer
+
+    paths = layer_paths(model)
+    chainable = set()
+    for layer in model.layers:
+        path = paths.get(id(layer))
+        items = by_node.get(path, [])
+        if len(items) != 1:
+            continue
+        ws, name, variant = items[0]
+        entry = lowering(name)
+        if (name, variant, ws.site.weight) == ("gather-matmul", "feature", "kernel") and ws.kind in ("dense", "conv1x1") \
+                and entry.handles(ws) and entry.why_not(layer) is None:
+            chainable.add(path)
+    out, into = set(), {}
+    for layer in model.layers:
+        path = paths.get(id(layer))
+        if path not in chainable:
+            continue
+        reader = sole_consumer(model, layer)
+        if reader is not None and paths.get(id(reader)) in chainable and paths[id(reader)] not in into:
+            out.add(path)
+            into[paths[id(reader)]] = tuple(int(d) for d in reader.input.shape[1:-1])
+    return out, into

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Lowering", "LoweredLayer"]
+__all__ = ["Lowering", "LoweredLayer", "format_name"]
 
 
 @dataclass(frozen=True)
 class LoweredLayer:
-    """One rewritten layer: its path, kind, lowering, block shape, sparsity and blocks per block-column."""
+    """One rewritten weight: its layer's path, kind, block shape, sparsity, blocks per block-column
+    (the fullest one; others are padded to it), lowering and variant, and the weight's name."""
 
     name: str
     kind: str
@@ -18,6 +19,24 @@ class LoweredLayer:
     sparsity: float
     blocks_per_column: int
     lowering: str = ""
+    variant: str = ""
+    weight: str = "kernel"
+
+    @property
+    def weight_name(self) -> str:
+        return f"{self.name}/{self.weight}"
+
+    @property
+    def format(self) -> str:
+        """How the record names it: the lowering, with a non-default variant in parentheses."""
+        return format_name(self.lowering, self.variant)
+
+
+def format_name(lowering: str, variant: str = "") -> str:
+    """``gather-matmul``, ``gather-matmul (feature-major)``: a lowering as records name it."""
+    if variant in ("", "batch", "grouped", "split"):
+        return lowering
+    return f"{lowering} ({variant}-major)"
 
 
 class Lowering:
@@ -28,6 +47,7 @@ class Lowering:
         kinds: the layer kinds (``blockprune.targets.LAYER_KINDS``) it makes run sparse.
         formats: the file formats it writes (``"tflite"``, ``"onnx"``).
         balanced: whether it needs every block-column to keep the same number of blocks.
+        variants: forms of the rewrite (e.g. layouts); the first is the default.
         summary: one line for tables and docs.
     """
 
@@ -35,8 +55,13 @@ class Lowering:
     kinds: tuple[str, ...] = ()
     formats: tuple[str, ...] = ()
     balanced = False
+    variants: tuple[str, ...] = ("",)
     rewrites = True  # False: the converter carries it out from the weights, no layer is replaced
     summary = ""
+
+    def variants_for(self, fmt: str) -> tuple[str, ...]:
+        """The variants that apply to files of format ``fmt`` (the first is the default)."""
+        return self.variants
 
     def handles(self, ws) -> bool:
         """Whether this lowering can make weight ``ws`` (a ``WeightStructure``) run sparse,
@@ -48,19 +73,21 @@ class Lowering:
         """Why ``layer`` (the Keras layer holding the weight) cannot be rewritten, or None."""
         return None
 
-    def rewrite(self, layer, ws):
-        """The layer that replaces ``layer`` in the lowered model, or None to keep ``layer`` as is
-        (a lowering the converter carries out from the weights themselves)."""
+    def rewrite(self, layer, ws, variant: str = ""):
+        """The layer that replaces ``layer`` (the Keras layer holding weight ``ws``) in the lowered
+        model, in form ``variant``, or None to keep ``layer`` as is (a lowering the converter
+        carries out from the weights themselves)."""
         return None
 
     def converter_optimizations(self) -> list:
         """TFLite converter optimizations this lowering needs (``tf.lite.Optimize`` members)."""
         return []
 
-    def file_formats(self, model_bytes: bytes, structure, lowered: set[str]) -> dict[str, str]:
+    def file_formats(self, model_bytes: bytes, structure, lowered: dict[str, str]) -> dict[str, str]:
         """``{weight name: how the written file runs it}`` (``gather-matmul``, ``builtin-sparse``,
-        ``densify``, ``dense``, ...), read back from the file where the converter decides."""
-        return {ws.name: self.name if ws.layer in lowered else "dense" for ws in structure}
+        ``densify``, ``dense``, ...), read back from the file where the converter decides.
+        ``lowered`` maps the rewritten weights to their record names."""
+        return {ws.name: lowered.get(ws.name, "dense") for ws in structure}
 
     def warning(self, ws, fmt: str) -> str:
         """What to tell the user when blocked weight ``ws`` ended up as ``fmt`` (not sparse)."""

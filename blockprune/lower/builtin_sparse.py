@@ -62,7 +62,7 @@ class BuiltinSparse(Lowering):
 
         return [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
 
-    def file_formats(self, model_bytes: bytes, structure, lowered: set[str]) -> dict[str, str]:
+    def file_formats(self, model_bytes: bytes, structure, lowered: dict[str, str]) -> dict[str, str]:
         return read_fully_connected_formats(model_bytes, structure)
 
     def warning(self, ws, fmt: str) -> str:

@@ -1,29 +1,56 @@
-"""Keras layers that lowered models are built from (registered, so a lowered model saves and loads)."""
+"""Keras layers that lowered models are built from (registered, so a lowered model saves and loads).
+
+- ``BlockSparseDense``: ``x @ W`` over the trailing input axes with ``W`` in blocked-ELL form,
+  in one of two layouts (see docs/DESIGN.md, section 4): ``batch`` (gather along the feature
+  axis, batched matmul over block-columns) or ``feature`` (transpose once, gather whole rows of
+  the feature-major activations, matmul with the transposed blocks, transpose back).
+- ``ChannelGatherConv``: a KxK convolution whose kept weights come in channel blocks (one input
+  channel, all taps, ``c`` output channels), as a gather over input channels and a grouped
+  convolution.
+"""
 
 from __future__ import annotations
+
+import math
 
 import keras
 import numpy as np
 
 from ..formats import BlockedELL
 
-__all__ = ["BlockSparseDense"]
+__all__ = ["BlockSparseDense", "ChannelGatherConv", "LAYOUTS"]
+
+#: Layouts of ``BlockSparseDense``.
+LAYOUTS = ("batch", "feature")
 
 
 @keras.saving.register_keras_serializable(package="blockprune")
 class BlockSparseDense(keras.layers.Layer):
-    """``activation(x @ W + bias)`` over the last axis, with ``W`` in blocked-ELL form.
+    """``activation(x @ W + bias)`` over the trailing input axes, with ``W`` in blocked-ELL form.
 
     Args:
-        units: output features.
-        in_features: input features.
+        units: output features (columns of ``W``).
+        in_features: input features (rows of ``W``): the product of the trailing
+            ``input_axes`` axes of the input.
         block_shape: ``(rows, cols)`` of the blocks.
         blocks_per_column: ``k``, blocks kept in every block-column.
         activation: a Keras activation name or function.
         use_bias: whether a bias is added.
+        layout: ``"batch"`` or ``"feature"`` (see the module docstring).
+        input_axes: how many trailing input axes form the ``in`` dimension (an EinsumDense
+            contracting several axes).
+        output_shape: the trailing output axes the ``units`` are reshaped to (default
+            ``(units,)``).
+        bias_shape: the bias's shape as the replaced layer stored it (default ``(units,)``);
+            added after the reshape, with the same broadcasting.
+        input_layout, output_layout: ``"batch"`` (the model's own tensors) or ``"feature"``
+            (``[features, rows]``, between two chained feature-major layers: the transposes in
+            between are left out).
+        lead_shape: the input's axes between the batch and the ``in`` axes (e.g. the sequence
+            length), to restore the output when the input arrives feature-major.
 
-    The weights are ``gather_indices`` (int32 ``[units // cols, k * rows]``), ``values``
-    (``[units // cols, k * rows, cols]``) and ``bias``; set them with ``set_packed``.
+    The weights are ``gather_indices`` (int32), ``values`` and ``bias``; set them with
+    ``set_packed``.
 
     Example:
         >>> from blockprune.formats import BlockedELL            # doctest: +SKIP
@@ -31,7 +58,8 @@ class BlockSparseDense(keras.layers.Layer):
     """
 
     def __init__(self, units, in_features, block_shape, blocks_per_column, activation=None, use_bias=True,
-                 **kwargs):
+                 layout="batch", input_axes=1, output_shape=None, bias_shape=None, input_layout="batch",
+                 output_layout="batch", lead_shape=(), **kwargs):
         super().__init__(**kwargs)
         self.units = int(units)
         self.in_features = int(in_features)
@@ -39,54 +67,210 @@ class BlockSparseDense(keras.layers.Layer):
         self.blocks_per_column = int(blocks_per_column)
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
+        if layout not in LAYOUTS:
+            raise ValueError(f"Layer '{self.name}': layout={layout!r} is not one of {LAYOUTS}")
+        self.layout = layout
+        self.input_axes = int(input_axes)
+        self.out_shape = tuple(int(d) for d in (output_shape or (self.units,)))
+        self.bias_shape = tuple(int(d) for d in (bias_shape or (self.units,)))
+        self.input_layout, self.output_layout = input_layout, output_layout
+        self.lead_shape = tuple(int(d) for d in lead_shape)
+        if (input_layout, output_layout) != ("batch", "batch") and (layout != "feature" or not self._flat_bias):
+            raise ValueError(f"Layer '{self.name}': feature-major inputs or outputs need layout='feature' and one "
+                             "bias value per unit")
         if self.units % self.block_shape[1] or self.in_features % self.block_shape[0]:
             raise ValueError(f"Layer '{self.name}': block_shape={self.block_shape} does not divide the [in, out] "
                              f"view ({self.in_features}, {self.units})")
+        if math.prod(self.out_shape) != self.units:
+            raise ValueError(f"Layer '{self.name}': output_shape={self.out_shape} does not hold {self.units} units")
 
     def build(self, input_shape):
-        if input_shape[-1] != self.in_features:
-            raise ValueError(f"Layer '{self.name}' expects {self.in_features} input features, got {input_shape[-1]}")
+        got = math.prod(input_shape[-self.input_axes:])
+        if got != self.in_features:
+            raise ValueError(f"Layer '{self.name}' expects {self.in_features} input features, got {got}")
         bh, bw = self.block_shape
         n_cols, kr = self.units // bw, self.blocks_per_column * bh
-        self.gather_indices = self.add_weight(name="gather_indices", shape=(n_cols, kr), dtype="int32",
+        index_shape = (n_cols, kr) if self.layout == "batch" else (n_cols * kr,)
+        value_shape = (n_cols, kr, bw) if self.layout == "batch" else (n_cols, bw, kr)
+        self.gather_indices = self.add_weight(name="gather_indices", shape=index_shape, dtype="int32",
                                               initializer="zeros", trainable=False)
-        self.values = self.add_weight(name="values", shape=(n_cols, kr, bw), initializer="zeros", trainable=False)
-        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros",
+        self.values = self.add_weight(name="values", shape=value_shape, initializer="zeros", trainable=False)
+        self.bias = self.add_weight(name="bias", shape=self.bias_shape, initializer="zeros",
                                     trainable=False) if self.use_bias else None
 
     @classmethod
-    def from_packed(cls, matrix: BlockedELL, bias=None, activation=None, **kwargs) -> "BlockSparseDense":
-        """A built layer holding ``matrix`` (and ``bias``)."""
+    def from_packed(cls, matrix: BlockedELL, bias=None, activation=None, input_shape=None,
+                    **kwargs) -> "BlockSparseDense":
+        """A built layer holding ``matrix`` (and ``bias``).
+
+        Args:
+            matrix: the packed ``[in, out]`` weight.
+            bias: the bias as the replaced layer stores it, or None.
+            activation: a Keras activation.
+            input_shape: the input's shape (needed when ``input_axes`` > 1).
+            **kwargs: as for the constructor (``layout``, ``input_axes``, ``output_shape``, ``name``).
+        """
         layer = cls(matrix.shape[1], matrix.shape[0], matrix.block_shape, matrix.k, activation,
-                    use_bias=bias is not None, **kwargs)
-        layer.build((None, matrix.shape[0]))
+                    use_bias=bias is not None, bias_shape=None if bias is None else np.shape(bias), **kwargs)
+        layer.build(tuple(input_shape) if input_shape is not None else (None, matrix.shape[0]))
         layer.set_packed(matrix, bias)
         return layer
 
     def set_packed(self, matrix: BlockedELL, bias=None) -> None:
         """Loads packed weights (their shapes must match the layer's)."""
-        self.gather_indices.assign(matrix.gather_indices())
-        self.values.assign(matrix.packed_values())
+        indices, values = matrix.gather_indices(), matrix.packed_values()
+        if self.layout == "feature":
+            indices, values = indices.reshape(-1), np.ascontiguousarray(np.transpose(values, (0, 2, 1)))
+        self.gather_indices.assign(indices)
+        self.values.assign(values)
         if self.use_bias:
-            self.bias.assign(np.asarray(bias, dtype=self.values.dtype))
+            self.bias.assign(np.asarray(bias, dtype=self.values.dtype).reshape(self.bias_shape))
+
+    def _batch_major(self, x2):
+        """``x2 @ W`` for ``x2`` of shape ``[rows, in_features]``, gathering along the features."""
+        ops = keras.ops
+        gathered = ops.take(x2, self.gather_indices, axis=1)               # [B, ncb, k*rows]
+        y = ops.matmul(ops.transpose(gathered, (1, 0, 2)), self.values)    # [ncb, B, cols]
+        return ops.reshape(ops.transpose(y, (1, 0, 2)), (-1, self.units))
+
+    def _feature_major(self, xt):
+        """``(x @ W)^T``, bias and activation included when the bias is one value per unit, for
+        ``xt = x^T`` of shape ``[in_features, rows]``: ``[units, rows]``."""
+        ops = keras.ops
+        n_cols, bw, kr = self.values.shape
+        rows = ops.take(xt, self.gather_indices, axis=0)                      # [ncb*k*rows, B]
+        y = ops.reshape(ops.matmul(self.values, ops.reshape(rows, (n_cols, kr, -1))), (self.units, -1))
+        if not self._flat_bias:
+            return y
+        if self.use_bias:
+            y = y + ops.reshape(self.bias, (self.units, 1))
+        return self.activation(y)
+
+    @property
+    def _flat_bias(self) -> bool:
+        """Whether the bias holds one value per unit (then it can be added in either layout)."""
+        return math.prod(self.bias_shape) == self.units
 
     def call(self, x):
         ops = keras.ops
-        flat = len(x.shape) == 2  # the common case needs no reshapes around the product
-        lead = None if flat else ops.shape(x)[:-1]
-        x2 = x if flat else ops.reshape(x, (-1, self.in_features))
-        gathered = ops.take(x2, self.gather_indices, axis=1)         # [B, ncb, k*rows]
-        y = ops.matmul(ops.transpose(gathered, (1, 0, 2)), self.values)  # [ncb, B, cols]
-        y = ops.reshape(ops.transpose(y, (1, 0, 2)), (-1, self.units))
+        if self.input_layout == "feature":  # [in, rows] from a chained feature-major layer
+            yt = self._feature_major(x)
+            if self.output_layout == "feature":
+                return yt
+            return ops.reshape(ops.transpose(yt), (-1, *self.lead_shape, *self.out_shape))
+        plain = len(x.shape) == 2 and self.input_axes == 1 and self.out_shape == (self.units,)
+        x2 = x if plain else ops.reshape(x, (-1, self.in_features))
+        if self.layout == "feature":
+            yt = self._feature_major(ops.transpose(x2))
+            if self.output_layout == "feature":
+                return yt
+            y = ops.transpose(yt)
+        else:
+            y = self._batch_major(x2)
+        if not plain:
+            lead = ops.shape(x)[: len(x.shape) - self.input_axes]
+            y = ops.reshape(y, (*lead, *self.out_shape))
+        if self.layout == "feature" and self._flat_bias:  # bias and activation were applied transposed
+            return y
         if self.use_bias:
             y = y + self.bias
-        y = self.activation(y)
-        return y if flat else ops.reshape(y, (*lead, self.units))
+        return self.activation(y)
 
     def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.units)
+        if self.output_layout == "feature":
+            return (self.units, None)
+        if self.input_layout == "feature":
+            return (None, *self.lead_shape, *self.out_shape)
+        return (*input_shape[: len(input_shape) - self.input_axes], *self.out_shape)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "in_features": self.in_features,
                 "block_shape": list(self.block_shape), "blocks_per_column": self.blocks_per_column,
-                "activation": keras.activations.serialize(self.activation), "use_bias": self.use_bias}
+                "activation": keras.activations.serialize(self.activation), "use_bias": self.use_bias,
+                "layout": self.layout, "input_axes": self.input_axes, "output_shape": list(self.out_shape),
+                "bias_shape": list(self.bias_shape), "input_layout": self.input_layout,
+                "output_layout": self.output_layout, "lead_shape": list(self.lead_shape)}
+
+
+@keras.saving.register_keras_serializable(package="blockprune")
+class ChannelGatherConv(keras.layers.Layer):
+    """A convolution over the input channels each group of output channels keeps.
+
+    Output channels come in ``groups`` groups of ``filters // groups``; group ``g`` reads only
+    its ``k`` kept input channels (all kernel taps of each). The layer gathers those channels
+    (``gather_indices``, ``groups * k`` of them, group after group) and runs one grouped
+    convolution (``groups`` groups) with the kept kernel slices: stock ops that LiteRT
+    (XNNPACK) and ONNX Runtime run as a single convolution.
+
+    Args:
+        rank: 1 or 2 (Conv1D, Conv2D).
+        filters, kernel_size, strides, padding, dilation_rate, activation, use_bias: as the
+            convolution it replaces (channels last).
+        groups: groups of output channels (``filters // c`` for channel blocks of ``c``).
+        channels_per_group: ``k``, input channels each group keeps.
+        split: compute the groups as separate convolutions, concatenated (for ONNX: tf2onnx
+            cannot convert the XLA-compiled grouped convolution Keras uses on TensorFlow).
+    """
+
+    def __init__(self, rank, filters, kernel_size, strides, padding, dilation_rate, groups, channels_per_group,
+                 activation=None, use_bias=True, split=False, **kwargs):
+        super().__init__(**kwargs)
+        self.split = bool(split)
+        self.rank = int(rank)
+        if self.rank not in (1, 2):
+            raise ValueError(f"Layer '{self.name}': rank={rank} must be 1 or 2")
+        self.groups = int(groups)
+        self.channels_per_group = int(channels_per_group)
+        conv = keras.layers.Conv1D if self.rank == 1 else keras.layers.Conv2D
+        self.conv = conv(filters, kernel_size, strides=strides, padding=padding, dilation_rate=dilation_rate,
+                         groups=self.groups, activation=activation, use_bias=use_bias, name="grouped")
+
+    def build(self, input_shape):
+        self.gather_indices = self.add_weight(name="gather_indices", shape=(self.groups * self.channels_per_group,),
+                                              dtype="int32", initializer="zeros", trainable=False)
+        self.conv.build((*input_shape[:-1], self.groups * self.channels_per_group))
+        self.conv.trainable = False
+
+    def call(self, x):
+        gathered = keras.ops.take(x, self.gather_indices, axis=-1)
+        if not self.split:
+            return self.conv(gathered)
+        ops, conv, k = keras.ops, self.conv, self.channels_per_group
+        c = conv.filters // self.groups
+        parts = [ops.conv(gathered[..., g * k:(g + 1) * k], conv.kernel[..., g * c:(g + 1) * c], conv.strides,
+                          conv.padding, dilation_rate=conv.dilation_rate) for g in range(self.groups)]
+        y = parts[0] if self.groups == 1 else ops.concatenate(parts, axis=-1)
+        if conv.use_bias:
+            y = y + conv.bias
+        return conv.activation(y) if conv.activation is not None else y
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape((*input_shape[:-1], self.groups * self.channels_per_group))
+
+    @classmethod
+    def from_conv(cls, layer, indices: np.ndarray, kernel: np.ndarray, name: str | None = None,
+                  split: bool = False) -> "ChannelGatherConv":
+        """A built layer replacing the (built) convolution ``layer``.
+
+        Args:
+            layer: the Conv1D/Conv2D it replaces (for its configuration and bias).
+            indices: ``[groups, k]`` kept input channels per group.
+            kernel: ``[*taps, k, filters]``, the kept kernel slices (group ``g``'s filters read
+                the ``k`` channels of ``indices[g]``).
+        """
+        groups, k = indices.shape
+        new = cls(len(layer.kernel_size), layer.filters, layer.kernel_size, layer.strides, layer.padding,
+                  layer.dilation_rate, groups, k, layer.activation, layer.use_bias, split, name=name or layer.name)
+        new.build((None,) * (len(layer.kernel_size) + 1) + (int(layer.kernel.shape[-2]),))
+        new.gather_indices.assign(indices.reshape(-1).astype("int32"))
+        new.conv.kernel.assign(kernel)
+        if layer.use_bias:
+            new.conv.bias.assign(layer.bias.numpy())
+        return new
+
+    def get_config(self):
+        c = self.conv
+        return {**super().get_config(), "rank": self.rank, "filters": c.filters, "kernel_size": list(c.kernel_size),
+                "strides": list(c.strides), "padding": c.padding, "dilation_rate": list(c.dilation_rate),
+                "groups": self.groups, "channels_per_group": self.channels_per_group,
+                "activation": keras.activations.serialize(c.activation), "use_bias": c.use_bias, "split": self.split}

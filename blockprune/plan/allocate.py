@@ -102,7 +102,7 @@ class LevelTable:
         if predictor.measured is None:  # the cost model does not rank block shapes: keep the target's choice
             blocks = {i: [layers[i].block_shape] for i in free}
         else:
-            blocks = {i: predictor.target.blocks_dividing(layers[i].view_shape) or [layers[i].block_shape]
+            blocks = {i: predictor.target.pattern(layers[i])[1] or [layers[i].block_shape]
                       for i in free}
         options = {i: [(predictor.latency(layers[i], None, 0.0), None)]
                    + [predictor.fastest(layers[i], blocks[i], lv) for lv in levels[1:]] for i in free}

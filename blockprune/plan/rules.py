@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
 from .. import cost
@@ -167,11 +167,15 @@ def _plan_one(site, target: TargetDescriptor, sparsity: float, match, predictor:
         n = site.n_weights
         if n < target.min_weights:
             return _skip("too_small", f"{n} weights < min_weights={target.min_weights} of target '{target.name}'")
-        dividing = target.blocks_dividing(view_shape)
+        view, dividing = target.pattern(site)
         if not dividing:
             tried = ", ".join(f"({b[0]}, {b[1]})" for b in target.block_shapes)
+            if view is not site.view:
+                tried = f"channel blocks of {', '.join(map(str, target.channel_blocks))} output channels"
             return _skip("no_block_divides",
-                         f"no block shape of target '{target.name}' ({tried}) divides the view {view_shape}")
+                         f"no block shape of target '{target.name}' ({tried}) divides the view {view.view_shape}")
+        if view != site.view:  # a KxK convolution in channel blocks: planned over its channel-major view
+            site = replace(site.ref(), view=view)
         block = dividing[0]
         if predictor.measured is not None:
             _, fastest = predictor.fastest(site, dividing, s)

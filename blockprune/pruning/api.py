@@ -77,7 +77,10 @@ def prune(model, plan: SparsityPlan, schedule: PruningSchedule | None = None, bl
         if tuple(site.kernel_shape) != tuple(lp.kernel_shape):
             raise ValueError(f"Layer '{lp.layer}': weight '{lp.weight}' has shape {site.kernel_shape} in model "
                              f"'{model.name}' but {lp.kernel_shape} in the plan for target '{plan.target.name}'")
-        groups.setdefault(lp.layer, {})[lp.weight] = {"block_shape": list(lp.block_shape), "sparsity": lp.sparsity}
+        spec = {"block_shape": list(lp.block_shape), "sparsity": lp.sparsity}
+        if lp.view != site.view:  # e.g. a KxK convolution in channel blocks, over its channel-major view
+            spec.update(view_perm=list(lp.view.perm), view_in_axes=lp.view.n_in_axes)
+        groups.setdefault(lp.layer, {})[lp.weight] = spec
 
     def wrap(layer, path):
         if isinstance(layer, PruneLowMagnitude):
@@ -261,7 +264,7 @@ def verify(model, plan: SparsityPlan) -> Verification:
         site = next((s for s in layer_sites(layer) if s.weight == lp.weight), None)
         if site is None:
             raise ValueError(f"Layer '{lp.layer}' has no weight '{lp.weight}' (plan for target '{plan.target.name}')")
-        view = site.view.to_2d(keras.ops.convert_to_numpy(site.variable))
+        view = (lp.view or site.view).to_2d(keras.ops.convert_to_numpy(site.variable))
         st = block_structure(view, lp.block_shape)
         expected = reachable_sparsity(view.shape, lp.block_shape, lp.sparsity, plan.target.balanced)
         lo, hi = st["kept_per_block_column"]

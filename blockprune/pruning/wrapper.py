@@ -25,6 +25,7 @@ from ..checks import check_block_shape, check_blocks_divide
 from ..kerasgraph import call_takes_training
 from ..masks import POOLING_TYPES, block_mask, block_scores
 from ..modelwalk import layer_sites
+from ..views import WeightView
 from .schedules import ConstantSparsity, PruningSchedule
 
 __all__ = ["PruneLowMagnitude", "MaskConstraint"]
@@ -82,7 +83,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         prune_weights: optional ``{weight_name: {"block_shape": (r, c), "sparsity": s}}`` to
             prune only these weights (names relative to the layer, e.g. ``"query/kernel"``),
             each with its own block shape and final sparsity (the schedule is retargeted with
-            ``for_sparsity``). Default: every prunable weight of the layer.
+            ``for_sparsity``). ``view_perm`` and ``view_in_axes`` give another ``[in, out]``
+            view than the layer's own (a convolution's channel-major view for channel blocks).
+            Default: every prunable weight of the layer.
         **kwargs: passed to ``keras.layers.Layer``.
 
     Example:
@@ -118,7 +121,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.prune_weights = None if prune_weights is None else {
             str(k): {"block_shape": list(check_block_shape(v.get("block_shape", self.block_size),
                                                           f"layer '{layer.name}' weight '{k}'")),
-                     "sparsity": v.get("sparsity")}
+                     "sparsity": v.get("sparsity"),
+                     **({"view_perm": [int(a) for a in v["view_perm"]], "view_in_axes": int(v["view_in_axes"])}
+                        if v.get("view_perm") is not None else {})}
             for k, v in dict(prune_weights).items()
         }
         self._targets: list[_Target] = []
@@ -154,8 +159,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self._targets = []
         for name, spec in chosen.items():
             site = by_name[name]
+            view = site.view
+            if spec.get("view_perm") is not None:
+                view = WeightView(tuple(site.kernel_shape), tuple(spec["view_perm"]), spec["view_in_axes"])
             block = tuple(spec["block_shape"])
-            check_blocks_divide(site.view.view_shape, block, f"Layer '{self.layer.name}' weight '{name}'")
+            check_blocks_divide(view.view_shape, block, f"Layer '{self.layer.name}' weight '{name}'")
             schedule = self.pruning_schedule
             if spec.get("sparsity") is not None:
                 schedule = schedule.for_sparsity(spec["sparsity"])
@@ -164,7 +172,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                                    aggregation="only_first_replica")
             threshold = self.add_weight(name=f"{_slug(name)}_threshold", shape=(), dtype="float32",
                                         initializer="zeros", trainable=False, aggregation="only_first_replica")
-            self._targets.append(_Target(name, site.variable, site.view, block, schedule, mask, threshold))
+            self._targets.append(_Target(name, site.variable, view, block, schedule, mask, threshold))
         self._attach_constraints()
         self.built = True
 
