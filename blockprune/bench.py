@@ -28,7 +28,13 @@ __all__ = ["BenchConfig", "BenchResult", "bench", "write_reports", "plot_latency
 
 @dataclass
 class BenchConfig:
-    """One measured configuration (dense and sparse file of one format)."""
+    """One measured configuration (a sparse file and its dense baseline in one runtime).
+
+    ``lowering`` says how the file's layers run (e.g. ``gather-matmul x2, dense x1``);
+    ``exported_for`` the deployment point the file was chosen for; ``vs_fastest_dense`` the
+    sparse file against the fastest dense file measured at the same batch and threads in any
+    runtime of this run (``fastest_dense`` names it).
+    """
 
     runtime: str
     format: str
@@ -42,6 +48,9 @@ class BenchConfig:
     sparse_p10_us: float
     sparse_p90_us: float
     lowering: str
+    exported_for: str = ""
+    vs_fastest_dense: float | None = None
+    fastest_dense: str = ""
 
 
 @dataclass
@@ -64,19 +73,34 @@ class BenchResult:
 
 
 def _pairs(export_dir: Path) -> tuple[dict, list[tuple[dict, dict]]]:
+    from .convert import OUTPUTS
+
     manifest_path = export_dir / "export.json"
     if not manifest_path.is_file():
         raise ValueError(f"{export_dir}: no export.json; export the model first (blockprune export ... -o DIR)")
-    manifest = json.loads(manifest_path.read_text())
-    records = manifest["records"]
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        records = manifest["records"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{manifest_path}: not an export manifest ({e})") from None
     pairs = []
     for sparse in (r for r in records if r["variant"] == "sparse"):
-        dense = next((r for r in records if r["variant"] == "dense" and r["format"] == sparse["format"]), None)
+        fmt = OUTPUTS.get(sparse["format"], (sparse["format"],))[0]
+        dense = next((r for r in records if r["variant"] == "dense" and r["format"] == fmt), None)
         if dense is None:
             raise ValueError(f"{export_dir}: {Path(sparse['path']).name} has no dense baseline; export without "
                              "--no-dense-baseline to benchmark it")
         pairs.append((sparse, dense))
     return manifest, pairs
+
+
+def _layout(record: dict) -> str:
+    """How a file's layers run, counted: ``gather-matmul x2, dense x1``."""
+    counts: dict[str, int] = {}
+    for lay in record["layers"]:
+        counts[lay["format"]] = counts.get(lay["format"], 0) + 1
+    text = ", ".join(f"{k} x{v}" for k, v in counts.items()) or "-"
+    return f"kept dense ({text})" if record["runtime_options"].get("kept_dense") else text
 
 
 def _local(export_dir: Path, record: dict) -> Path:
@@ -111,21 +135,6 @@ def _estimate(target, record: dict) -> dict | None:
             "dense_us": dense, "sparse_us": sparse, "speedup": dense / sparse}
 
 
-def _time(runners: dict, x, rounds: int, reps: int, warmup: int) -> dict:
-    for run in runners.values():
-        for _ in range(warmup):
-            run(x)
-    times = {key: [] for key in runners}
-    for _ in range(rounds):
-        for key, run in runners.items():
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                run(x)
-                times[key].append((time.perf_counter() - t0) * 1e6)
-    return {key: (float(np.median(v)), float(np.percentile(v, 10)), float(np.percentile(v, 90)))
-            for key, v in times.items()}
-
-
 def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int = 50, warmup: int = 10,
           progress: bool = True) -> BenchResult:
     """Measures every dense/sparse pair in an export folder.
@@ -147,7 +156,8 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
     import keras
 
     from .cost import ideal_speedup
-    from .runtimes import compare, make_runner, sample_inputs
+    from .runtimes import compare, make_runner, runtime, sample_inputs
+    from .timing import interleaved_latencies
 
     export_dir = Path(export_dir)
     for name, values in (("batch", batches), ("threads", threads)):
@@ -171,24 +181,38 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
     bar = keras.utils.Progbar(len(jobs), unit_name="configuration") if interactive and jobs else None
     x = sample_inputs(model, max(batches), seed=1)[0]
     reference = np.asarray(model.predict(x, verbose=0))  # once: every file is compared with it
+    point = manifest.get("point")
+    exported_for = f"b{point['batch']} t{point['threads']}" if point else ""
+    checked = set()
     for sparse, dense in pairs:
+        rt = sparse["runtime_options"]["runtime"]
         result.sizes.append({"format": sparse["format"], "dense_bytes": dense["bytes"], "sparse_bytes": sparse["bytes"],
                              "dense_gzip_bytes": dense["gzip_bytes"], "sparse_gzip_bytes": sparse["gzip_bytes"]})
         for rec in (sparse, dense):
-            err, rel = compare(reference, make_runner(_local(export_dir, rec))(x))
-            result.agreement.append({"file": Path(rec["path"]).name, "max_abs_error": err, "rel_error": rel})
+            name = Path(rec["path"]).name
+            if (name, rt) in checked:
+                continue
+            checked.add((name, rt))
+            err, rel = compare(reference, make_runner(_local(export_dir, rec), runtime_name=rt)(x))
+            result.agreement.append({"file": name, "runtime": runtime(rt).label, "max_abs_error": err,
+                                     "rel_error": rel})
     for i, (sparse, dense, batch, n_threads) in enumerate(jobs):
-        runners = {"dense": make_runner(_local(export_dir, dense), n_threads),
+        rt = sparse["runtime_options"]["runtime"]
+        runners = {"dense": make_runner(_local(export_dir, dense), n_threads, runtime_name=rt),
                    "sparse": make_runner(_local(export_dir, sparse), n_threads)}
-        stats = _time(runners, sample_inputs(model, batch)[0], rounds, reps, warmup)
-        runtime = "LiteRT" if sparse["format"] == "tflite" else "ONNX Runtime"
+        stats = interleaved_latencies(runners, sample_inputs(model, batch)[0], rounds, reps, warmup)
+        label = runtime(rt).label
         (dm, d10, d90), (sm, s10, s90) = stats["dense"], stats["sparse"]
-        result.configs.append(BenchConfig(runtime, sparse["format"], batch, n_threads, dm, sm, dm / sm, d10, d90, s10,
-                                          s90, sparse["runtime_options"].get("lowering", "?")))
+        result.configs.append(BenchConfig(label, sparse["format"], batch, n_threads, dm, sm, dm / sm, d10, d90, s10,
+                                          s90, _layout(sparse), exported_for))
         if bar:
             bar.update(i + 1)
         elif progress:  # a log, not a terminal: one line per configuration
-            print(f"  [{i + 1}/{len(jobs)}] {runtime} batch {batch} threads {n_threads}: {dm / sm:.2f}x", flush=True)
+            print(f"  [{i + 1}/{len(jobs)}] {label} batch {batch} threads {n_threads}: {dm / sm:.2f}x", flush=True)
+    for c in result.configs:  # against the fastest dense file at the same point, in any runtime
+        same = [o for o in result.configs if (o.batch, o.threads) == (c.batch, c.threads)]
+        fastest = min(same, key=lambda o: o.dense_median_us)
+        c.vs_fastest_dense, c.fastest_dense = fastest.dense_median_us / c.sparse_median_us, fastest.runtime
     return result
 
 
@@ -199,13 +223,22 @@ def table(result: BenchResult) -> str:
     where = "this machine's CPU" if result.native else "this machine's CPU, emulating the target"
     lines = [f"Model '{result.model}', target '{result.target}', {result.sparsity:.1%} of its matmul weights zero; "
              f"ideal speedup 1/(1-s) = {result.ideal_speedup:.2f}x. Measured on {where}.", "",
-             "| runtime | lowering | batch | threads | dense median us (p10-p90) | sparse median us (p10-p90) "
-             "| speedup | ideal |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| runtime | exported for | layers run as | batch | threads | dense median us (p10-p90) "
+             "| sparse median us (p10-p90) | speedup | vs fastest dense here | ideal |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for c in result.configs:
-        lines.append(f"| {c.runtime} | {c.lowering} | {c.batch} | {c.threads} | {c.dense_median_us:.0f} "
-                     f"({c.dense_p10_us:.0f}-{c.dense_p90_us:.0f}) | {c.sparse_median_us:.0f} "
-                     f"({c.sparse_p10_us:.0f}-{c.sparse_p90_us:.0f}) | {c.speedup:.2f}x | {result.ideal_speedup:.2f}x |")
+        lines.append(f"| {c.runtime} | {c.exported_for or '-'} | {c.lowering} | {c.batch} | {c.threads} | "
+                     f"{c.dense_median_us:.0f} ({c.dense_p10_us:.0f}-{c.dense_p90_us:.0f}) | {c.sparse_median_us:.0f} "
+                     f"({c.sparse_p10_us:.0f}-{c.sparse_p90_us:.0f}) | {c.speedup:.2f}x | "
+                     f"{c.vs_fastest_dense:.2f}x ({c.fastest_dense}) | {result.ideal_speedup:.2f}x |")
+    if result.configs:
+        best = max(result.configs, key=lambda c: c.speedup)
+        worst = min(result.configs, key=lambda c: c.speedup)
+        worst_any = min(result.configs, key=lambda c: c.vs_fastest_dense)
+        lines += ["", f"Best {best.speedup:.2f}x ({best.runtime}, batch {best.batch}, {best.threads} thread(s)); "
+                      f"worst {worst.speedup:.2f}x ({worst.runtime}, batch {worst.batch}, {worst.threads} thread(s)); "
+                      f"worst against the fastest dense file here {worst_any.vs_fastest_dense:.2f}x "
+                      f"({worst_any.runtime}, batch {worst_any.batch}, {worst_any.threads} thread(s))."]
     if result.estimate:
         e = result.estimate
         lines += ["", f"Target hardware ({e['hardware']}): {e['speedup']:.2f}x speedup of the matmuls, "
@@ -214,9 +247,9 @@ def table(result: BenchResult) -> str:
     for s in result.sizes:
         lines.append(f"| .{s['format']} | {s['dense_bytes']:,} | {s['sparse_bytes']:,} | {s['dense_gzip_bytes']:,} | "
                      f"{s['sparse_gzip_bytes']:,} |")
-    lines += ["", "| file | max abs error vs Keras | relative |", "|---|---|---|"]
+    lines += ["", "| file | runtime | max abs error vs Keras | relative |", "|---|---|---|---|"]
     for a in result.agreement:
-        lines.append(f"| {a['file']} | {a['max_abs_error']:.3g} | {a['rel_error']:.3g} |")
+        lines.append(f"| {a['file']} | {a.get('runtime', '-')} | {a['max_abs_error']:.3g} | {a['rel_error']:.3g} |")
     return "\n".join(lines)
 
 
@@ -281,7 +314,8 @@ def write_reports(results: list[BenchResult], out_dir) -> dict[str, Path]:
     data = {"results": [r.to_dict() for r in results],
             "configurations": [{"model": r.model, "target": r.target, "sparsity": r.sparsity, "runtime": c.runtime,
                                 "batch": c.batch, "threads": c.threads, "dense_median_us": c.dense_median_us,
-                                "sparse_median_us": c.sparse_median_us, "speedup": c.speedup}
+                                "sparse_median_us": c.sparse_median_us, "speedup": c.speedup,
+                                "vs_fastest_dense": c.vs_fastest_dense, "exported_for": c.exported_for}
                                for r in results for c in r.configs]}
     with atomic_path(out / "bench.json") as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")

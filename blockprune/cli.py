@@ -243,12 +243,25 @@ def cmd_inspect(args) -> int:
 
 
 def _records_table(records) -> str:
-    rows = [("file", "lowering", "bytes", "gzip bytes", "max abs err", "layers (format)")]
+    rows = [("file", "runtime", "bytes", "gzip bytes", "max abs err", "vs dense here", "layers (how each runs)")]
     for r in records:
         formats = ", ".join(f"{lay['name']}={lay['format']}" for lay in r.layers) or "-"
-        rows.append((Path(r.path).name, r.runtime_options.get("lowering", "-"), f"{r.bytes:,}", f"{r.gzip_bytes:,}",
-                     f"{r.max_abs_error:.2g}", formats))
+        check = "-"
+        if r.check:
+            check = f"{r.check['speedup']:.2f}x" + (" -> kept dense" if r.check.get("kept_dense") else "")
+        rows.append((Path(r.path).name, r.runtime_options.get("runtime", "-"), f"{r.bytes:,}", f"{r.gzip_bytes:,}",
+                     f"{r.max_abs_error:.2g}", check, formats))
     return text_table(rows)
+
+
+def _formats(text: str) -> list[str]:
+    from .convert import OUTPUTS
+
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in formats if f not in OUTPUTS]
+    if bad or not formats:
+        raise ValueError(f"--format {text!r}: expected a comma-separated list of {', '.join(OUTPUTS)}")
+    return formats
 
 
 def cmd_export(args) -> int:
@@ -256,15 +269,13 @@ def cmd_export(args) -> int:
     from .plan import SparsityPlan
     from .targets import load_target
 
-    formats = [f.strip() for f in args.format.split(",") if f.strip()]
-    bad = [f for f in formats if f not in ("tflite", "onnx")]
-    if bad or not formats:
-        raise ValueError(f"--format {args.format!r}: expected tflite, onnx or tflite,onnx")
+    formats = _formats(args.format) if args.format else None
     plan = SparsityPlan.load(args.plan) if args.plan else None
     target = plan.target if plan else load_target(args.target)
     model = load_keras_model(args.model, args.imports)
     records = export(model, target, args.output, formats, plan=plan, allow_dense=args.allow_dense,
-                     dense_baseline=not args.no_dense_baseline)
+                     dense_baseline=not args.no_dense_baseline, batch=args.batch, threads=args.threads,
+                     select=args.select, progress=not args.json)
     if args.json:
         print(json.dumps([r.to_dict() for r in records], indent=2))
         return 0
@@ -272,8 +283,9 @@ def cmd_export(args) -> int:
     for r in records:
         for w in r.warnings:
             print(f"warning: {Path(r.path).name}: {w}", file=sys.stderr)
-    print(f"\nEach file was run in its runtime and matched Keras; run options are in <file>.runtime.json. "
-          f"Wrote {args.output}/export.json")
+    print(f"\nExported for batch {args.batch}, {args.threads} thread(s). Each file was run in its runtime and matched "
+          f"Keras; run options are in <file>.runtime.json, and why each layer runs as it does is in "
+          f"{args.output}/export.json")
     return 0
 
 
@@ -452,7 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "runtime against Keras, and write it with its run options.")
     p.add_argument("model", help="a stripped block-sparse .keras model (as 'blockprune prune' writes it)")
     _add_target(p)
-    p.add_argument("--format", default="tflite,onnx", help="tflite, onnx or tflite,onnx (default: both)")
+    p.add_argument("--format", help="outputs: tflite, onnx, openvino, comma-separated (default: all three where "
+                                     "OpenVINO is installed)")
+    p.add_argument("--batch", type=int, default=1, help="deployment batch size the files are chosen for (default: 1)")
+    p.add_argument("--threads", type=int, default=1, help="deployment thread count (default: 1)")
+    p.add_argument("--select", choices=["measure", "target"], default="measure",
+                   help="choose each layer's lowering by timing the candidates here (measure, the default) or use "
+                        "the target's lowering as given (target); either way a file slower than dense is not "
+                        "written")
     p.add_argument("--plan", help="plan JSON pinning the expected block structure (and the target)")
     p.add_argument("--allow-dense", action="store_true",
                    help="write files even when a block-sparse layer would run dense (a warning, not an error)")

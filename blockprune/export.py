@@ -1,14 +1,19 @@
-"""Exporters: ``.tflite`` and ``.onnx`` files that execute the sparsity, each verified by
-running it in its runtime against Keras before anything is written.
+"""Exporters: ``.tflite`` and ``.onnx`` files that execute the sparsity, each chosen by measurement
+at the point it is exported for, and verified by running it in its runtime against Keras before
+anything is written.
 
-- TFLite, ``builtin-sparse`` targets: ``TFLiteConverter.from_keras_model`` with
-  ``EXPERIMENTAL_SPARSITY`` (plus ``DEFAULT`` for dynamic-range int8); the written flatbuffer
-  is inspected, and a layer the weights made block-sparse that ended up dense or behind a
-  ``DENSIFY`` op is an error (a warning with ``allow_dense``).
-- TFLite and ONNX, ``gather-matmul`` targets: the model lowered by ``blockprune.lower``.
-- ONNX: tf2onnx (opset from the target, >= 17); dense weights that are mostly zero are
-  stored as ``sparse_initializer`` when that makes the file smaller (ONNX Runtime densifies
-  them at load: a size win only).
+Outputs (``blockprune.convert.OUTPUTS``): ``tflite`` (LiteRT), ``onnx`` (ONNX Runtime) and
+``openvino`` (an ``.onnx`` chosen and verified in OpenVINO). For each one:
+
+1. Per weight, the lowering: for a target whose lowering rewrites layers (gather-matmul), the
+   fastest of the catalogue's candidates and plain dense, measured by ``blockprune.select``
+   at the deployment point (``batch``, ``threads``); with ``select="target"``, the target's own
+   lowering wherever it applies. Builtin-sparse targets leave it to the TFLite converter, and the
+   written flatbuffer is read back: a weight it stores behind ``DENSIFY`` is an error (a warning
+   with ``allow_dense``).
+2. The file is converted and run against Keras on sample inputs.
+3. Never slower: the file is timed against its dense baseline at the deployment point; if it is
+   slower, the dense file is written in its place and the record says so, with both latencies.
 
 The runtime options a file needs (e.g. LiteRT without its default delegates, docs/DESIGN.md
 section 3's wrong-output trap) are written beside it as ``<file>.runtime.json``, and
@@ -17,29 +22,30 @@ section 3's wrong-output trap) are written beside it as ``<file>.runtime.json``,
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import io
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ._atomic import atomic_path
-from .lower import lower, lowering
+from .convert import OUTPUTS, build_file
 from .plan import SparsityPlan
-from .runtimes import RUNTIMES, compare, sample_inputs
+from .runtimes import available, compare, runtime, sample_inputs
 from .structure import StructureError, read_structure
 from .targets import TargetDescriptor, load_target
 
-__all__ = ["ExportError", "ExportRecord", "export", "export_tflite", "export_onnx"]
+__all__ = ["ExportError", "ExportRecord", "export", "export_file", "export_tflite", "export_onnx", "default_outputs",
+           "SELECT_MODES"]
 
-LITERT, ONNXRUNTIME = RUNTIMES["litert"], RUNTIMES["onnxruntime"]
 FLOAT_TOLERANCE = 1e-3  # relative to the largest reference output
 INT8_TOLERANCE = 0.05
 #: Record formats of weights that run at dense speed.
 DENSE_FORMATS = ("dense", "densify", "csr", "sparse-initializer")
+#: How each weight's lowering is chosen: measured by probes, or the target's lowering as given.
+SELECT_MODES = ("measure", "target")
 
 
 class ExportError(ValueError):
@@ -52,15 +58,20 @@ class ExportRecord:
 
     Attributes:
         path: the model file.
-        format: ``tflite`` or ``onnx``.
+        format: the export output: ``tflite``, ``onnx`` or ``openvino``.
         target: the target's name.
         variant: ``sparse`` or ``dense`` (the baseline for benchmarks).
         bytes: file size; ``gzip_bytes``: its gzip-compressed size.
-        layers: per weight: ``name``, ``sparsity`` and ``format`` (how the runtime executes it:
-            ``gather-matmul``, ``builtin-sparse``, ``densify``, ``sparse-initializer`` or ``dense``).
+        layers: per weight: ``name``, ``sparsity``, ``format`` (how the runtime executes it:
+            ``gather-matmul``, ``gather-matmul (feature-major)``, ``channel-gather``,
+            ``builtin-sparse``, ``densify``, ``sparse-initializer`` or ``dense``), its block
+            structure, and ``why`` (the measurement behind the choice).
         max_abs_error, rel_error: largest difference from Keras on the check inputs.
         runtime_options: how to run the file (also in ``options_path``).
         warnings: problems allowed by ``allow_dense``.
+        point: the deployment point it was exported for (``batch``, ``threads``).
+        check: the whole-file timing against the dense baseline at that point (``dense_us``,
+            ``sparse_us``, ``speedup``, ``kept_dense``), when measured.
     """
 
     path: str
@@ -75,27 +86,67 @@ class ExportRecord:
     runtime_options: dict = field(default_factory=dict)
     options_path: str = ""
     warnings: list = field(default_factory=list)
+    point: dict = field(default_factory=dict)
+    check: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-# --------------------------------------------------------------------------- structure
-
-def _layer_entry(ws, fmt: str) -> dict:
-    """A record's per-weight entry: name, sparsity, how it runs, and its shape facts."""
-    return {"name": ws.name, "sparsity": ws.sparsity, "format": fmt, "view_shape": list(ws.view_shape),
-            "n_weights": ws.view_shape[0] * ws.view_shape[1],
-            "block_shape": list(ws.block_shape) if ws.block_shape else None, "block_sparsity": ws.block_sparsity}
+def default_outputs() -> tuple[str, ...]:
+    """``tflite``, ``onnx``, and ``openvino`` where OpenVINO is installed."""
+    return tuple(o for o in OUTPUTS if available(OUTPUTS[o][1]))
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+# --------------------------------------------------------------------------- pieces
+
+def _layer_entry(ws, fmt: str, why: str = "") -> dict:
+    """A record's per-weight entry: name, sparsity, how it runs and why, and its shape facts."""
+    lo, hi = ws.kept_per_block_column
+    entry = {"name": ws.name, "sparsity": ws.sparsity, "format": fmt, "view_shape": list(ws.view_shape),
+             "n_weights": ws.view_shape[0] * ws.view_shape[1],
+             "block_shape": list(ws.block_shape) if ws.block_shape else None, "block_sparsity": ws.block_sparsity,
+             "kept_per_block_column": [lo, hi]}
+    if fmt not in DENSE_FORMATS and ws.blocked and lo != hi:  # a balanced lowering pads to the fullest column
+        n_cols = ws.view_shape[1] // ws.block_shape[1]
+        kept = round((1 - ws.block_sparsity) * n_cols * (ws.view_shape[0] // ws.block_shape[0]))
+        entry["padding"] = (hi * n_cols - kept) / max(kept, 1)
+    if why:
+        entry["why"] = why
+    return entry
+
+
+def _check_structure(model, target, plan, structure):
+    if structure is not None:
+        return structure
+    try:
+        return read_structure(model, target, plan)
+    except StructureError as e:
+        raise ExportError(str(e)) from None
+
+
+def _verify(model, samples, run, target: TargetDescriptor, what: str, reference=None) -> tuple[float, float]:
+    """Runs the converted file (``run(*samples) -> output``) against Keras on the same inputs.
+
+    Returns:
+        ``(max_abs_error, rel_error)``.
+
+    Raises:
+        ExportError: the relative error exceeds the target dtype's tolerance.
+    """
+    if reference is None:
+        reference = np.asarray(model.predict(samples if len(samples) > 1 else samples[0], verbose=0))
+    err, rel = compare(reference, run(*samples))
+    tol = INT8_TOLERANCE if target.dtype == "int8" else FLOAT_TOLERANCE
+    if not rel <= tol:
+        raise ExportError(f"{what} for target '{target.name}' disagrees with Keras: relative error {rel:.3g} > "
+                          f"{tol:g}; nothing was written")
+    return err, rel
+
+
+def _write(path: Path, data: bytes, record: ExportRecord) -> ExportRecord:
     with atomic_path(path, suffix=".tmp" + path.suffix) as tmp:
         tmp.write_bytes(data)
-
-
-def _finish(path: Path, data: bytes, record: ExportRecord) -> ExportRecord:
-    _write_bytes(path, data)
     options_path = path.with_name(path.name + ".runtime.json")
     with atomic_path(options_path) as tmp:
         tmp.write_text(json.dumps({**record.runtime_options, "file": path.name}, indent=2) + "\n")
@@ -104,222 +155,200 @@ def _finish(path: Path, data: bytes, record: ExportRecord) -> ExportRecord:
     return record
 
 
-def _prepare(model, target, path, plan, allow_dense: bool, dense: bool, structure):
-    """Loads the target and reads the block structure (unless given); refuses a model with none
-    to export."""
-    target = load_target(target)
-    if structure is None:
-        try:
-            structure = read_structure(model, target, plan)
-        except StructureError as e:
-            raise ExportError(str(e)) from None
-    if not dense and not structure.blocked and not allow_dense:
-        raise ExportError(f"model '{model.name}' has no weight with a block shape of target '{target.name}' "
-                          f"({', '.join(map(str, target.block_shapes))}); prune it for this target first, or allow "
-                          "dense layers (--allow-dense / allow_dense=True)")
-    return target, Path(path), structure
+def _whole_file_check(sparse, dense, model, output, batch, threads, rounds, reps) -> dict:
+    """Times the sparse and dense files at the deployment point, interleaved."""
+    from .timing import interleaved_latencies
+
+    rt = runtime(OUTPUTS[output][1])
+    runners = {"dense": rt.runner(dense.data, dense.options, threads),
+               "sparse": rt.runner(sparse.data, sparse.options, threads)}
+    stats = interleaved_latencies(runners, sample_inputs(model, batch, seed=2), rounds, reps, warmup=5)
+    d, s = stats["dense"][0], stats["sparse"][0]
+    return {"runtime": rt.label, "batch": batch, "threads": threads, "dense_us": d, "sparse_us": s, "speedup": d / s}
 
 
-def _lowered(model, target, fmt: str, entry, structure, choices=None):
-    """``(model to convert, {weight: record format} of the weights rewritten)``."""
-    if not entry.rewrites:
-        return model, {}
-    source, lowered = lower(model, target, fmt, structure=structure, choices=choices)
-    return source, {lw.weight_name: lw.format for lw in lowered}
+# --------------------------------------------------------------------------- one file
 
-
-def _layers_and_warnings(entry, structure, formats: dict[str, str]) -> tuple[list, list]:
-    """The record's per-weight entries, and a warning for each blocked weight that runs dense."""
-    layers, warnings = [], []
-    for ws in structure:
-        fmt = formats[ws.name]
-        if ws.blocked and fmt in DENSE_FORMATS and entry.name != "dense":
-            warnings.append(entry.warning(ws, fmt))
-        layers.append(_layer_entry(ws, fmt))
-    return layers, warnings
-
-
-def _verify(model, samples, run, target: TargetDescriptor, what: str) -> tuple[float, float]:
-    """Runs the converted file (``run(samples) -> output``) against Keras on the same inputs.
-
-    Returns:
-        ``(max_abs_error, rel_error)``.
-
-    Raises:
-        ExportError: the relative error exceeds the target dtype's tolerance.
-    """
-    reference = np.asarray(model.predict(samples if len(samples) > 1 else samples[0], verbose=0))
-    err, rel = compare(reference, run(samples))
-    tol = INT8_TOLERANCE if target.dtype == "int8" else FLOAT_TOLERANCE
-    if not rel <= tol:
-        raise ExportError(f"{what} for target '{target.name}' disagrees with Keras: relative error {rel:.3g} > "
-                          f"{tol:g}; nothing was written")
-    return err, rel
-
-
-# --------------------------------------------------------------------------- TFLite
-
-def _convert_tflite(model, optimizations) -> bytes:
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = optimizations
-    with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the exported signature
-        return converter.convert()
-
-
-def export_tflite(model, target, path, plan: SparsityPlan | None = None, allow_dense: bool = False,
-                  dense: bool = False, samples: list | None = None, structure=None, choices=None) -> ExportRecord:
-    """Writes a verified ``.tflite`` for ``target``.
+def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan | None = None,
+                allow_dense: bool = False, dense: bool = False, samples: list | None = None, structure=None,
+                choices=None, batch: int = 1, threads: int = 1, select: str = "measure", check: bool = True,
+                dense_built=None, reference=None, progress: bool = False, check_rounds: int = 5,
+                check_reps: int = 30) -> ExportRecord:
+    """Writes one verified file of export output ``output`` for ``target``.
 
     Args:
         model: a stripped block-sparse Keras model.
         target: target name, path or descriptor.
-        path: the ``.tflite`` file to write (atomically, with ``<file>.runtime.json`` beside it).
+        path: the file to write (atomically, with ``<file>.runtime.json`` beside it).
+        output: ``tflite``, ``onnx`` or ``openvino``.
         plan: pins the expected block structure (default: read from the weights).
-        allow_dense: warn instead of failing when a block-sparse layer ends up dense.
+        allow_dense: warn instead of failing when the converter stores a block-sparse weight at
+            dense speed (builtin-sparse) or a block-sparse weight has no lowering at all.
         dense: write the dense baseline instead (same weights, no sparse encoding or lowering).
         samples: inputs to compare on (default: 4 random samples).
         structure: the model's ``ModelStructure`` when the caller has read it already.
+        choices: ``{weight: (lowering, variant)}`` to use as given (no measurement).
+        batch, threads: the deployment point the file is chosen and checked for.
+        select: ``measure`` (probe each weight's candidates) or ``target`` (the target's lowering).
+        check: time the whole file against its dense baseline and keep the dense file when the
+            sparse one is slower.
+        dense_built, reference: the dense baseline's ``Built`` and the Keras outputs on
+            ``samples``, when the caller has them already.
+        progress: print what is measured.
+        check_rounds, check_reps: timing repetitions of the whole-file check.
 
     Returns:
         An ``ExportRecord``.
 
     Raises:
-        ExportError: the file would disagree with Keras, or (without ``allow_dense``) a sparse
-            layer would run dense. Nothing is written then.
+        ExportError: the file would disagree with Keras, or (without ``allow_dense``) a
+            block-sparse weight would run dense for want of a lowering. Nothing is written then.
     """
-    import tensorflow as tf
+    target = load_target(target)
+    if output not in OUTPUTS:
+        raise ValueError(f"output {output!r} is not one of: {', '.join(OUTPUTS)}")
+    if select not in SELECT_MODES:
+        raise ValueError(f"select={select!r} is not one of: {', '.join(SELECT_MODES)}")
+    path = Path(path)
+    structure = _check_structure(model, target, plan, structure)
+    fmt, runtime_name = OUTPUTS[output]
+    rt = runtime(runtime_name)
+    samples = samples or sample_inputs(model)
+    point = {"batch": batch, "threads": threads}
+    if dense:
+        built = dense_built or build_file(model, target, output, structure, dense=True)
+        err, rel = _verify(model, samples, rt.runner(built.data, built.options), target, path.name, reference)
+        layers = [_layer_entry(ws, built.formats[ws.name]) for ws in structure]
+        record = ExportRecord("", output, target.name, "dense", 0, 0, layers, err, rel, built.options, point=point)
+        return _write(path, built.data, record)
+    if not structure.blocked and not allow_dense:
+        raise ExportError(f"model '{model.name}' has no weight with a block shape of target '{target.name}' "
+                          f"({', '.join(map(str, target.block_shapes))}); prune it for this target first, or allow "
+                          "dense layers (--allow-dense / allow_dense=True)")
+    from .lower import lowering
 
-    target, path, structure = _prepare(model, target, path, plan, allow_dense, dense, structure)
-    entry = lowering("dense" if dense else target.lowering.tflite)
-    # The delegate trap is specific to sparse int8 kernels; the dense baseline runs at its best.
-    default_delegates = True if dense else target.runtime.tflite_default_delegates
-    optimizations = ([tf.lite.Optimize.DEFAULT] if target.dtype == "int8" else []) + entry.converter_optimizations()
-    source, done = _lowered(model, target, "tflite", entry, structure, choices)
-    buf = _convert_tflite(source, optimizations)
-    layers, warnings = _layers_and_warnings(entry, structure, entry.file_formats(buf, structure, done))
-    if warnings and not allow_dense and not dense:
+    entry = lowering(getattr(target.lowering, fmt))
+    why: dict[str, str] = {}
+    if entry.rewrites and choices is None and select == "measure":
+        from .select import choose
+
+        chosen = choose(model, target, output, structure, batch, threads, progress=progress)
+        choices = {name: c.key for name, c in chosen.items()}
+        why = {name: c.reason for name, c in chosen.items()}
+    built = build_file(model, target, output, structure, choices=choices)
+    warnings = []
+    for ws in structure:
+        fmt_ws = built.formats[ws.name]
+        if ws.blocked and fmt_ws in DENSE_FORMATS and entry.name != "dense" and ws.name not in why:
+            warnings.append(entry.warning(ws, fmt_ws))
+    if warnings and not allow_dense:
         raise ExportError(f"{path.name} for target '{target.name}': " + "; ".join(warnings) +
                           " (--allow-dense / allow_dense=True writes it anyway)")
-    run = LITERT.runner(buf, {"default_delegates": default_delegates})
-    err, rel = _verify(model, samples or sample_inputs(model), lambda xs: run(*xs), target, path.name)
-    options = {"runtime": "litert", "target": target.name, "variant": "dense" if dense else "sparse",
-               "lowering": entry.name, "dtype": target.dtype, "default_delegates": default_delegates,
-               "op_resolver_type": "AUTO" if default_delegates else "BUILTIN_WITHOUT_DEFAULT_DELEGATES"}
-    record = ExportRecord("", "tflite", target.name, "dense" if dense else "sparse", 0, 0, layers, err, rel,
-                          options, warnings=warnings)
-    return _finish(path, buf, record)
+    run = rt.runner(built.data, built.options)
+    err, rel = _verify(model, samples, run, target, path.name, reference)
+    timing = None
+    if check:
+        dense_built = dense_built or build_file(model, target, output, structure, dense=True)
+        timing = _whole_file_check(built, dense_built, model, output, batch, threads, check_rounds, check_reps)
+        timing["kept_dense"] = timing["sparse_us"] > timing["dense_us"]
+        if progress:
+            print(f"  {path.name}: {timing['sparse_us']:.0f} us vs dense {timing['dense_us']:.0f} us "
+                  f"({timing['speedup']:.2f}x) in {rt.label} at batch {batch}, {threads} thread(s)",
+                  file=sys.stderr, flush=True)
+        if timing["kept_dense"]:
+            reason = (f"kept dense: the lowered file ran {timing['sparse_us']:.0f} us vs dense {timing['dense_us']:.0f} us "
+                      f"in {rt.label} at batch {batch}, {threads} thread(s)")
+            warnings.append(f"{path.name}: {reason}")
+            why = {ws.name: reason for ws in structure}
+            options = {**dense_built.options, "runtime": runtime_name, "variant": "sparse", "kept_dense": True}
+            built = type(built)(dense_built.data, dense_built.formats, options, "dense")
+    layers = [_layer_entry(ws, built.formats[ws.name], why.get(ws.name, "")) for ws in structure]
+    record = ExportRecord("", output, target.name, "sparse", 0, 0, layers, err, rel, built.options,
+                          warnings=warnings, point=point, check=timing)
+    return _write(path, built.data, record)
 
 
-# --------------------------------------------------------------------------- ONNX
-
-def _convert_onnx(model, opset: int):
-    import tensorflow as tf
-    import tf2onnx
-
-    spec = [tf.TensorSpec(t.shape, t.dtype, name=f"input_{i}") for i, t in enumerate(model.inputs)]
-    fn = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0]))
-    with contextlib.redirect_stdout(io.StringIO()):
-        proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
-    return proto
-
-
-def _sparsify_initializers(proto, min_elements: int = 1024) -> list[str]:
-    """Moves float initializers that are smaller as COO sparse tensors to sparse_initializer."""
-    from onnx import helper, numpy_helper
-
-    moved = []
-    keep = []
-    for init in proto.graph.initializer:
-        arr = numpy_helper.to_array(init)
-        if arr.dtype.kind != "f" or arr.size < min_elements:
-            keep.append(init)
-            continue
-        flat = arr.reshape(-1)
-        nz = np.flatnonzero(flat)
-        if len(nz) * (arr.itemsize + 8) >= arr.nbytes:
-            keep.append(init)
-            continue
-        values = numpy_helper.from_array(flat[nz], name=init.name)
-        indices = numpy_helper.from_array(nz.astype(np.int64), name=f"{init.name}_indices")
-        proto.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, list(arr.shape)))
-        moved.append(init.name)
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(keep)
-    return moved
+def export_tflite(model, target, path, plan: SparsityPlan | None = None, allow_dense: bool = False,
+                  dense: bool = False, samples: list | None = None, **kwargs) -> ExportRecord:
+    """``export_file`` for output ``tflite`` (LiteRT)."""
+    return export_file(model, target, path, "tflite", plan, allow_dense, dense, samples, **kwargs)
 
 
 def export_onnx(model, target, path, plan: SparsityPlan | None = None, allow_dense: bool = False,
-                dense: bool = False, samples: list | None = None, structure=None, choices=None) -> ExportRecord:
-    """Writes a verified ``.onnx`` for ``target`` (arguments as for ``export_tflite``).
-
-    Raises:
-        ExportError: the file would disagree with ONNX Runtime's reference, or (without
-            ``allow_dense``) the model holds no weight with the target's block structure.
-    """
-    target, path, structure = _prepare(model, target, path, plan, allow_dense, dense, structure)
-    entry = lowering("dense" if dense else target.lowering.onnx)
-    source, done = _lowered(model, target, "onnx", entry, structure, choices)
-    proto = _convert_onnx(source, target.runtime.onnx_opset)
-    moved = set() if dense else set(_sparsify_initializers(proto))
-    formats = entry.file_formats(b"", structure, done)
-    if moved:  # dense-run weights with zero blocks are stored sparse: a size win only
-        formats = {n: "sparse-initializer" if f == "dense" and structure.get(n).blocked else f for n, f in formats.items()}
-    layers, warnings = _layers_and_warnings(entry, structure, formats)
-    data = proto.SerializeToString()
-    run = ONNXRUNTIME.runner(data)
-    err, rel = _verify(model, samples or sample_inputs(model), lambda xs: run(*xs), target, path.name)
-    options = {"runtime": "onnxruntime", "target": target.name, "variant": "dense" if dense else "sparse",
-               "lowering": entry.name, "opset": target.runtime.onnx_opset, "providers": ["CPUExecutionProvider"],
-               "sparse_initializers": sorted(moved)}
-    record = ExportRecord("", "onnx", target.name, "dense" if dense else "sparse", 0, 0, layers, err, rel, options,
-                          warnings=warnings)
-    return _finish(path, data, record)
+                dense: bool = False, samples: list | None = None, **kwargs) -> ExportRecord:
+    """``export_file`` for output ``onnx`` (ONNX Runtime)."""
+    return export_file(model, target, path, "onnx", plan, allow_dense, dense, samples, **kwargs)
 
 
-# --------------------------------------------------------------------------- both
+# --------------------------------------------------------------------------- a folder
 
-def export(model, target, out_dir, formats=("tflite", "onnx"), plan: SparsityPlan | None = None,
-           allow_dense: bool = False, dense_baseline: bool = True) -> list[ExportRecord]:
-    """Exports ``model`` for ``target`` into ``out_dir``: ``<name>.<fmt>`` (sparse), and
-    ``<name>.dense.<fmt>`` baselines for benchmarks, the Keras model ``<name>.keras``, and
-    ``export.json`` listing the records.
+def file_name(model_name: str, output: str, dense: bool = False) -> str:
+    """``<model>.tflite``, ``<model>.onnx``, ``<model>.openvino.onnx``; dense baselines
+    ``<model>.dense.tflite`` and ``<model>.dense.onnx`` (OpenVINO's baseline is the latter)."""
+    fmt = OUTPUTS[output][0]
+    if dense:
+        return f"{model_name}.dense.{fmt}"
+    return f"{model_name}.{output}.{fmt}" if output != fmt else f"{model_name}.{fmt}"
+
+
+def export(model, target, out_dir, formats=None, plan: SparsityPlan | None = None, allow_dense: bool = False,
+           dense_baseline: bool = True, batch: int = 1, threads: int = 1, select: str = "measure",
+           check: bool = True, progress: bool = False) -> list[ExportRecord]:
+    """Exports ``model`` for ``target`` into ``out_dir``: one sparse file per output, the dense
+    baselines ``<name>.dense.<fmt>``, the Keras model ``<name>.keras``, and ``export.json``
+    listing the records.
 
     Args:
         model: a stripped block-sparse Keras model.
         target: target name, path or descriptor.
         out_dir: folder to write into (created).
-        formats: any of ``"tflite"``, ``"onnx"``.
+        formats: outputs, any of ``tflite``, ``onnx``, ``openvino`` (default: ``default_outputs()``).
         plan: optional plan pinning the block structure.
-        allow_dense: warn instead of failing when a sparse layer would run dense.
+        allow_dense: warn instead of failing when a sparse layer would run dense for want of a lowering.
         dense_baseline: also write the dense baselines.
+        batch, threads: the deployment point the files are chosen and checked for.
+        select: ``measure`` or ``target`` (see ``export_file``).
+        check: the whole-file never-slower check.
+        progress: print what is measured.
 
     Returns:
         The records, sparse files first.
     """
     target = load_target(target)
-    unknown = [f for f in formats if f not in ("tflite", "onnx")]
+    formats = tuple(formats) if formats else default_outputs()
+    unknown = [f for f in formats if f not in OUTPUTS]
     if unknown or not formats:
-        raise ValueError(f"format {unknown[0] if unknown else ''!r} is not one of: tflite, onnx")
+        raise ValueError(f"format {unknown[0] if unknown else ''!r} is not one of: {', '.join(OUTPUTS)}")
+    for name, value in (("batch", batch), ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer (exporting for target '{target.name}')")
+    missing = [f for f in formats if not available(OUTPUTS[f][1])]
+    if missing:
+        raise ValueError(f"format {missing[0]!r} needs {runtime(OUTPUTS[missing[0]][1]).package}, which is not "
+                         "installed (pip install it, or leave the format out)")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    writers = {"tflite": export_tflite, "onnx": export_onnx}
-    records = []
     samples = sample_inputs(model)
-    try:
-        structure = read_structure(model, target, plan)  # once, for every file
-    except StructureError as e:
-        raise ExportError(str(e)) from None
-    for fmt in formats:
-        records.append(writers[fmt](model, target, out / f"{model.name}.{fmt}", plan, allow_dense, samples=samples,
-                                    structure=structure))
+    reference = np.asarray(model.predict(samples if len(samples) > 1 else samples[0], verbose=0))
+    structure = _check_structure(model, target, plan, None)  # once, for every file
+    dense_built = {}
+    records = []
+    for output in formats:
+        fmt = OUTPUTS[output][0]
+        if fmt not in dense_built:  # one dense baseline per file format (OpenVINO reads the .onnx one)
+            dense_built[fmt] = build_file(model, target, fmt, structure, dense=True)
+        records.append(export_file(model, target, out / file_name(model.name, output), output, plan, allow_dense,
+                                   samples=samples, structure=structure, batch=batch, threads=threads,
+                                   select=select, check=check, dense_built=dense_built[fmt], reference=reference,
+                                   progress=progress))
     if dense_baseline:
-        for fmt in formats:
-            records.append(writers[fmt](model, target, out / f"{model.name}.dense.{fmt}", plan, allow_dense,
-                                        dense=True, samples=samples, structure=structure))
+        for fmt in dict.fromkeys(OUTPUTS[o][0] for o in formats):
+            records.append(export_file(model, target, out / file_name(model.name, fmt, dense=True), fmt,
+                                       plan, allow_dense, dense=True, samples=samples, structure=structure,
+                                       batch=batch, threads=threads, dense_built=dense_built[fmt],
+                                       reference=reference))
     # The Keras model travels with its exports, so `blockprune bench` can check outputs later.
     from .pruning.api import save_model_atomic
 
@@ -328,5 +357,6 @@ def export(model, target, out_dir, formats=("tflite", "onnx"), plan: SparsityPla
     descriptor.pop("source", None)
     with atomic_path(out / "export.json") as tmp:
         tmp.write_text(json.dumps({"target": target.name, "target_descriptor": descriptor, "model": model.name,
+                                   "point": {"batch": batch, "threads": threads}, "select": select,
                                    "records": [r.to_dict() for r in records]}, indent=2) + "\n")
     return records

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Runtime", "LiteRT", "OnnxRuntime", "RUNTIMES", "runtime", "runtimes_for", "make_runner",
+__all__ = ["Runtime", "LiteRT", "OnnxRuntime", "OpenVINO", "RUNTIMES", "available", "runtime", "runtimes_for", "make_runner",
            "read_options", "sample_inputs", "compare"]
 
 
@@ -142,8 +142,43 @@ class OnnxRuntime(Runtime):
         return lambda *xs: session.run(None, dict(zip(names, xs)))[0]
 
 
+class _OpenVinoRunner:
+    """Runs an OpenVINO model compiled for the CPU; recompiles with static shapes when the input
+    shapes change (OpenVINO is fastest on static shapes)."""
+
+    def __init__(self, core, model, config):
+        self.core, self.model, self.config = core, model, config
+        self.shapes, self.request = None, None
+
+    def __call__(self, *xs):
+        shapes = [tuple(x.shape) for x in xs]
+        if shapes != self.shapes:
+            model = self.model.clone()
+            model.reshape({model.inputs[i]: list(s) for i, s in enumerate(shapes)})
+            self.request = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+            self.shapes = shapes
+        results = self.request.infer(list(xs))
+        return next(iter(results.values()))
+
+
+class OpenVINO(Runtime):
+    """OpenVINO's CPU plugin, reading the exported ``.onnx`` directly."""
+
+    name, label, formats, package = "openvino", "OpenVINO", ("onnx",), "openvino"
+
+    def runner(self, model_bytes: bytes, options: dict | None = None, num_threads: int | None = None):
+        import openvino as ov
+
+        core = ov.Core()
+        # f32: on CPUs with bf16 units OpenVINO would otherwise compute in bf16 (not what Keras computes)
+        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+        if num_threads:
+            config["INFERENCE_NUM_THREADS"] = int(num_threads)
+        return _OpenVinoRunner(core, core.read_model(model=model_bytes), config)
+
+
 #: Every runtime blockprune knows, by the name recorded in run options.
-RUNTIMES: dict[str, Runtime] = {r.name: r for r in (LiteRT(), OnnxRuntime())}
+RUNTIMES: dict[str, Runtime] = {r.name: r for r in (LiteRT(), OnnxRuntime(), OpenVINO())}
 
 
 def runtime(name: str) -> Runtime:
@@ -152,6 +187,11 @@ def runtime(name: str) -> Runtime:
         return RUNTIMES[name]
     except KeyError:
         raise ValueError(f"unknown runtime {name!r} (known: {', '.join(RUNTIMES)})") from None
+
+
+def available(name: str) -> bool:
+    """Whether runtime ``name``'s package is installed here."""
+    return runtime(name).version() is not None
 
 
 def runtimes_for(fmt: str) -> list[Runtime]:
@@ -168,13 +208,19 @@ def read_options(path) -> dict:
     return json.loads(options_path.read_text())
 
 
-def make_runner(path, num_threads: int | None = None):
+def make_runner(path, num_threads: int | None = None, runtime_name: str | None = None):
     """A function ``run(*inputs) -> output`` for an exported file, with its recorded options.
 
     Args:
         path: a ``.tflite`` or ``.onnx`` written by ``blockprune.export`` (its ``.runtime.json``
             beside it).
         num_threads: threads for the runtime (default: the runtime's).
+        runtime_name: run it in this runtime instead of the recorded one (another runtime that
+            reads the same format, e.g. a dense ``.onnx`` baseline in OpenVINO).
     """
     options = read_options(path)
-    return runtime(options["runtime"]).runner(Path(path).read_bytes(), options, num_threads)
+    chosen = runtime(runtime_name or options["runtime"])
+    fmt = Path(path).suffix.lstrip(".")
+    if fmt not in chosen.formats:
+        raise ValueError(f"{path}: {chosen.label} does not read .{fmt} files")
+    return chosen.runner(Path(path).read_bytes(), options, num_threads)

@@ -11,7 +11,7 @@ import statistics
 import time
 from pathlib import Path
 
-__all__ = ["median_latency_us", "cpu_name", "machine_info"]
+__all__ = ["median_latency_us", "interleaved_latencies", "cpu_name", "machine_info"]
 
 
 def median_latency_us(run, x, rounds: int = 3, reps: int = 30, warmup: int = 5) -> float:
@@ -27,6 +27,30 @@ def median_latency_us(run, x, rounds: int = 3, reps: int = 30, warmup: int = 5) 
             times.append(time.perf_counter() - t0)
         medians.append(statistics.median(times) * 1e6)
     return statistics.median(medians)
+
+
+def interleaved_latencies(runners: dict, x, rounds: int = 5, reps: int = 50, warmup: int = 10) -> dict:
+    """Times several runners on the same input, their rounds interleaved so drifts in machine load
+    hit all alike.
+
+    Returns:
+        ``{key: (median_us, p10_us, p90_us)}`` over all timed calls.
+    """
+    import numpy as np
+
+    xs = x if isinstance(x, (list, tuple)) else [x]
+    for run in runners.values():
+        for _ in range(warmup):
+            run(*xs)
+    times = {key: [] for key in runners}
+    for _ in range(rounds):
+        for key, run in runners.items():
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                run(*xs)
+                times[key].append((time.perf_counter() - t0) * 1e6)
+    return {key: (float(np.median(v)), float(np.percentile(v, 10)), float(np.percentile(v, 90)))
+            for key, v in times.items()}
 
 
 def cpu_name() -> str:

@@ -30,7 +30,7 @@ def exports(tmp_path_factory):
     dirs = []
     for s in (0.5, 0.875):
         d = root / f"s{s}"
-        export(_sparse_mlp(s), "cpu-wide", d)
+        export(_sparse_mlp(s), "cpu-wide", d, select="target", check=False)
         dirs.append(d)
     return dirs
 
@@ -38,13 +38,18 @@ def exports(tmp_path_factory):
 def test_bench_measures_every_configuration(exports, tmp_path):
     result = bench(exports[1], batches=(1, 4), threads=(1,), rounds=2, reps=5, warmup=2, progress=False)
     assert {(c.runtime, c.batch, c.threads) for c in result.configs} == {
-        ("LiteRT", 1, 1), ("LiteRT", 4, 1), ("ONNX Runtime", 1, 1), ("ONNX Runtime", 4, 1)}
+        (rt, b, 1) for rt in ("LiteRT", "ONNX Runtime", "OpenVINO") for b in (1, 4)}
     for c in result.configs:
         assert c.dense_p10_us <= c.dense_median_us <= c.dense_p90_us
         assert c.speedup == pytest.approx(c.dense_median_us / c.sparse_median_us)
+        fastest = min(o.dense_median_us for o in result.configs if o.batch == c.batch)
+        assert c.vs_fastest_dense == pytest.approx(fastest / c.sparse_median_us)
+        assert c.vs_fastest_dense <= c.speedup + 1e-9
+        assert c.exported_for == "b1 t1" and "gather-matmul x2" in c.lowering
     assert result.sparsity == pytest.approx(0.875) and result.ideal_speedup == pytest.approx(8.0)
-    assert len(result.agreement) == 4 and all(a["rel_error"] < 1e-3 for a in result.agreement)
-    assert {s["format"] for s in result.sizes} == {"tflite", "onnx"}
+    # each sparse file, and each dense baseline in every runtime it is compared in
+    assert len(result.agreement) == 6 and all(a["rel_error"] < 1e-3 for a in result.agreement)
+    assert {s["format"] for s in result.sizes} == {"tflite", "onnx", "openvino"}
     assert all(s["sparse_bytes"] < s["dense_bytes"] for s in result.sizes)
     assert result.native and result.estimate is None
 
@@ -69,7 +74,7 @@ def test_emulated_targets_show_a_labelled_estimate(tmp_path):
         layer = model.get_layer(name)
         k = layer.kernel.numpy()
         layer.kernel.assign(k * block_mask(k, (1, 8), 0.75, balanced=True))
-    export(model, "dsp-1x8", tmp_path / "dsp")
+    export(model, "dsp-1x8", tmp_path / "dsp", formats=("tflite",), select="target", check=False)
     result = bench(tmp_path / "dsp", batches=(1,), threads=(1,), rounds=1, reps=2, warmup=1, progress=False)
     assert not result.native and result.estimate["speedup"] > 1
     assert "ESTIMATE" in result.estimate["kind"]

@@ -103,18 +103,24 @@ def _tflite_ops(path):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    return out, export(_mlp((1, 64)), "cpu-wide", out)
+    # the target's own lowering, as given: what this fixture's tests check is the files' form
+    return out, export(_mlp((1, 64)), "cpu-wide", out, formats=("tflite", "onnx", "openvino"), select="target",
+                       check=False)
 
 
 def test_gather_matmul_files_run_in_their_runtimes(exported):
     out, records = exported
-    assert [r.path.split("/")[-1] for r in records] == ["mlp.tflite", "mlp.onnx", "mlp.dense.tflite", "mlp.dense.onnx"]
+    assert [r.path.split("/")[-1] for r in records] == ["mlp.tflite", "mlp.onnx", "mlp.openvino.onnx", "mlp.dense.tflite",
+                                                        "mlp.dense.onnx"]
     model = _mlp((1, 64))
     x = np.random.default_rng(5).normal(size=(3, 256)).astype("float32")
     expected = model.predict(x, verbose=0)
     for r in records:
         got = make_runner(r.path)(x)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(make_runner(out / "mlp.dense.onnx", runtime_name="openvino")(x), expected, rtol=1e-4,
+                               atol=1e-4)
+    assert json.loads((out / "mlp.openvino.onnx.runtime.json").read_text())["runtime"] == "openvino"
     _, ops = _tflite_ops(out / "mlp.tflite")
     assert ops.count("GATHER") == 2 and ops.count("BATCH_MATMUL") == 2 and ops.count("FULLY_CONNECTED") == 1
     import onnx
@@ -123,14 +129,14 @@ def test_gather_matmul_files_run_in_their_runtimes(exported):
     assert [n.op_type for n in graph.node].count("Gather") >= 2
     sparse = records[0]
     assert [lay["format"] for lay in sparse.layers] == ["gather-matmul", "gather-matmul", "dense"]
-    dense = records[2]
+    dense = records[3]
     assert sparse.bytes < 0.2 * dense.bytes and sparse.gzip_bytes < sparse.bytes
     manifest = json.loads((out / "export.json").read_text())
-    assert len(manifest["records"]) == 4
+    assert len(manifest["records"]) == 5 and manifest["point"] == {"batch": 1, "threads": 1}
 
 
 def test_builtin_sparse_tflite_stores_block_encoded_weights(tmp_path):
-    record = export_tflite(_mlp((4, 1), balanced=False), "simd-4x1", tmp_path / "m.tflite")
+    record = export_tflite(_mlp((4, 1), balanced=False), "simd-4x1", tmp_path / "m.tflite", check=False)
     assert [lay["format"] for lay in record.layers] == ["builtin-sparse", "builtin-sparse", "dense"]
     tensors, ops = _tflite_ops(tmp_path / "m.tflite")
     assert "DENSIFY" not in ops
@@ -149,12 +155,12 @@ def test_tfmot_style_1x4_blocks_end_up_behind_densify(tmp_path):
                                           "DENSIFY op"):
         export_tflite(model, "simd-4x1", tmp_path / "m.tflite", plan=p)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
-    record = export_tflite(model, "simd-4x1", tmp_path / "m.tflite", plan=p, allow_dense=True)
+    record = export_tflite(model, "simd-4x1", tmp_path / "m.tflite", plan=p, allow_dense=True, check=False)
     assert record.warnings and {lay["format"] for lay in record.layers} >= {"densify"}
 
 
 def test_int8_export_records_delegates_off(tmp_path):
-    record = export_tflite(_mlp((16, 1), balanced=False), "tflite-int8-16x1", tmp_path / "q.tflite")
+    record = export_tflite(_mlp((16, 1), balanced=False), "tflite-int8-16x1", tmp_path / "q.tflite", check=False)
     assert record.runtime_options["op_resolver_type"] == "BUILTIN_WITHOUT_DEFAULT_DELEGATES"
     assert record.rel_error < 0.05 and record.layers[0]["format"] == "builtin-sparse"
     got = make_runner(tmp_path / "q.tflite")(np.ones((2, 256), "float32"))
@@ -162,7 +168,7 @@ def test_int8_export_records_delegates_off(tmp_path):
 
 
 def test_onnx_sparse_initializers_for_runtimes_without_a_sparse_kernel(tmp_path):
-    record = export_onnx(_mlp((4, 1), balanced=False), "simd-4x1", tmp_path / "m.onnx")
+    record = export_onnx(_mlp((4, 1), balanced=False), "simd-4x1", tmp_path / "m.onnx", check=False)
     import onnx
 
     proto = onnx.load(tmp_path / "m.onnx")
@@ -188,7 +194,7 @@ def test_cli_pack_inspect_export(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "checksums OK" in out and "blocked-ell" in out and "(1, 64)" in out
     assert main(["export", str(tmp_path / "m.keras"), "-t", "cpu-wide", "--format", "onnx", "--no-dense-baseline",
-                 "-o", str(tmp_path / "exp")]) == 0
+                 "--select", "target", "-o", str(tmp_path / "exp")]) == 0
     assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["export.json", "mlp.keras", "mlp.onnx",
                                                                    "mlp.onnx.runtime.json"]
     capsys.readouterr()

@@ -1,0 +1,127 @@
+"""Converters: a Keras model, lowered for a target, to the bytes of a ``.tflite`` or ``.onnx`` file
+(TensorFlow, tf2onnx and ONNX are imported only when a converter runs). The exporter and the
+lowering selection's probes both build files here."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["to_tflite", "to_onnx", "sparsify_initializers", "build_file", "Built", "OUTPUTS"]
+
+
+def to_tflite(model, optimizations=()) -> bytes:
+    """``TFLiteConverter.from_keras_model`` with ``optimizations`` (``tf.lite.Optimize`` members)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = list(optimizations)
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the exported signature
+        return converter.convert()
+
+
+def to_onnx(model, opset: int):
+    """tf2onnx through a ``tf.function`` of the model (its ``from_keras`` fails on Sequential models)."""
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = [tf.TensorSpec(t.shape, t.dtype, name=f"input_{i}") for i, t in enumerate(model.inputs)]
+    fn = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0]))
+    with contextlib.redirect_stdout(io.StringIO()):
+        proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
+    return proto
+
+
+def sparsify_initializers(proto, min_elements: int = 1024) -> list[str]:
+    """Moves float initializers that are smaller as COO sparse tensors to sparse_initializer."""
+    from onnx import helper, numpy_helper
+
+    moved = []
+    keep = []
+    for init in proto.graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if arr.dtype.kind != "f" or arr.size < min_elements:
+            keep.append(init)
+            continue
+        flat = arr.reshape(-1)
+        nz = np.flatnonzero(flat)
+        if len(nz) * (arr.itemsize + 8) >= arr.nbytes:
+            keep.append(init)
+            continue
+        values = numpy_helper.from_array(flat[nz], name=init.name)
+        indices = numpy_helper.from_array(nz.astype(np.int64), name=f"{init.name}_indices")
+        proto.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, list(arr.shape)))
+        moved.append(init.name)
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+    return moved
+
+
+#: What each export output writes: ``(file format, runtime that selects, verifies and runs it)``.
+OUTPUTS = {"tflite": ("tflite", "litert"), "onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
+
+
+@dataclass
+class Built:
+    """One converted file, in memory.
+
+    Attributes:
+        data: the file's bytes.
+        formats: ``{weight: how the file runs it}`` (``gather-matmul``, ``channel-gather``,
+            ``builtin-sparse``, ``densify``, ``sparse-initializer``, ``dense``, ...).
+        options: the run options to record beside it (``<file>.runtime.json``).
+        lowering: the target's lowering for this format (``dense`` for a baseline).
+    """
+
+    data: bytes
+    formats: dict
+    options: dict
+    lowering: str
+
+
+def build_file(model, target, output: str, structure, choices=None, dense: bool = False) -> Built:
+    """Converts ``model`` for ``target`` into the file of export output ``output`` (see ``OUTPUTS``).
+
+    Args:
+        model: a stripped Keras model.
+        target: a ``TargetDescriptor``.
+        output: ``tflite``, ``onnx`` or ``openvino``.
+        structure: the model's ``ModelStructure``.
+        choices: ``{weight: (lowering, variant)}`` for the rewriting lowerings; default: the
+            target's lowering for the format wherever it applies. Ignored for a target whose
+            lowering is carried out by the converter (builtin-sparse) or is ``dense``.
+        dense: the dense baseline (no sparse encoding, no rewrite).
+    """
+    from .lower import lower, lowering
+
+    fmt, runtime = OUTPUTS[output]
+    entry = lowering("dense" if dense else getattr(target.lowering, fmt))
+    source, lowered = model, {}
+    if entry.rewrites:
+        source, rewritten = lower(model, target, fmt, structure=structure, choices=choices)
+        lowered = {lw.weight_name: lw.format for lw in rewritten}
+    options = {"runtime": runtime, "target": target.name, "variant": "dense" if dense else "sparse",
+               "lowering": entry.name, "dtype": target.dtype}
+    if fmt == "tflite":
+        import tensorflow as tf
+
+        optimizations = ([tf.lite.Optimize.DEFAULT] if target.dtype == "int8" else []) + entry.converter_optimizations()
+        data = to_tflite(source, optimizations)
+        # The delegate trap is specific to sparse int8 kernels; the dense baseline runs at its best.
+        delegates = True if dense else target.runtime.tflite_default_delegates
+        options.update(default_delegates=delegates,
+                       op_resolver_type="AUTO" if delegates else "BUILTIN_WITHOUT_DEFAULT_DELEGATES")
+        return Built(data, entry.file_formats(data, structure, lowered), options, entry.name)
+    proto = to_onnx(source, target.runtime.onnx_opset)
+    # Mostly-zero weights that run dense are stored sparse for ONNX Runtime (a size win only).
+    moved = set() if dense or runtime != "onnxruntime" else set(sparsify_initializers(proto))
+    formats = entry.file_formats(b"", structure, lowered)
+    if moved:
+        formats = {n: "sparse-initializer" if f == "dense" and structure.get(n).blocked else f for n, f in formats.items()}
+    options.update(opset=target.runtime.onnx_opset, sparse_initializers=sorted(moved))
+    if runtime == "onnxruntime":
+        options["providers"] = ["CPUExecutionProvider"]
+    return Built(proto.SerializeToString(), formats, options, entry.name)
