@@ -44,7 +44,8 @@ FLOAT_TOLERANCE = 1e-3  # relative to the largest reference output
 INT8_TOLERANCE = 0.05
 #: Record formats of weights that run at dense speed.
 DENSE_FORMATS = ("dense", "densify", "csr", "sparse-initializer")
-#: How each weight's lowering is chosen: measured by probes, or the target's lowering as given.
+#: How each weight's lowering is chosen: measured by probes, or unmeasured (the first catalogue
+#: entry that can rewrite it, when the target's lowering rewrites layers; else the target's).
 SELECT_MODES = ("measure", "target")
 
 
@@ -162,7 +163,7 @@ def _whole_file_check(sparse, dense, model, output, batch, threads, rounds, reps
     rt = runtime(OUTPUTS[output][1])
     runners = {"dense": rt.runner(dense.data, dense.options, threads),
                "sparse": rt.runner(sparse.data, sparse.options, threads)}
-    stats = interleaved_latencies(runners, sample_inputs(model, batch, seed=2), rounds, reps, warmup=5)
+    stats = interleaved_latencies(runners, sample_inputs(model, batch, seed=2), rounds, reps, warmup=10)
     d, s = stats["dense"][0], stats["sparse"][0]
     return {"runtime": rt.label, "batch": batch, "threads": threads, "dense_us": d, "sparse_us": s, "speedup": d / s}
 
@@ -189,7 +190,8 @@ def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan 
         structure: the model's ``ModelStructure`` when the caller has read it already.
         choices: ``{weight: (lowering, variant)}`` to use as given (no measurement).
         batch, threads: the deployment point the file is chosen and checked for.
-        select: ``measure`` (probe each weight's candidates) or ``target`` (the target's lowering).
+        select: ``measure`` (probe each weight's candidates) or ``target`` (no probes: the first
+            catalogue lowering that rewrites each weight, ``blockprune.lower.default_choices``).
         check: time the whole file against its dense baseline and keep the dense file when the
             sparse one is slower.
         dense_built, reference: the dense baseline's ``Built`` and the Keras outputs on
@@ -235,7 +237,14 @@ def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan 
         chosen = choose(model, target, output, structure, batch, threads, progress=progress)
         choices = {name: c.key for name, c in chosen.items()}
         why = {name: c.reason for name, c in chosen.items()}
-    built = build_file(model, target, output, structure, choices=choices)
+    if choices is not None and all(key[0] == "dense" for key in choices.values()) and entry.rewrites:
+        # every weight measured faster dense: the file is the dense baseline, nothing to check
+        dense_built = dense_built or build_file(model, target, output, structure, dense=True)
+        built = type(dense_built)(dense_built.data, dense_built.formats,
+                                  {**dense_built.options, "runtime": runtime_name, "variant": "sparse"}, "dense")
+        check = False
+    else:
+        built = build_file(model, target, output, structure, choices=choices)
     warnings = []
     for ws in structure:
         fmt_ws = built.formats[ws.name]

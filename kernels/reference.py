@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bsr_matmul", "ell_matmul"]
+__all__ = ["bsr_matmul", "ell_matmul", "channel_block_conv"]
 
 
 def bsr_matmul(x: np.ndarray, shape: tuple[int, int], data: np.ndarray, indices: np.ndarray,
@@ -67,3 +67,50 @@ def ell_matmul(x: np.ndarray, shape: tuple[int, int], block_rows: np.ndarray, da
     gathered = np.transpose(x[:, cols], (1, 0, 2))          # [ncb, batch, k * rows]
     y = gathered @ data.reshape(n_cols, k * bh, bw)          # [ncb, batch, cols]
     return np.transpose(y, (1, 0, 2)).reshape(x.shape[0], shape[1])
+
+
+def _same_padding(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def channel_block_conv(x: np.ndarray, block_rows: np.ndarray, data: np.ndarray, kernel_size, strides=None,
+                       padding: str = "valid", dilation=None) -> np.ndarray:
+    """A channels-last convolution (1-D or 2-D) whose kernel is packed in channel blocks.
+
+    Group ``g`` of ``c`` output channels reads only its kept input channels ``block_rows[g]``,
+    all taps of each. Computed tap by tap over the kept channels, with TensorFlow's padding rules.
+
+    Args:
+        x: ``[batch, *spatial, cin]``.
+        block_rows: ``[groups, k]`` kept input channels per group of output channels.
+        data: ``[groups, k, taps, c]``: tap ``t`` (row-major over ``kernel_size``) of kept channel
+            ``j`` for the group's ``c`` outputs (the blocked-ELL data of the channel-major view).
+        kernel_size, strides, dilation: per spatial axis; ``padding``: ``"valid"`` or ``"same"``.
+
+    Returns:
+        ``[batch, *out_spatial, groups * c]``.
+    """
+    kernel_size = tuple(kernel_size)
+    rank = len(kernel_size)
+    strides = tuple(strides or (1,) * rank)
+    dilation = tuple(dilation or (1,) * rank)
+    if rank == 1:  # a 1-D convolution is a 2-D one over a width of 1
+        y = channel_block_conv(x[:, :, None, :], block_rows, data, (kernel_size[0], 1), (strides[0], 1), padding,
+                               (dilation[0], 1))
+        return y[:, :, 0, :]
+    groups, k, taps, c = data.shape
+    if padding == "same":
+        pads = [_same_padding(x.shape[1 + a], kernel_size[a], strides[a], dilation[a]) for a in range(2)]
+        x = np.pad(x, [(0, 0), pads[0], pads[1], (0, 0)])
+    out_hw = [(x.shape[1 + a] - (kernel_size[a] - 1) * dilation[a] - 1) // strides[a] + 1 for a in range(2)]
+    y = np.zeros((x.shape[0], *out_hw, groups * c), dtype=np.result_type(x, data))
+    for g in range(groups):
+        xg = x[..., block_rows[g].astype(np.int64)]                      # [B, H, W, k]
+        for t in range(taps):
+            ti, tj = divmod(t, kernel_size[1])
+            window = xg[:, ti * dilation[0]: ti * dilation[0] + (out_hw[0] - 1) * strides[0] + 1: strides[0],
+                        tj * dilation[1]: tj * dilation[1] + (out_hw[1] - 1) * strides[1] + 1: strides[1], :]
+            y[..., g * c:(g + 1) * c] += window @ data[g, :, t, :]
+    return y

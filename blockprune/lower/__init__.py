@@ -86,10 +86,17 @@ def runs_sparse(target, kind: str, runtime: str) -> bool:
 
 
 def default_choices(target, runtime: str, structure) -> dict[str, tuple[str, str]]:
-    """``{weight: (lowering, variant)}``: the target's lowering for ``runtime``, in its default
-    form, for every weight it handles (what export uses without measurements)."""
-    entry = lowering(getattr(target.lowering, runtime))
-    return {ws.name: (entry.name, entry.variants_for(runtime)[0]) for ws in structure if entry.handles(ws)}
+    """``{weight: (lowering, variant)}`` without measurements: when the target's lowering for
+    ``runtime`` rewrites layers, each weight gets the first catalogue entry that can rewrite it
+    (gather-matmul before channel-gather), in its default form."""
+    if not lowering(getattr(target.lowering, runtime)).rewrites:
+        return {}
+    out = {}
+    for ws in structure:
+        first = candidates(ws, runtime)[0]
+        if first[0] != "dense":
+            out[ws.name] = first
+    return out
 
 
 def lower(model, target, runtime: str = "tflite", structure=None, block_shapes=None, choices=None):

@@ -1,0 +1,221 @@
+"""The lowering catalogue: each lowering against the NumPy reference kernels and Keras, on odd
+shapes, strides, padding and dilation; exported files verified in every runtime; the selection
+by measurement and the never-slower check."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import blockprune
+from blockprune.export import export, export_file
+from blockprune.formats import BlockedELL
+from blockprune.kernels.reference import channel_block_conv, ell_matmul
+from blockprune.lower import LOWERINGS, candidates, lower
+from blockprune.masks import block_mask
+from blockprune.pruning import prune_once
+from blockprune.runtimes import make_runner
+from blockprune.structure import read_structure
+from blockprune.targets import load_target
+from conftest import REPO
+
+
+def _np(t):
+    return keras.ops.convert_to_numpy(t)
+
+
+# --------------------------------------------------------------------------- attention
+
+def _attention_model():
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((10, 48), name="tokens")
+    attn = keras.layers.MultiHeadAttention(num_heads=3, key_dim=24, name="attention")(inputs, inputs)
+    x = keras.layers.Add()([inputs, attn])
+    x = keras.layers.Dense(96, activation="relu", name="ff_1")(x)
+    return keras.Model(inputs, keras.layers.Dense(48, name="ff_2")(x), name="attn_block")
+
+
+def _small_blocks_target(write_toml, channel_blocks="[8, 4]"):
+    """cpu-wide with blocks small enough for small test layers."""
+    toml = (REPO / "targets" / "cpu-wide.toml").read_text().replace('name = "cpu-wide"', 'name = "small-blocks"')
+    toml = toml.replace("block_shapes = [[1, 64], [1, 32], [1, 16]]", "block_shapes = [[1, 8]]")
+    toml = toml.replace("min_weights = 16384", "min_weights = 64")
+    toml = toml.replace("channel_blocks = [64, 32, 16]", f"channel_blocks = {channel_blocks}")
+    return load_target(write_toml(toml, "small-blocks.toml"))
+
+
+@pytest.fixture
+def small_blocks(write_toml):
+    return _small_blocks_target(write_toml)
+
+
+def test_attention_projections_lower_in_both_layouts(small_blocks):
+    model = _attention_model()
+    plan = blockprune.plan(model, small_blocks, sparsity=0.75)
+    assert {lp.weight for lp in plan.pruned_layers} >= {"query/kernel", "key/kernel", "value/kernel",
+                                                        "attention_output/kernel"}
+    sparse = prune_once(model, plan)
+    structure = read_structure(sparse, small_blocks, plan)
+    x = np.random.default_rng(0).normal(size=(2, 10, 48)).astype("float32")
+    expected = sparse.predict(x, verbose=0)
+    for variant in ("batch", "feature"):
+        lowered, report = lower(sparse, small_blocks, "tflite", structure=structure,
+                                choices={ws.name: ("gather-matmul", variant) for ws in structure})
+        assert {r.weight for r in report} >= {"query/kernel", "attention_output/kernel", "kernel"}
+        np.testing.assert_allclose(lowered.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-5)
+    # the query projection's lowered layer computes what the reference kernel computes on its packed arrays
+    ws = structure.get("attention/query/kernel")
+    packed = BlockedELL.from_dense(ws.matrix, ws.block_shape)
+    query = next(s for s in keras.Model(lowered.inputs, lowered.outputs).get_layer("attention")._flatten_layers()
+                 if s.name == "query")
+    tokens = x.reshape(-1, 48)
+    bias = _np(query.bias).reshape(-1)
+    got = _np(query(x)).reshape(-1, packed.shape[1])
+    np.testing.assert_allclose(got, ell_matmul(tokens, packed.shape, packed.block_rows, packed.data) + bias,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_attention_files_run_sparse_in_every_runtime(small_blocks, tmp_path):
+    model = _attention_model()
+    plan = blockprune.plan(model, small_blocks, sparsity=0.75)
+    sparse = prune_once(model, plan)
+    records = export(sparse, small_blocks, tmp_path, plan=plan, select="target", check=False,
+                     dense_baseline=False)
+    x = np.random.default_rng(1).normal(size=(1, 10, 48)).astype("float32")
+    expected = sparse.predict(x, verbose=0)
+    for r in records:
+        assert {lay["format"] for lay in r.layers} == {"gather-matmul"}, r.path
+        np.testing.assert_allclose(make_runner(r.path)(x), expected, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- KxK convolutions
+
+@pytest.mark.parametrize("conv, kwargs, shape", [
+    (keras.layers.Conv2D, {"kernel_size": 3, "padding": "same"}, (9, 11, 12)),
+    (keras.layers.Conv2D, {"kernel_size": (3, 2), "strides": 2, "padding": "valid"}, (9, 11, 12)),
+    (keras.layers.Conv2D, {"kernel_size": 3, "dilation_rate": 2, "padding": "same"}, (10, 7, 12)),
+    (keras.layers.Conv1D, {"kernel_size": 5, "strides": 2, "padding": "same"}, (17, 12)),
+    (keras.layers.Conv2D, {"kernel_size": 1, "strides": 2}, (8, 8, 12)),
+])
+def test_channel_gather_matches_the_reference_and_keras(small_blocks, conv, kwargs, shape):
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input(shape)
+    layer = conv(16, activation="relu", name="conv", **kwargs)
+    model = keras.Model(inputs, layer(inputs), name="convnet")
+    plan = blockprune.plan(model, small_blocks, sparsity=0.75, overrides=None)
+    lp = plan.get("conv")
+    taps = int(np.prod(layer.kernel.shape[:-2]))
+    assert lp.block_shape == (taps, 8) and (lp.view.is_channel_major or taps == 1)
+    sparse = prune_once(model, plan)
+    structure = read_structure(sparse, small_blocks, plan)
+    ws = structure.get("conv/kernel")
+    assert ws.blocked and ws.balanced and ws.kept_per_block_column == (3, 3)  # 12 channels, 75% pruned
+    assert LOWERINGS["channel-gather"].handles(ws) and ("channel-gather", "grouped") in candidates(ws, "tflite")
+    x = np.random.default_rng(2).normal(size=(2, *shape)).astype("float32")
+    expected = sparse.predict(x, verbose=0)
+    packed = BlockedELL.from_dense(ws.matrix, ws.block_shape)
+    conv_layer = sparse.get_layer("conv")
+    ref = channel_block_conv(x, packed.block_rows, packed.data.reshape(*packed.data.shape[:2], taps, 8),
+                             conv_layer.kernel_size, conv_layer.strides, conv_layer.padding, conv_layer.dilation_rate)
+    np.testing.assert_allclose(np.maximum(ref + _np(conv_layer.bias), 0), expected, rtol=1e-4, atol=1e-5)
+    for variant in ("grouped", "split"):
+        lowered, report = lower(sparse, small_blocks, "onnx", structure=structure,
+                                choices={"conv/kernel": ("channel-gather", variant)})
+        assert [(r.name, r.lowering) for r in report] == [("conv", "channel-gather")]
+        np.testing.assert_allclose(lowered.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_channel_gather_files_verify_in_every_runtime(small_blocks, tmp_path):
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((12, 12, 16))
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="c1")(inputs)
+    x = keras.layers.Conv2D(24, 3, strides=2, name="c2")(x)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x), name="cnn")
+    plan = blockprune.plan(model, small_blocks, sparsity=0.75)
+    sparse = prune_once(model, plan)
+    records = export(sparse, small_blocks, tmp_path, plan=plan, select="target", check=False,
+                     dense_baseline=False)
+    assert [r.format for r in records] == ["tflite", "onnx", "openvino"]
+    x = np.random.default_rng(3).normal(size=(2, 12, 12, 16)).astype("float32")
+    for r in records:
+        assert [lay["format"] for lay in r.layers] == ["channel-gather", "channel-gather"], r.path
+        np.testing.assert_allclose(make_runner(r.path)(x), sparse.predict(x, verbose=0), rtol=1e-4, atol=1e-4)
+    from blockprune.runtimes import RUNTIMES
+
+    ops, _ = RUNTIMES["litert"].ops((tmp_path / "cnn.tflite").read_bytes())
+    assert [op["op_name"] for op in ops].count("CONV_2D") == 2  # one grouped convolution per layer
+
+
+# --------------------------------------------------------------------------- layouts
+
+def test_feature_major_chains_leave_out_the_transposes_between_layers(small_blocks):
+    keras.utils.set_random_seed(6)
+    inputs = keras.Input((40,))
+    x = keras.layers.Dense(64, activation="relu", name="a")(inputs)
+    x = keras.layers.Dense(64, activation="relu", name="b")(x)
+    model = keras.Model(inputs, keras.layers.Dense(16, name="c")(x), name="chain")
+    plan = blockprune.plan(model, small_blocks, sparsity=0.75)
+    sparse = prune_once(model, plan)
+    structure = read_structure(sparse, small_blocks, plan)
+    x = np.random.default_rng(4).normal(size=(5, 40)).astype("float32")
+    from blockprune.convert import build_file
+
+    transposes = {}
+    for variant in ("batch", "feature"):
+        choices = {ws.name: ("gather-matmul", variant) for ws in structure}
+        lowered, _ = lower(sparse, small_blocks, "tflite", structure=structure, choices=choices)
+        np.testing.assert_allclose(lowered.predict(x, verbose=0), sparse.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+        if variant == "feature":
+            assert [lowered.get_layer(n).output_layout for n in "abc"] == ["feature", "feature", "batch"]
+            assert [lowered.get_layer(n).input_layout for n in "abc"] == ["batch", "feature", "feature"]
+        from blockprune.runtimes import RUNTIMES
+
+        data = build_file(sparse, small_blocks, "tflite", structure, choices).data
+        ops, _ = RUNTIMES["litert"].ops(data)
+        transposes[variant] = [op["op_name"] for op in ops].count("TRANSPOSE")
+        np.testing.assert_allclose(RUNTIMES["litert"].runner(data)(x), sparse.predict(x, verbose=0), rtol=1e-4,
+                                   atol=1e-4)
+    assert transposes["feature"] == 2  # one in, one out, for the whole chain of three layers
+
+
+# --------------------------------------------------------------------------- choosing by measurement
+
+def _nearly_dense_model():
+    """A 1024x1024 layer with only 10% of its (1, 16) blocks zero: every lowering does ~all the
+    work of the dense matmul plus gathers, so dense is faster everywhere."""
+    keras.utils.set_random_seed(7)
+    inputs = keras.Input((1024,))
+    model = keras.Model(inputs, keras.layers.Dense(1024, name="a")(inputs), name="nearly_dense")
+    k = model.get_layer("a").kernel.numpy()
+    model.get_layer("a").kernel.assign(k * block_mask(k, (1, 16), 0.1, balanced=True))
+    return model
+
+
+def test_selection_keeps_a_layer_dense_where_dense_is_faster(tmp_path):
+    record = export_file(_nearly_dense_model(), "cpu-wide", tmp_path / "m.tflite", "tflite")
+    layer = record.layers[0]
+    assert layer["format"] == "dense" and layer["why"].startswith("kept dense: dense")
+    assert "gather-matmul (batch)" in layer["why"] and "gather-matmul (feature)" in layer["why"]
+    assert record.runtime_options["variant"] == "sparse"
+
+
+def test_a_file_slower_than_dense_is_not_written(tmp_path):
+    record = export_file(_nearly_dense_model(), "cpu-wide", tmp_path / "m.onnx", "onnx", select="target")
+    assert record.check["kept_dense"] and record.check["sparse_us"] > record.check["dense_us"]
+    assert record.layers[0]["format"] == "dense" and "kept dense: the lowered file ran" in record.layers[0]["why"]
+    assert json.loads((tmp_path / "m.onnx.runtime.json").read_text())["kept_dense"] is True
+    import onnx
+
+    assert "Gather" not in [n.op_type for n in onnx.load(tmp_path / "m.onnx").graph.node]
+
+
+def test_selection_lowers_a_layer_where_it_pays(tmp_path):
+    keras.utils.set_random_seed(8)
+    inputs = keras.Input((2048,))
+    model = keras.Model(inputs, keras.layers.Dense(2048, name="a")(inputs), name="wide")
+    k = model.get_layer("a").kernel.numpy()
+    model.get_layer("a").kernel.assign(k * block_mask(k, (1, 64), 0.9, balanced=True))
+    record = export_file(model, "cpu-wide", tmp_path / "m.tflite", "tflite")
+    assert record.layers[0]["format"].startswith("gather-matmul") and "vs dense" in record.layers[0]["why"]
+    assert record.check["speedup"] > 1 and not record.check["kept_dense"]
