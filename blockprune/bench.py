@@ -23,7 +23,7 @@ import numpy as np
 from ._atomic import atomic_path
 from .targets import parse_target
 
-__all__ = ["BenchConfig", "BenchResult", "bench", "write_reports", "plot_latency", "plot_speedup_vs_sparsity"]
+__all__ = ["BenchConfig", "BenchResult", "bench", "merge_results", "write_reports", "plot_latency", "plot_speedup_vs_sparsity"]
 
 
 @dataclass
@@ -209,11 +209,29 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
             bar.update(i + 1)
         elif progress:  # a log, not a terminal: one line per configuration
             print(f"  [{i + 1}/{len(jobs)}] {label} batch {batch} threads {n_threads}: {dm / sm:.2f}x", flush=True)
-    for c in result.configs:  # against the fastest dense file at the same point, in any runtime
-        same = [o for o in result.configs if (o.batch, o.threads) == (c.batch, c.threads)]
+    _against_fastest_dense(result.configs)
+    return result
+
+
+def _against_fastest_dense(configs: list[BenchConfig]) -> None:
+    """Sets each configuration's speedup over the fastest dense file measured at its batch and
+    threads, in any runtime."""
+    for c in configs:
+        same = [o for o in configs if (o.batch, o.threads) == (c.batch, c.threads)]
         fastest = min(same, key=lambda o: o.dense_median_us)
         c.vs_fastest_dense, c.fastest_dense = fastest.dense_median_us / c.sparse_median_us, fastest.runtime
-    return result
+
+
+def merge_results(results: list[BenchResult]) -> BenchResult:
+    """One result from several export folders of the same model (e.g. one per deployment point):
+    every configuration, the first folder's sizes and agreement, and each configuration compared
+    with the fastest dense file measured at its batch and threads."""
+    import dataclasses
+
+    first = results[0]
+    merged = dataclasses.replace(first, configs=[c for r in results for c in r.configs])
+    _against_fastest_dense(merged.configs)
+    return merged
 
 
 # --------------------------------------------------------------------------- reports

@@ -74,7 +74,7 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
     """
     import keras
 
-    from .bench import bench, default_threads, table, write_reports
+    from .bench import bench, default_threads, merge_results, table, write_reports
     from .data import Dataset, digits, load_npz, save_npz
     from .examples import example_model, train_dense
     from .export import export
@@ -121,14 +121,19 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
         sparse = result.model
         save_model_atomic(sparse, work / "sparse.keras")
 
-        _say("[5/7] packing and exporting", verbose)
+        _say("[5/7] packing and exporting (one folder per deployment point; each layer's lowering chosen by "
+             "measurement there)", verbose)
         packed = pack_model(sparse, target)
         save_packed(work / "weights.safetensors", packed, {"target": target.name, "model": sparse.name})
-        records = export(sparse, target, work / "export", ("tflite", "onnx"), plan=p)
-
-        _say("[6/7] benchmarking (dense vs sparse files)", verbose)
-        measured = bench(work / "export", batches=(1, 8), threads=default_threads(), rounds=bench_rounds,
-                         reps=bench_reps, progress=verbose)
+        points = [(b, t) for b in (1, 8) for t in default_threads()]
+        records, results = [], []
+        for b, t in points:
+            folder = work / "export" / f"b{b}-t{t}"
+            records += export(sparse, target, folder, plan=p, batch=b, threads=t, progress=verbose)
+            _say(f"[6/7] benchmarking the files exported for batch {b}, {t} thread(s) (dense vs sparse)", verbose)
+            results.append(bench(folder, batches=(b,), threads=(t,), rounds=bench_rounds, reps=bench_reps,
+                                 progress=verbose))
+        measured = merge_results(results)
         write_reports([measured], work / "bench")
 
         dense_acc = (result.dense_metrics or {}).get("accuracy")
@@ -187,7 +192,9 @@ def _report(p, result, records, measured, packed_table, narrow, dataset, dense, 
               "| `dense.keras`, `sparse.keras` | the dense model and the stripped block-sparse model |",
               "| `plan.json` | the plan (`blockprune.SparsityPlan.load`) |",
               "| `weights.safetensors` | packed weights (`blockprune inspect`) |",
-              "| `export/` | `.tflite` and `.onnx`, sparse and dense, each with `<file>.runtime.json` run options |",
+              "| `export/bB-tT/` | per deployment point (batch B, T threads): `.tflite`, `.onnx` and `.openvino.onnx`, "
+              "sparse and dense, each with `<file>.runtime.json` run options; `export.json` says how each layer runs "
+              "and why |",
               "| `bench/` | `bench.json`, `bench.md`, plots |",
               "| `data.npz` | the data used |", "",
               f"Run time: {seconds:.0f} s."]

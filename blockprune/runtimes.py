@@ -157,8 +157,13 @@ class _OpenVinoRunner:
             model.reshape({model.inputs[i]: list(s) for i, s in enumerate(shapes)})
             self.request = self.core.compile_model(model, "CPU", self.config).create_infer_request()
             self.shapes = shapes
-        results = self.request.infer(list(xs))
-        return next(iter(results.values()))
+        import openvino as ov
+
+        # Tensors that share the arrays' memory and one output read: infer(list) costs ~60 us more per call.
+        for i, x in enumerate(xs):
+            self.request.set_input_tensor(i, ov.Tensor(np.ascontiguousarray(x), shared_memory=True))
+        self.request.infer()
+        return self.request.get_output_tensor(0).data.copy()
 
 
 class OpenVINO(Runtime):

@@ -98,7 +98,8 @@ def test_run_writes_a_complete_report(tmp_path):
     result = _small_run(tmp_path / "report")
     out = result.out
     for name in ("report.md", "plan.json", "dense.keras", "sparse.keras", "weights.safetensors", "summary.json",
-                 "data.npz", "export/export.json", "bench/bench.json", "bench/latency.png"):
+                 "data.npz", "export/b1-t1/export.json", "export/b8-t2/export.json", "bench/bench.json",
+                 "bench/latency.png"):
         assert (out / name).is_file(), name
     text = result.report.read_text()
     assert "## Accuracy" in text and "block-sparse" in text and "## Plan" in text and "hidden_2/kernel" in text

@@ -43,8 +43,8 @@ class LowRankish(keras.layers.Layer, PrunableLayer):
 def test_dense_first_dividing_block_and_too_small():
     p = plan(_mlp(), "cpu-wide", sparsity=0.8)
     d0, d1, d2 = p.layers
-    assert (d0.layer, d0.weight, d0.view_shape, d0.block_shape, d0.sparsity) == ("d0", "kernel", (256, 512), (1, 64), 0.8)
-    assert d1.block_shape == (1, 64)
+    assert (d0.layer, d0.weight, d0.view_shape, d0.block_shape, d0.sparsity) == ("d0", "kernel", (256, 512), (1, 128), 0.8)
+    assert d1.block_shape == (1, 128)
     assert d2.skip_code == "too_small" and "5120 weights < min_weights=16384" in d2.skip_reason
     assert d2.block_shape is None and d2.sparsity == 0.0
 
@@ -120,7 +120,7 @@ def test_custom_prunable_layer_only_its_prunable_weights():
     assert [lp.name for lp in p.layers] == ["lr/w", "lr/gate"]
     lp, gate = p.layers
     assert gate.skip_code == "not_prunable" and "get_prunable_weights() does not list it" in gate.skip_reason
-    assert (lp.kind, lp.kernel_shape, lp.view_shape, lp.block_shape) == ("custom", (64, 2, 128), (128, 128), (1, 64))
+    assert (lp.kind, lp.kernel_shape, lp.view_shape, lp.block_shape) == ("custom", (64, 2, 128), (128, 128), (1, 128))
 
 
 def test_unknown_matrix_weights_are_reported_not_dropped():

@@ -42,7 +42,7 @@ def test_shipped_targets_encode_the_measured_facts():
     tc = load_target("tensor-core-2x2")
     assert tc.block_shapes == ((2, 2),) and tc.balanced
     wide = load_target("cpu-wide")
-    assert wide.block_shapes[0] == (1, 64) and wide.balanced and wide.lowering.onnx == "gather-matmul"
+    assert wide.block_shapes[0] == (1, 128) and wide.balanced and wide.lowering.onnx == "gather-matmul"
 
 
 def test_every_shipped_file_documents_its_hardware_fact():

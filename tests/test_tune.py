@@ -41,7 +41,7 @@ def test_profile_round_trip_and_interpolation(tmp_path):
 
 
 def test_planner_picks_the_fastest_measured_block():
-    # (1, 32) measured fastest although cpu-wide lists (1, 64) first.
+    # (1, 32) measured fastest although cpu-wide lists (1, 128) and (1, 64) first (and (1, 128) is not measured).
     p = blockprune.plan(_mlp(), "cpu-wide", sparsity=0.9, profile=_profile({
         (1, 64): {0.9: 30.0}, (1, 32): {0.9: 18.0}, (1, 16): {0.9: 25.0}}))
     h2 = p.get("h2")
@@ -52,7 +52,7 @@ def test_planner_picks_the_fastest_measured_block():
     again = blockprune.SparsityPlan.from_json(p.to_json())
     assert again.get("h2").measured_sparse_us == 18.0
     without = blockprune.plan(_mlp(), "cpu-wide", sparsity=0.9)
-    assert without.get("h2").block_shape == (1, 64)
+    assert without.get("h2").block_shape == (1, 128)
 
 
 def test_a_profile_for_another_target_is_refused():
@@ -180,7 +180,7 @@ def test_tune_measures_and_reuses_its_profile(tmp_path):
     model = keras.Model(inputs, keras.layers.Dense(256, name="d")(inputs), name="one")
     first = tune(model, "cpu-wide", sparsities=(0.9,), rounds=1, reps=3, progress=False)
     keys = {(m.runtime, m.block_shape) for m in first.measurements}
-    assert keys == {(rt, b) for rt in ("tflite", "onnx") for b in (None, (1, 64), (1, 32), (1, 16))}
+    assert keys == {(rt, b) for rt in ("tflite", "onnx") for b in (None, (1, 128), (1, 64), (1, 32), (1, 16))}
     assert all(m.median_us > 0 and m.rows == 1 and m.view_shape == (256, 256) for m in first.measurements)
     # The whole model too: dense and at 90%, on each runtime, beside the sum of its layers.
     assert sorted((m.runtime, m.sparsity) for m in first.models) == [("onnx", 0.0), ("onnx", 0.9),
