@@ -1,19 +1,26 @@
 """The benchmark suite: reproduces blockprune's headline numbers on this class of machine.
 
-Models: MLPs of width 1024 and 2048 (3 Dense layers), MobileNetV2 (weights=None, its 1x1
-convolutions pruned), and a transformer encoder block (MultiHeadAttention + feed-forward).
-Sparsity 0.5 / 0.8 / 0.9 / 0.95, every shipped target whose lowering runs here (emulated
-targets run their gather-matmul files on this CPU and also get the cost-model estimate),
-batch 1 and 8, 1 and 2 threads, LiteRT and ONNX Runtime.
+Models: MLPs of width 1024 and 2048 (3 Dense layers), MobileNetV2 (weights=None), a
+transformer encoder block (MultiHeadAttention, all four projections pruned, + feed-forward) and
+a ResNet-style CNN of 3x3 convolutions. Every shipped target whose blocks fit the model.
+
+Each file is exported for the deployment point it is measured at: for every batch (1, 8) and
+thread count (1, 2) the model is exported again (each layer's lowering chosen by measurement
+at that point, the whole file checked against its dense baseline there) and timed at that point
+in LiteRT, ONNX Runtime and OpenVINO. Sparsity 0.9 at every point; cpu-wide also at 0.5, 0.8
+and 0.95 at batch 1, 1 thread (the speedup-vs-sparsity plots).
 
 Weights are pruned one-shot to each plan (magnitude of random initial weights; the suite
 measures speed and size, the digits runs in README measure accuracy). Every file is exported
-by blockprune, checked against Keras, then timed with `blockprune.bench`.
+by blockprune, checked against Keras, then timed with `blockprune.bench`, dense and sparse
+interleaved. Besides the speedup over the same runtime's dense file, every row shows the
+speedup over the fastest dense file of any runtime at the same point.
 
 Usage:
-    python bench/suite.py [--quick] [--out bench/results/suite]
-Writes bench/RESULTS.md (with --out left as is) plus JSON and plots. About 20 minutes on
-2 cores (`--quick`: one sparsity and fewer repetitions, a few minutes).
+    python bench/suite.py [--quick] [--models mlp2048,transformer] [--out DIR]
+Writes bench/RESULTS.md and bench/results/suite/ (JSON and plots); with --quick (0.9 at batch 1,
+1 thread only, fewer repetitions) or --out it writes into DIR (default: a temporary folder) and
+never touches the committed results. About 70 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -30,21 +37,31 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 
 import blockprune  # noqa: E402
-from blockprune.checks import SPARSITY_LADDER  # noqa: E402
+from blockprune._atomic import write_text_atomic  # noqa: E402
 from blockprune.bench import bench, plot_speedup_vs_sparsity  # noqa: E402
+from blockprune.checks import SPARSITY_LADDER  # noqa: E402
 from blockprune.examples import example_model  # noqa: E402
 from blockprune.export import export  # noqa: E402
 from blockprune.pruning import prune_once  # noqa: E402
 from blockprune.timing import machine_info  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+ALL_TARGETS = ("cpu-wide", "simd-4x1", "tflite-int8-16x1", "dsp-1x8", "tensor-core-2x2")
 # model -> (targets measured, timing rounds, calls per round)
 MODELS = {
-    "mlp1024": (("cpu-wide", "simd-4x1", "tflite-int8-16x1", "dsp-1x8", "tensor-core-2x2"), 3, 40),
-    "mlp2048": (("cpu-wide", "simd-4x1", "tflite-int8-16x1", "dsp-1x8", "tensor-core-2x2"), 3, 30),
+    "mlp1024": (ALL_TARGETS, 3, 40),
+    "mlp2048": (ALL_TARGETS, 3, 30),
+    "transformer": (("cpu-wide", "simd-4x1", "dsp-1x8"), 3, 15),
+    "resnet": (("cpu-wide",), 3, 8),
     "mobilenetv2": (("cpu-wide", "dsp-1x8"), 2, 5),
-    "transformer": (("cpu-wide", "simd-4x1", "dsp-1x8"), 3, 10),
 }
+POINTS = ((1, 1), (1, 2), (8, 1), (8, 2))
+#: Goals of the issue this suite proves (model, target, runtime, batch, threads, minimum speedup).
+GOALS = [("transformer", "LiteRT", 1, 1, 3.0), ("transformer", "ONNX Runtime", 1, 1, 3.0),
+         ("resnet", "LiteRT", 1, 1, 3.0), ("resnet", "ONNX Runtime", 1, 1, 2.5),
+         ("mobilenetv2", "LiteRT", 1, 1, 1.5), ("mlp2048", "LiteRT", 1, 1, 9.0),
+         ("mlp2048", "ONNX Runtime", 1, 1, 8.0)] + [
+    ("mlp2048", rt, b, t, 5.0) for rt in ("LiteRT", "ONNX Runtime", "OpenVINO") for b, t in ((8, 1), (1, 2), (8, 2))]
 
 
 def build(name):
@@ -61,33 +78,44 @@ def machine() -> dict:
     from importlib.metadata import version
 
     import onnxruntime
+    import openvino
     import tensorflow as tf
 
     return {**machine_info(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "onnxruntime": onnxruntime.__version__, "ai_edge_litert": version("ai-edge-litert"),
-            "blockprune": blockprune.__version__}
+            "onnxruntime": onnxruntime.__version__, "openvino": openvino.__version__.split("-")[0],
+            "ai_edge_litert": version("ai-edge-litert"), "blockprune": blockprune.__version__}
+
+
+def jobs(model_name, target, quick):
+    """(sparsity, batch, threads) to export and measure."""
+    if quick:
+        return [(0.9, 1, 1)]
+    out = [(0.9, b, t) for b, t in POINTS]
+    if target == "cpu-wide":
+        out += [(s, 1, 1) for s in SPARSITY_LADDER if s != 0.9]
+    return out
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="sparsity 0.9 only and fewer repetitions")
-    parser.add_argument("--out", default=str(HERE / "results" / "suite"), help="folder for JSON and plots")
+    parser.add_argument("--quick", action="store_true", help="sparsity 0.9 at batch 1, 1 thread, fewer repetitions")
+    parser.add_argument("--out", help="folder for RESULTS.md, JSON and plots (default: the committed bench/ results, "
+                                      "or a temporary folder with --quick)")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: " + ", ".join(MODELS))
-    parser.add_argument("--sparsities", default=",".join(map(str, SPARSITY_LADDER)), help="comma-separated sparsities")
     args = parser.parse_args(argv)
-    sparsities = (0.9,) if args.quick else tuple(float(v) for v in args.sparsities.split(","))
-    out = Path(args.out)
+    committed = not args.quick and not args.out
+    out = HERE / "results" / "suite" if committed else Path(args.out or tempfile.mkdtemp(prefix="suite-"))
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    rows, estimates, notes = [], [], []
+    rows, estimates, notes, layouts = [], [], [], []
     for model_name in args.models.split(","):
         targets, rounds, reps = MODELS[model_name]
         if args.quick:
             rounds, reps = 1, max(3, reps // 4)
         dense = build(model_name)
         for target in targets:
-            results = []
-            for s in sparsities:
+            curve = []
+            for s, batch, threads in jobs(model_name, target, args.quick):
                 t0 = time.time()
                 p = blockprune.plan(dense, target, sparsity=s)
                 if not p.pruned_layers:
@@ -95,76 +123,117 @@ def main(argv=None):
                     break
                 sparse = prune_once(dense, p)
                 with tempfile.TemporaryDirectory() as tmp:
+                    folder = Path(tmp) / "export"
                     try:
-                        records = export(sparse, target, Path(tmp) / "export", plan=p, allow_dense=True)
+                        records = export(sparse, target, folder, plan=p, allow_dense=True, batch=batch,
+                                         threads=threads)
                     except ValueError as e:  # one failed export must not lose the whole run
                         notes.append(f"{model_name} / {target} / sparsity {s}: export failed: {e}")
                         print(notes[-1], flush=True)
                         continue
-                    for r in records:
-                        for w in r.warnings:
-                            note = f"{model_name} / {target}: {w}"
-                            if note not in notes:
-                                notes.append(note)
-                    result = bench(Path(tmp) / "export", batches=(1, 8), threads=(1, 2), rounds=rounds, reps=reps,
-                                   warmup=3, progress=False)
-                results.append(result)
+                    result = bench(folder, batches=(batch,), threads=(threads,), rounds=rounds, reps=reps, warmup=3,
+                                   progress=False)
+                for r in records:
+                    if r.variant != "sparse":
+                        continue
+                    if (s, batch, threads) == (0.9, 1, 1):
+                        layouts.append({"model": model_name, "target": target, "file": r.format,
+                                        "layers": [(lay["name"], lay["format"], lay.get("why", "")) for lay in r.layers]})
+                    for w in r.warnings:
+                        note = f"{model_name} / {target} / {s} / b{batch} t{threads}: {w}"
+                        notes.append(note)
+                if (batch, threads) == (1, 1):
+                    curve.append(result)
                 for c in result.configs:
                     rows.append({"model": model_name, "target": target, "sparsity": s,
                                  "overall_sparsity": result.sparsity, "runtime": c.runtime, "batch": c.batch,
                                  "threads": c.threads, "dense_median_us": c.dense_median_us,
                                  "sparse_median_us": c.sparse_median_us, "speedup": c.speedup,
-                                 "sizes": result.sizes})
-                if result.estimate:
+                                 "vs_fastest_dense": c.vs_fastest_dense, "fastest_dense": c.fastest_dense,
+                                 "layers": c.lowering, "sizes": result.sizes})
+                if result.estimate and (batch, threads) == (1, 1):
                     estimates.append({"model": model_name, "target": target, "sparsity": s, **result.estimate})
-                print(f"{model_name:12s} {target:17s} s={s:.2f}: " + ", ".join(
-                    f"{c.runtime[:4]} b{c.batch} t{c.threads} {c.speedup:.2f}x" for c in result.configs) +
-                    f"  ({time.time() - t0:.0f} s, total {time.time() - started:.0f} s)", flush=True)
-            if len(results) > 1:
-                plot_speedup_vs_sparsity(results, out / f"{model_name}_{target}.png")
+                print(f"{model_name:12s} {target:17s} s={s:.2f} b{batch} t{threads}: " + ", ".join(
+                    f"{c.runtime} {c.speedup:.2f}x ({c.vs_fastest_dense:.2f}x vs fastest dense)" for c in result.configs)
+                    + f"  ({time.time() - t0:.0f} s, total {time.time() - started:.0f} s)", flush=True)
+            if len(curve) > 1:
+                plot_speedup_vs_sparsity(curve, out / f"{model_name}_{target}.png")
     elapsed = time.time() - started
-    data = {"machine": machine(), "elapsed_s": elapsed, "rows": rows, "estimates": estimates, "notes": notes}
-    (out / "suite.json").write_text(json.dumps(data, indent=2) + "\n")
-    write_results(data, out, HERE / "RESULTS.md" if not args.quick else out / "RESULTS.md")
+    data = {"machine": machine(), "elapsed_s": elapsed, "rows": rows, "estimates": estimates, "notes": notes,
+            "layouts": layouts}
+    write_text_atomic(out / "suite.json", json.dumps(data, indent=2) + "\n")
+    write_results(data, out, HERE / "RESULTS.md" if committed else out / "RESULTS.md")
+
+
+def _goal_lines(rows) -> list[str]:
+    lines = ["## Goals (90% sparsity, cpu-wide, each file exported for the point it is measured at)", "",
+             "| model | runtime | batch | threads | goal | measured | met |", "|---|---|---|---|---|---|---|"]
+    for model, runtime, b, t, goal in GOALS:
+        hit = [r for r in rows if (r["model"], r["target"], r["sparsity"], r["runtime"], r["batch"], r["threads"])
+               == (model, "cpu-wide", 0.9, runtime, b, t)]
+        if hit:
+            got = hit[0]["speedup"]
+            lines.append(f"| {model} | {runtime} | {b} | {t} | >= {goal:g}x | {got:.2f}x | "
+                         f"{'yes' if got >= goal else 'NO'} |")
+    slower = [r for r in rows if r["speedup"] < 0.95]
+    lines += ["", f"Files slower than 0.95x their dense baseline at the point they were exported for: {len(slower)} "
+                  f"of {len(rows)}" + ("." if not slower else ": " + "; ".join(
+                      f"{r['model']} {r['target']} {r['sparsity']} {r['runtime']} b{r['batch']} t{r['threads']} "
+                      f"{r['speedup']:.2f}x" for r in slower)), ""]
+    return lines
 
 
 def write_results(data, out: Path, path: Path) -> None:
     m = data["machine"]
     rel = os.path.relpath(out, path.parent)
+    rows = data["rows"]
     lines = ["# blockprune benchmark results", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; Python {m['python']}, TensorFlow "
              f"{m['tensorflow']}, Keras {m['keras']}, ai-edge-litert {m['ai_edge_litert']}, ONNX Runtime "
-             f"{m['onnxruntime']}. Suite run time {data['elapsed_s'] / 60:.1f} min (`python bench/suite.py`).", "",
-             "Speedup = dense file median latency / sparse file median latency, same runtime, batch and threads, "
-             "measured in one run (medians over rounds of repeated calls). Sparsity is the plan's; the overall "
-             "fraction of zero matmul weights is lower where layers stay dense (too small, not eligible).", ""]
-    models = sorted({r["model"] for r in data["rows"]}, key=list(MODELS).index)
+             f"{m['onnxruntime']}, OpenVINO {m['openvino']}. Suite run time {data['elapsed_s'] / 60:.1f} min "
+             "(`python bench/suite.py`).", "",
+             "Every file was exported for the batch and thread count it is measured at (each layer's lowering chosen "
+             "by measurement there; a file slower than its dense baseline there is replaced by the dense file, "
+             "'kept dense'). Speedup = dense file median latency / sparse file median latency, same runtime, batch "
+             "and threads, in one run (medians over rounds of repeated calls, dense and sparse interleaved). "
+             "'vs fastest dense' divides the fastest dense file of any runtime at that point by the sparse file. "
+             "Sparsity is the plan's; the overall fraction of zero matmul weights (in parentheses) is lower where "
+             "layers stay dense (too small, not eligible).", ""]
+    lines += _goal_lines(rows)
+    models = sorted({r["model"] for r in rows}, key=list(MODELS).index)
     for model in models:
-        lines += [f"## {model}", "", "| target | sparsity (overall) | runtime | b1 t1 | b1 t2 | b8 t1 | b8 t2 |",
-                  "|---|---|---|---|---|---|---|"]
-        keys = sorted({(r["target"], r["sparsity"], r["runtime"]) for r in data["rows"] if r["model"] == model},
-                      key=lambda k: (k[0], k[1], k[2]))
-        for target, s, runtime in keys:
-            cells = []
-            overall = None
-            for b, t in ((1, 1), (1, 2), (8, 1), (8, 2)):
-                hit = [r for r in data["rows"] if (r["model"], r["target"], r["sparsity"], r["runtime"], r["batch"],
-                                                   r["threads"]) == (model, target, s, runtime, b, t)]
-                overall = hit[0]["overall_sparsity"] if hit else overall
-                cells.append(f"{hit[0]['speedup']:.2f}x" if hit else "-")
-            lines.append(f"| {target} | {s:.2f} ({overall:.2f}) | {runtime} | " + " | ".join(cells) + " |")
+        mine = [r for r in rows if r["model"] == model]
+        best = max(mine, key=lambda r: r["speedup"])
+        worst = min(mine, key=lambda r: r["vs_fastest_dense"])
+        lines += [f"## {model}", "",
+                  f"Best {best['speedup']:.2f}x ({best['target']}, {best['sparsity']}, {best['runtime']}, "
+                  f"b{best['batch']} t{best['threads']}); worst against the fastest dense file here "
+                  f"{worst['vs_fastest_dense']:.2f}x ({worst['target']}, {worst['sparsity']}, {worst['runtime']}, "
+                  f"b{worst['batch']} t{worst['threads']}, fastest dense: {worst['fastest_dense']}).", "",
+                  "| target | sparsity (overall) | batch | threads | runtime | dense us | sparse us | speedup "
+                  "| vs fastest dense | layers run as |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(mine, key=lambda r: (r["target"], r["sparsity"], r["batch"], r["threads"], r["runtime"])):
+            lines.append(f"| {r['target']} | {r['sparsity']:.2f} ({r['overall_sparsity']:.2f}) | {r['batch']} | "
+                         f"{r['threads']} | {r['runtime']} | {r['dense_median_us']:.0f} | {r['sparse_median_us']:.0f} "
+                         f"| {r['speedup']:.2f}x | {r['vs_fastest_dense']:.2f}x ({r['fastest_dense']}) | "
+                         f"{r['layers']} |")
         plots = sorted(p.name for p in out.glob(f"{model}_*.png"))
         lines += [""] + [f"![{p}]({rel}/{p})" for p in plots] + [""]
+        for lay in (x for x in data["layouts"] if x["model"] == model and x["target"] == "cpu-wide"):
+            lines += [f"Per layer, cpu-wide at 0.9, batch 1, 1 thread, {lay['file']} file:", "",
+                      "| weight | runs as | why |", "|---|---|---|"]
+            lines += [f"| {name} | {fmt} | {why} |" for name, fmt, why in lay["layers"]] + [""]
     if data["estimates"]:
         lines += ["## Cost-model estimates for hardware that is not here", "",
-                  "| model | target | sparsity | estimated speedup (batch 1) | hardware |", "|---|---|---|---|---|"]
+                  "| model | target | sparsity | estimated speedup of the matmuls (batch 1) | hardware |",
+                  "|---|---|---|---|---|"]
         for e in data["estimates"]:
             lines.append(f"| {e['model']} | {e['target']} | {e['sparsity']:.2f} | {e['speedup']:.2f}x (ESTIMATE) | "
                          f"{e['hardware']} |")
         lines.append("")
     if data["notes"]:
-        lines += ["## Notes", ""] + [f"- {n}" for n in data["notes"]] + [""]
-    path.write_text("\n".join(lines))
+        lines += ["## Notes", ""] + [f"- {n}" for n in dict.fromkeys(data["notes"])] + [""]
+    write_text_atomic(path, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -121,7 +121,7 @@ def choose(model, target, output: str, structure, batch: int = 1, threads: int =
         ``{weight: Choice}`` for every blocked weight (dense ones included, with the reason).
     """
     from .convert import OUTPUTS, build_file
-    from .lower import candidates, format_name
+    from .lower import candidates, format_name, rewritable
     from .runtimes import runtime, sample_inputs
     from .timing import interleaved_latencies
 
@@ -131,10 +131,11 @@ def choose(model, target, output: str, structure, batch: int = 1, threads: int =
     out: dict[str, Choice] = {}
     blocked = [ws for ws in structure if ws.blocked]
     for i, ws in enumerate(blocked):
-        options = candidates(ws, fmt)
+        options = [c for c in candidates(ws, fmt) if c[0] == "dense" or rewritable(model, ws, c[0])]
         if len(options) == 1:
-            out[ws.name] = Choice(ws.name, "dense", "", reason=f"no lowering rewrites a {ws.kind} weight in "
-                                                                  f"{tuple(ws.block_shape)} blocks for .{fmt} files")
+            out[ws.name] = Choice(ws.name, "dense", "", reason=f"kept dense: no lowering rewrites this {ws.kind} "
+                                                                  f"layer in {tuple(ws.block_shape)} blocks for .{fmt} "
+                                                                  "files")
             continue
         key = _signature(model, ws, output, batch, threads)
         if key not in cache:

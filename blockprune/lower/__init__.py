@@ -22,7 +22,7 @@ from .channel_gather import ChannelGather
 from .gather_matmul import GatherMatmul
 
 __all__ = ["BlockSparseDense", "ChannelGatherConv", "Lowering", "LoweredLayer", "LOWERINGS", "lowering", "lower",
-           "runs_sparse", "default_choices", "candidates", "format_name"]
+           "runs_sparse", "default_choices", "candidates", "format_name", "held_by", "rewritable"]
 
 
 class Dense(Lowering):
@@ -99,6 +99,28 @@ def default_choices(target, runtime: str, structure) -> dict[str, tuple[str, str
     return out
 
 
+def held_by(node, ws):
+    """The Keras layer that holds weight ``ws`` inside the graph-node layer ``node`` (``node``
+    itself for its own ``kernel``; e.g. the ``query`` EinsumDense of a MultiHeadAttention)."""
+    if ws.site.weight == "kernel":
+        return node
+    from ..kerasgraph import sublayers
+
+    sub_name = ws.site.weight.rsplit("/", 1)[0].split("/")[-1]
+    return next((s for s in sublayers(node, recursive=True) if s.name == sub_name), None)
+
+
+def rewritable(model, ws, name: str) -> bool:
+    """Whether lowering ``name`` can rewrite the layer of ``model`` that holds weight ``ws``."""
+    from ..kerasgraph import layer_paths
+
+    entry = lowering(name)
+    paths = layer_paths(model)
+    node = next((lay for lay in model.layers if paths.get(id(lay)) == ws.layer), None)
+    held = held_by(node, ws) if node is not None else None
+    return held is not None and entry.handles(ws) and entry.why_not(held) is None
+
+
 def lower(model, target, runtime: str = "tflite", structure=None, block_shapes=None, choices=None):
     """Rewrites the weights' layers into the lowerings chosen for them; others stay as they are.
 
@@ -155,8 +177,7 @@ def lower(model, target, runtime: str = "tflite", structure=None, block_shapes=N
                     new.input_layout, new.lead_shape = "feature", chained_in[path]
                 return new or layer
             # a sublayer holds it (MultiHeadAttention's query/key/value/attention_output projections)
-            sub_name = ws.site.weight.rsplit("/", 1)[0].split("/")[-1]
-            sub = next((s for s in sublayers(layer, recursive=True) if s.name == sub_name), None)
+            sub = held_by(layer, ws)
             new = rewritten(sub, ws, name, variant) if sub is not None else None
             if new is not None:
                 owner = next(o for o in sublayers(layer, recursive=True, include_self=True)
