@@ -273,9 +273,14 @@ def cmd_export(args) -> int:
     plan = SparsityPlan.load(args.plan) if args.plan else None
     target = plan.target if plan else load_target(args.target)
     model = load_keras_model(args.model, args.imports)
+    profile = None
+    if args.profile:
+        from .profile import Profile
+
+        profile = Profile.load(args.profile)
     records = export(model, target, args.output, formats, plan=plan, allow_dense=args.allow_dense,
                      dense_baseline=not args.no_dense_baseline, batch=args.batch, threads=args.threads,
-                     select=args.select, progress=not args.json)
+                     select=args.select, progress=not args.json, profile=profile)
     if args.json:
         print(json.dumps([r.to_dict() for r in records], indent=2))
         return 0
@@ -472,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="choose each layer's lowering by timing the candidates here (measure, the default) or use "
                         "the target's lowering as given (target); either way a file slower than dense is not "
                         "written")
+    p.add_argument("--profile", help="a tuning profile (blockprune tune) to choose lowerings from without probes "
+                                     "where it measured them")
     p.add_argument("--plan", help="plan JSON pinning the expected block structure (and the target)")
     p.add_argument("--allow-dense", action="store_true",
                    help="write files even when a block-sparse layer would run dense (a warning, not an error)")

@@ -174,7 +174,7 @@ def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan 
                 allow_dense: bool = False, dense: bool = False, samples: list | None = None, structure=None,
                 choices=None, batch: int = 1, threads: int = 1, select: str = "measure", check: bool = True,
                 dense_built=None, reference=None, progress: bool = False, check_rounds: int = 5,
-                check_reps: int = 30) -> ExportRecord:
+                check_reps: int = 30, profile=None) -> ExportRecord:
     """Writes one verified file of export output ``output`` for ``target``.
 
     Args:
@@ -198,6 +198,8 @@ def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan 
             ``samples``, when the caller has them already.
         progress: print what is measured.
         check_rounds, check_reps: timing repetitions of the whole-file check.
+        profile: a tuning profile (``blockprune tune``) to choose from where it measured every
+            candidate of a weight; the others are probed.
 
     Returns:
         An ``ExportRecord``.
@@ -234,7 +236,7 @@ def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan 
     if entry.rewrites and choices is None and select == "measure":
         from .select import choose
 
-        chosen = choose(model, target, output, structure, batch, threads, progress=progress)
+        chosen = choose(model, target, output, structure, batch, threads, progress=progress, profile=profile)
         choices = {name: c.key for name, c in chosen.items()}
         why = {name: c.reason for name, c in chosen.items()}
     if choices is not None and all(key[0] == "dense" for key in choices.values()) and entry.rewrites:
@@ -302,7 +304,7 @@ def file_name(model_name: str, output: str, dense: bool = False) -> str:
 
 def export(model, target, out_dir, formats=None, plan: SparsityPlan | None = None, allow_dense: bool = False,
            dense_baseline: bool = True, batch: int = 1, threads: int = 1, select: str = "measure",
-           check: bool = True, progress: bool = False) -> list[ExportRecord]:
+           check: bool = True, progress: bool = False, profile=None) -> list[ExportRecord]:
     """Exports ``model`` for ``target`` into ``out_dir``: one sparse file per output, the dense
     baselines ``<name>.dense.<fmt>``, the Keras model ``<name>.keras``, and ``export.json``
     listing the records.
@@ -319,11 +321,14 @@ def export(model, target, out_dir, formats=None, plan: SparsityPlan | None = Non
         select: ``measure`` or ``target`` (see ``export_file``).
         check: the whole-file never-slower check.
         progress: print what is measured.
+        profile: a tuning profile to choose lowerings from (see ``export_file``).
 
     Returns:
         The records, sparse files first.
     """
     target = load_target(target)
+    if profile is not None and profile.target != target.name:
+        raise ValueError(f"the profile was measured for target '{profile.target}', not '{target.name}'")
     formats = tuple(formats) if formats else default_outputs()
     unknown = [f for f in formats if f not in OUTPUTS]
     if unknown or not formats:
@@ -351,7 +356,7 @@ def export(model, target, out_dir, formats=None, plan: SparsityPlan | None = Non
         records.append(export_file(model, target, out / file_name(model.name, output), output, plan, allow_dense,
                                    samples=samples, structure=structure, batch=batch, threads=threads,
                                    select=select, check=check, dense_built=dense_built[fmt], reference=reference,
-                                   progress=progress))
+                                   progress=progress, profile=profile))
     if dense_baseline:
         for fmt in dict.fromkeys(OUTPUTS[o][0] for o in formats):
             records.append(export_file(model, target, out / file_name(model.name, fmt, dense=True), fmt,

@@ -49,6 +49,8 @@ class Measurement:
         block_shape: the block shape, or None for the dense layer.
         sparsity: fraction of zero blocks (0 for dense).
         median_us: median latency in microseconds.
+        lowering: how the sparse layer was lowered, as export records name it
+            (``gather-matmul``, ``gather-matmul (feature-major)``; ``dense`` for the dense layer).
     """
 
     runtime: str
@@ -58,10 +60,12 @@ class Measurement:
     block_shape: tuple[int, int] | None
     sparsity: float
     median_us: float
+    lowering: str = "gather-matmul"
 
     def key(self) -> tuple:
         return (self.runtime, tuple(self.view_shape), self.rows, self.threads,
-                tuple(self.block_shape) if self.block_shape else None, round(self.sparsity, 4))
+                tuple(self.block_shape) if self.block_shape else None, round(self.sparsity, 4),
+                self.lowering if self.block_shape else "dense")
 
 
 @dataclass(frozen=True)
@@ -110,27 +114,38 @@ class Profile:
         self.measurements = [x for x in self.measurements if x.key() != m.key()] + [m]
         self._index[m.key()] = m
 
-    def has(self, runtime, view_shape, rows, threads, block_shape, sparsity) -> bool:
+    def has(self, runtime, view_shape, rows, threads, block_shape, sparsity, lowering: str = "gather-matmul") -> bool:
         key = (runtime, tuple(view_shape), rows, threads, tuple(block_shape) if block_shape else None,
-               round(sparsity, 4))
+               round(sparsity, 4), lowering if block_shape else "dense")
         return key in self._index
 
-    def latency(self, runtime, view_shape, rows, threads, block_shape, sparsity) -> float | None:
+    def lowerings(self) -> list[str]:
+        """The lowerings measured in this profile (sparse layers)."""
+        return sorted({m.lowering for m in self.measurements if m.block_shape})
+
+    def latency(self, runtime, view_shape, rows, threads, block_shape, sparsity, lowering: str | None = None
+                ) -> float | None:
         """The measured median (us), or None. Dense: ``block_shape=None``, ``sparsity=0``.
 
         A sparsity that was not measured is interpolated linearly between the nearest
-        measured ones of the same block shape (dense counts as sparsity 0).
+        measured ones of the same block shape and lowering (dense counts as sparsity 0). Without
+        ``lowering``, the fastest measured lowering (what export would choose).
         """
         if block_shape is None or sparsity == 0:
-            m = self._index.get((runtime, tuple(view_shape), rows, threads, None, 0.0))
+            m = self._index.get((runtime, tuple(view_shape), rows, threads, None, 0.0, "dense"))
             return m.median_us if m else None
-        exact = self._index.get((runtime, tuple(view_shape), rows, threads, tuple(block_shape), round(sparsity, 4)))
+        if lowering is None:
+            times = [t for low in self.lowerings()
+                     if (t := self.latency(runtime, view_shape, rows, threads, block_shape, sparsity, low)) is not None]
+            return min(times) if times else None
+        exact = self._index.get((runtime, tuple(view_shape), rows, threads, tuple(block_shape), round(sparsity, 4),
+                                 lowering))
         if exact:
             return exact.median_us
         points = sorted((m.sparsity, m.median_us) for m in self.measurements
                         if (m.runtime, tuple(m.view_shape), m.rows, m.threads) == (runtime, tuple(view_shape), rows,
                                                                                     threads)
-                        and m.block_shape and tuple(m.block_shape) == tuple(block_shape))
+                        and m.block_shape and tuple(m.block_shape) == tuple(block_shape) and m.lowering == lowering)
         dense = self.latency(runtime, view_shape, rows, threads, None, 0.0)
         if dense is not None:
             points = [(0.0, dense)] + points
@@ -189,7 +204,8 @@ class Profile:
         try:
             ms = [Measurement(m["runtime"], tuple(m["view_shape"]), int(m["rows"]), int(m["threads"]),
                               tuple(m["block_shape"]) if m["block_shape"] else None, float(m["sparsity"]),
-                              float(m["median_us"])) for m in d["measurements"]]
+                              float(m["median_us"]), str(m.get("lowering", "gather-matmul")))
+                  for m in d["measurements"]]
             models = [ModelMeasurement(str(m["model"]), m["runtime"], int(m["batch"]), int(m["threads"]),
                                        float(m["sparsity"]), float(m["matmul_us"]), float(m["weight_bytes"]),
                                        float(m["median_us"]))

@@ -104,8 +104,30 @@ def _signature(model, ws, output: str, batch: int, threads: int) -> tuple:
             ws.kept_per_block_column, config)
 
 
+def _from_profile(profile, fmt: str, ws, options, batch: int, threads: int) -> dict | None:
+    """``{(lowering, variant): us}`` for every option from a tuning profile, or None when it lacks one.
+
+    Profiles hold single Dense layers over ``[in, out]`` views, so only matmul weights are read."""
+    from .lower import format_name
+
+    if profile is None or ws.view != ws.site.view or ws.kind not in ("dense", "conv1x1", "einsum_dense"):
+        return None
+    rows = batch * ws.site.positions
+    timed = {}
+    for lowering, variant in options:
+        if lowering == "dense":
+            t = profile.latency(fmt, ws.view_shape, rows, threads, None, 0.0)
+        else:
+            t = profile.latency(fmt, ws.view_shape, rows, threads, ws.block_shape, ws.block_sparsity,
+                                format_name(lowering, variant))
+        if t is None:
+            return None
+        timed[(lowering, variant)] = t
+    return timed
+
+
 def choose(model, target, output: str, structure, batch: int = 1, threads: int = 1, rounds: int = 3,
-           reps: int = 20, progress: bool = False) -> dict[str, Choice]:
+           reps: int = 20, progress: bool = False, profile=None) -> dict[str, Choice]:
     """Chooses, per blocked weight, the fastest lowering for export output ``output`` by probes.
 
     Args:
@@ -116,6 +138,9 @@ def choose(model, target, output: str, structure, batch: int = 1, threads: int =
         batch, threads: the deployment point.
         rounds, reps: timing repetitions per probe.
         progress: print one line per probe.
+        profile: a ``blockprune.profile.Profile`` for this target: a weight whose every candidate
+            it measured (same view, rows, threads, block; sparsity interpolated) is chosen from
+            it, without a probe.
 
     Returns:
         ``{weight: Choice}`` for every blocked weight (dense ones included, with the reason).
@@ -138,6 +163,12 @@ def choose(model, target, output: str, structure, batch: int = 1, threads: int =
                                                                   "files")
             continue
         key = _signature(model, ws, output, batch, threads)
+        measured = _from_profile(profile, fmt, ws, options, batch, threads)
+        if measured is not None:
+            cache[key] = measured
+            source = "tuning profile"
+        else:
+            source = "probe"
         if key not in cache:
             probe, probe_structure = _probe_model(model, ws)
             runners = {}
@@ -152,14 +183,12 @@ def choose(model, target, output: str, structure, batch: int = 1, threads: int =
         best = min(timed, key=timed.get)
         tried = tuple((_label(*k), round(v, 1)) for k, v in timed.items())
         dense_us = timed[("dense", "")]
+        where = f"at batch {batch}, {threads} thread{'s' if threads > 1 else ''} in {rt.label} ({source})"
         if best == ("dense", ""):
             reason = (f"kept dense: dense {dense_us:.0f} us beats every lowering "
-                      f"({', '.join(f'{n} {t:.0f} us' for n, t in tried if n != 'dense')}) at batch {batch}, "
-                      f"{threads} thread{'s' if threads > 1 else ''} in {rt.label}")
+                      f"({', '.join(f'{n} {t:.0f} us' for n, t in tried if n != 'dense')}) {where}")
         else:
-            reason = (f"{format_name(*best)}: {timed[best]:.0f} us vs dense {dense_us:.0f} us "
-                      f"({dense_us / timed[best]:.2f}x) at batch {batch}, {threads} thread{'s' if threads > 1 else ''} "
-                      f"in {rt.label}")
+            reason = f"{format_name(*best)}: {timed[best]:.0f} us vs dense {dense_us:.0f} us ({dense_us / timed[best]:.2f}x) {where}"
         out[ws.name] = Choice(ws.name, best[0], best[1], dense_us, timed[best], tried, reason)
         if progress:
             print(f"  [{i + 1}/{len(blocked)}] {rt.label} {ws.name}: {reason}", file=sys.stderr, flush=True)

@@ -23,13 +23,14 @@ import keras
 import numpy as np
 
 from .checks import SPARSITY_LADDER, divides
+from .lower import format_name
 from .masks import block_mask
 from .modelwalk import find_weights, target_sites
 from .profile import Measurement, ModelMeasurement, Profile, model_key
 from .targets import fast_runtimes, load_target
 from .timing import machine_info, median_latency_us
 
-__all__ = ["tune", "measure_layer", "measure_model", "layer_shapes", "PROBED_KINDS"]
+__all__ = ["tune", "measure_layer", "measure_model", "layer_shapes", "tuned_lowerings", "PROBED_KINDS"]
 
 #: Layer kinds a single-layer Dense probe stands for (a 1x1 convolution is a matmul over positions).
 PROBED_KINDS = ("dense", "conv1x1")
@@ -48,11 +49,25 @@ def layer_shapes(model, target, batch: int = 1) -> list[tuple[tuple[int, int], i
     return seen
 
 
+def tuned_lowerings(target, runtime: str) -> list[tuple[str, str]]:
+    """``(lowering, variant)`` pairs ``tune`` measures for ``runtime`` (``tflite``/``onnx``): every
+    form of the target's lowering when it rewrites layers, else the target's lowering itself."""
+    from .lower import lowering
+
+    entry = lowering(getattr(target.lowering, runtime))
+    if not entry.rewrites:
+        return [(entry.name, "")]
+    return [(entry.name, v) for v in entry.variants_for(runtime)]
+
+
 def measure_layer(target, runtime: str, view_shape, rows: int, block_shape, sparsity: float, threads: int = 1,
-                  rounds: int = 3, reps: int = 30, seed: int = 0) -> float:
+                  rounds: int = 3, reps: int = 30, seed: int = 0, lowering=None) -> float:
     """Median latency (us) of one Dense layer ``[in, out]`` with the given block pattern,
-    exported for the target and run with its recorded options (``block_shape=None``: dense)."""
-    from .export import export_onnx, export_tflite
+    exported for the target and run with its recorded options (``block_shape=None``: dense).
+
+    ``lowering`` is a ``(lowering, variant)`` pair (default: the first of ``tuned_lowerings``);
+    it is used as given, unmeasured and unchecked, so the profile says what it costs."""
+    from .export import export_file
     from .runtimes import make_runner
 
     target = load_target(target)
@@ -64,9 +79,13 @@ def measure_layer(target, runtime: str, view_shape, rows: int, block_shape, spar
     if block_shape is not None:
         k = layer.kernel.numpy()
         layer.kernel.assign(k * block_mask(k, block_shape, sparsity, balanced=target.balanced))
-    writer = export_tflite if runtime == "tflite" else export_onnx
+    from .lower import lowering as catalogue_entry
+
+    choice = lowering or tuned_lowerings(target, runtime)[0]
+    choices = {"layer/kernel": choice} if catalogue_entry(choice[0]).rewrites else None
     with tempfile.TemporaryDirectory() as tmp:
-        record = writer(model, target, Path(tmp) / f"probe.{runtime}", allow_dense=True, dense=block_shape is None)
+        record = export_file(model, target, Path(tmp) / f"probe.{runtime}", runtime, allow_dense=True,
+                             dense=block_shape is None, choices=choices, select="target", check=False)
         run = make_runner(record.path, num_threads=threads)
         x = np.random.default_rng(seed).normal(size=(rows, n_in)).astype("float32")
         return median_latency_us(run, x, rounds, reps)
@@ -83,8 +102,9 @@ def measure_model(model, target, runtime: str, plan=None, batch: int = 1, thread
     writer = export_tflite if runtime == "tflite" else export_onnx
     source = model if plan is None else prune_once(model, plan)
     with tempfile.TemporaryDirectory() as tmp:
-        record = writer(source, target, Path(tmp) / f"model.{runtime}", plan=plan, allow_dense=True,
-                        dense=plan is None)
+        # the target's lowering in its default form, unmeasured and unchecked (no probes inside a measurement)
+        record = writer(source, target, Path(tmp) / f"model.{runtime}", plan=plan, allow_dense=True, select="target",
+                        check=False, dense=plan is None)
         run = make_runner(record.path, num_threads=threads)
         shape = [batch] + [d or 1 for d in model.inputs[0].shape[1:]]
         x = np.random.default_rng(seed).normal(size=shape).astype("float32")
@@ -139,25 +159,26 @@ def tune(model, target, sparsities=SPARSITY_LADDER, batch: int = 1, threads: int
     jobs = []
     for view, rows in shapes:
         for rt in runtimes:
-            jobs.append((rt, view, rows, None, 0.0))
+            jobs.append((rt, view, rows, None, 0.0, ("dense", "")))
             for block in target.block_shapes:
                 if divides(view, block):
-                    jobs += [(rt, view, rows, block, s) for s in sparsities]
-    todo = [j for j in jobs if not profile.has(j[0], j[1], j[2], threads, j[3], j[4])]
+                    jobs += [(rt, view, rows, block, s, low) for s in sparsities for low in tuned_lowerings(target, rt)]
+    todo = [j for j in jobs if not profile.has(j[0], j[1], j[2], threads, j[3], j[4], format_name(*j[5]))]
     bar = keras.utils.Progbar(len(todo), unit_name="measurement") if progress and todo and sys.stdout.isatty() else None
     started = time.time()
-    for i, (rt, view, rows, block, s) in enumerate(todo):
+    for i, (rt, view, rows, block, s, low) in enumerate(todo):
         if time.time() - started > time_budget_s:
             if progress:
                 print(f"time budget of {time_budget_s:.0f} s reached: {len(todo) - i} measurements left "
                       "(rerun with the same profile to continue)", flush=True)
             break
-        median = measure_layer(target, rt, view, rows, block, s, threads, rounds, reps)
-        profile.add(Measurement(rt, tuple(view), rows, threads, tuple(block) if block else None, s, median))
+        median = measure_layer(target, rt, view, rows, block, s, threads, rounds, reps, lowering=low if block else None)
+        profile.add(Measurement(rt, tuple(view), rows, threads, tuple(block) if block else None, s, median,
+                                format_name(*low)))
         if bar:
             bar.update(i + 1)
         elif progress:
-            what = "dense" if block is None else f"{block} at {s:.0%}"
+            what = "dense" if block is None else f"{block} at {s:.0%}, {format_name(*low)}"
             print(f"  [{i + 1}/{len(todo)}] {rt} {view[0]}x{view[1]} rows {rows}: {what}: {median:.1f} us", flush=True)
     if whole_model and len(model.inputs) == 1:
         _tune_whole_model(model, target, profile, runtimes, sparsities, batch, threads, rounds, reps,

@@ -220,3 +220,29 @@ def test_selection_lowers_a_layer_where_it_pays(tmp_path):
     record = export_file(model, "cpu-wide", tmp_path / "m.tflite", "tflite")
     assert record.layers[0]["format"].startswith("gather-matmul") and "vs dense" in record.layers[0]["why"]
     assert record.check["speedup"] > 1 and not record.check["kept_dense"]
+
+
+def test_selection_reads_a_tuning_profile_where_it_measured_every_candidate(tmp_path):
+    from blockprune.profile import Measurement, Profile
+
+    keras.utils.set_random_seed(9)
+    inputs = keras.Input((512,))
+    model = keras.Model(inputs, keras.layers.Dense(512, name="a")(inputs), name="p")
+    k = model.get_layer("a").kernel.numpy()
+    model.get_layer("a").kernel.assign(k * block_mask(k, (1, 128), 0.9, balanced=True))
+    sparsity = read_structure(model, load_target("cpu-wide")).get("a/kernel").block_sparsity
+
+    def profile(batch_us, feature_us, dense_us=100.0):
+        return Profile("cpu-wide", {}, {}, [
+            Measurement("tflite", (512, 512), 1, 1, None, 0.0, dense_us, "dense"),
+            Measurement("tflite", (512, 512), 1, 1, (1, 128), sparsity, batch_us, "gather-matmul"),
+            Measurement("tflite", (512, 512), 1, 1, (1, 128), sparsity, feature_us, "gather-matmul (feature-major)")])
+
+    record = export_file(model, "cpu-wide", tmp_path / "f.tflite", "tflite", profile=profile(50.0, 20.0), check=False)
+    assert record.layers[0]["format"] == "gather-matmul (feature-major)"
+    assert "20 us vs dense 100 us" in record.layers[0]["why"] and "tuning profile" in record.layers[0]["why"]
+    record = export_file(model, "cpu-wide", tmp_path / "d.tflite", "tflite", profile=profile(150.0, 120.0), check=False)
+    assert record.layers[0]["format"] == "dense" and "tuning profile" in record.layers[0]["why"]
+    # a runtime the profile did not measure is probed
+    record = export_file(model, "cpu-wide", tmp_path / "o.onnx", "onnx", profile=profile(150.0, 120.0), check=False)
+    assert "(probe)" in record.layers[0]["why"]
