@@ -182,15 +182,20 @@ def test_feature_major_chains_leave_out_the_transposes_between_layers(small_bloc
 
 # --------------------------------------------------------------------------- choosing by measurement
 
+def _one_dense(width, block, sparsity, seed, name):
+    """A model of one Dense layer ``a`` (width x width) pruned to ``block`` at ``sparsity``."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((width,))
+    model = keras.Model(inputs, keras.layers.Dense(width, name="a")(inputs), name=name)
+    k = model.get_layer("a").kernel.numpy()
+    model.get_layer("a").kernel.assign(k * block_mask(k, block, sparsity, balanced=True))
+    return model
+
+
 def _nearly_dense_model():
     """A 1024x1024 layer with only 10% of its (1, 16) blocks zero: every lowering does ~all the
     work of the dense matmul plus gathers, so dense is faster everywhere."""
-    keras.utils.set_random_seed(7)
-    inputs = keras.Input((1024,))
-    model = keras.Model(inputs, keras.layers.Dense(1024, name="a")(inputs), name="nearly_dense")
-    k = model.get_layer("a").kernel.numpy()
-    model.get_layer("a").kernel.assign(k * block_mask(k, (1, 16), 0.1, balanced=True))
-    return model
+    return _one_dense(1024, (1, 16), 0.1, 7, "nearly_dense")
 
 
 def test_selection_keeps_a_layer_dense_where_dense_is_faster(tmp_path):
@@ -212,11 +217,7 @@ def test_a_file_slower_than_dense_is_not_written(tmp_path):
 
 
 def test_selection_lowers_a_layer_where_it_pays(tmp_path):
-    keras.utils.set_random_seed(8)
-    inputs = keras.Input((2048,))
-    model = keras.Model(inputs, keras.layers.Dense(2048, name="a")(inputs), name="wide")
-    k = model.get_layer("a").kernel.numpy()
-    model.get_layer("a").kernel.assign(k * block_mask(k, (1, 64), 0.9, balanced=True))
+    model = _one_dense(2048, (1, 64), 0.9, 8, "wide")
     record = export_file(model, "cpu-wide", tmp_path / "m.tflite", "tflite")
     assert record.layers[0]["format"].startswith("gather-matmul") and "vs dense" in record.layers[0]["why"]
     assert record.check["speedup"] > 1 and not record.check["kept_dense"]
@@ -225,11 +226,7 @@ def test_selection_lowers_a_layer_where_it_pays(tmp_path):
 def test_selection_reads_a_tuning_profile_where_it_measured_every_candidate(tmp_path):
     from blockprune.profile import Measurement, Profile
 
-    keras.utils.set_random_seed(9)
-    inputs = keras.Input((512,))
-    model = keras.Model(inputs, keras.layers.Dense(512, name="a")(inputs), name="p")
-    k = model.get_layer("a").kernel.numpy()
-    model.get_layer("a").kernel.assign(k * block_mask(k, (1, 128), 0.9, balanced=True))
+    model = _one_dense(512, (1, 128), 0.9, 9, "p")
     sparsity = read_structure(model, load_target("cpu-wide")).get("a/kernel").block_sparsity
 
     def profile(batch_us, feature_us, dense_us=100.0):
