@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SPARSITY_LADDER", "check_sparsity", "check_block_shape", "divides", "check_blocks_divide"]
+__all__ = ["SPARSITY_LADDER", "check_sparsity", "check_block_shape", "divides", "fits", "check_blocks_divide",
+           "check_blocks_fit", "n_block_cols"]
 
 #: Sparsities ``blockprune tune`` measures by default, and the levels a latency budget
 #: allocates from when no profile gives its own.
@@ -77,3 +78,30 @@ def check_blocks_divide(view_shape: tuple[int, int], block_shape: tuple[int, int
         prefix = f"{where}: " if where else ""
         raise ValueError(f"{prefix}block_shape={tuple(block_shape)} does not divide the [in, out] view "
                          f"{tuple(view_shape)}")
+
+
+def fits(view_shape, block_shape) -> bool:
+    """Whether ``block_shape`` can cut the ``[in, out]`` view ``view_shape`` into blocks: the rows
+    divide exactly, and the columns hold at least one whole block; a last block-column narrower
+    than the block (``out`` not a multiple of ``cols``) is padded with zero columns.
+
+    Example:
+        >>> fits((1000, 1000), (1, 64)), divides((1000, 1000), (1, 64))
+        (True, False)
+    """
+    bh, bw = block_shape
+    return bh > 0 and bw > 0 and view_shape[0] % bh == 0 and view_shape[1] >= bw
+
+
+def check_blocks_fit(view_shape: tuple[int, int], block_shape: tuple[int, int], where: str = "") -> None:
+    """Raises ``ValueError`` unless ``block_shape`` fits ``view_shape`` (see ``fits``)."""
+    if not fits(view_shape, block_shape):
+        prefix = f"{where}: " if where else ""
+        raise ValueError(f"{prefix}block_shape={tuple(block_shape)} does not divide the [in, out] view "
+                         f"{tuple(view_shape)} (its rows must divide {view_shape[0]}; its columns may leave a narrower "
+                         f"last block-column but must be at most {view_shape[1]})")
+
+
+def n_block_cols(out: int, cols: int) -> int:
+    """Block-columns of a view ``out`` wide: the last one may be narrower than ``cols``."""
+    return -(-out // cols)

@@ -109,7 +109,7 @@ def _layer_entry(ws, fmt: str, why: str = "") -> dict:
              "block_shape": list(ws.block_shape) if ws.block_shape else None, "block_sparsity": ws.block_sparsity,
              "kept_per_block_column": [lo, hi]}
     if fmt not in DENSE_FORMATS and ws.blocked and lo != hi:  # a balanced lowering pads to the fullest column
-        n_cols = ws.view_shape[1] // ws.block_shape[1]
+        n_cols = -(-ws.view_shape[1] // ws.block_shape[1])
         kept = round((1 - ws.block_sparsity) * n_cols * (ws.view_shape[0] // ws.block_shape[0]))
         entry["padding"] = (hi * n_cols - kept) / max(kept, 1)
     if why:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import check_blocks_divide, divides
+from .checks import check_blocks_divide, check_blocks_fit, fits, n_block_cols
 
 __all__ = ["BSR", "BlockedELL", "FORMATS", "index_dtype", "nonzero_block_grid", "detect_block_shape"]
 
@@ -42,20 +42,27 @@ def index_dtype(max_value: int) -> np.dtype:
 
 
 def nonzero_block_grid(w2d: np.ndarray, block_shape: tuple[int, int]) -> np.ndarray:
-    """``[in // rows, out // cols]`` booleans: True where a block holds a nonzero value."""
+    """``[in // rows, ceil(out / cols)]`` booleans: True where a block holds a nonzero value (a
+    last, narrower block-column counts as one block)."""
     w2d = np.asarray(w2d)
-    check_blocks_divide(w2d.shape, block_shape)
-    bh, bw = block_shape
-    return (w2d != 0).reshape(w2d.shape[0] // bh, bh, w2d.shape[1] // bw, bw).any(axis=(1, 3))
+    check_blocks_fit(w2d.shape, block_shape)
+    return _pad_columns(w2d != 0, block_shape[1]).reshape(
+        w2d.shape[0] // block_shape[0], block_shape[0], -1, block_shape[1]).any(axis=(1, 3))
+
+
+def _pad_columns(w2d: np.ndarray, cols: int) -> np.ndarray:
+    """``w2d`` with zero columns added up to a whole number of block-columns."""
+    pad = n_block_cols(w2d.shape[1], cols) * cols - w2d.shape[1]
+    return np.pad(w2d, ((0, 0), (0, pad))) if pad else w2d
 
 
 def detect_block_shape(w2d: np.ndarray, candidates, explained: float = 0.95) -> tuple[tuple[int, int], float] | None:
     """The candidate block shape that explains the zero pattern of ``w2d``.
 
-    A candidate fits when it divides the view and whole zero blocks hold at least
-    ``explained`` of all zero weights (a 90%-sparse (4, 1) pattern has some all-zero (1, 16)
-    blocks by chance, but they hold few of its zeros). Among fitting candidates the largest
-    block area wins, then the first listed.
+    A candidate explains it when it fits the view (``blockprune.checks.fits``) and whole zero
+    blocks hold at least ``explained`` of all zero weights (a 90%-sparse (4, 1) pattern has some all-zero (1, 16)
+    blocks by chance, but they hold few of its zeros). Among candidates that explain it the
+    largest block area wins, then the first listed.
 
     Returns:
         ``(block_shape, zero_block_fraction)``, or None when no candidate fits.
@@ -65,11 +72,11 @@ def detect_block_shape(w2d: np.ndarray, candidates, explained: float = 0.95) -> 
     best = None
     for block in candidates:
         block = tuple(int(v) for v in block)
-        if zero_fraction == 0 or not divides(w2d.shape, block):
+        if zero_fraction == 0 or not fits(w2d.shape, block):
             continue
         zero_blocks = 1.0 - float(nonzero_block_grid(w2d, block).mean())
-        fits = zero_blocks > 0 and zero_blocks >= explained * zero_fraction
-        if fits and (best is None or block[0] * block[1] > best[0][0] * best[0][1]):
+        explains = zero_blocks > 0 and zero_blocks >= explained * zero_fraction
+        if explains and (best is None or block[0] * block[1] > best[0][0] * best[0][1]):
             best = (block, zero_blocks)
     return best
 
@@ -115,8 +122,10 @@ class BSR:
 
     @classmethod
     def from_dense(cls, w2d: np.ndarray, block_shape: tuple[int, int]) -> "BSR":
-        """Packs the nonzero blocks of a 2-D view (all-zero blocks are dropped)."""
+        """Packs the nonzero blocks of a 2-D view (all-zero blocks are dropped); the block must
+        divide the view."""
         w2d = _check_view(w2d)
+        check_blocks_divide(w2d.shape, block_shape)
         grid = nonzero_block_grid(w2d, block_shape)
         bh, bw = block_shape
         n_rows, n_cols = grid.shape
@@ -186,9 +195,10 @@ class BlockedELL:
 
     Attributes:
         shape: ``(in, out)`` of the dense view.
-        block_rows: ``[out // cols, k]`` block-row index of each kept block, increasing.
-        data: ``[out // cols, k, rows, cols]`` kept blocks (zero-padded where a block-column
-            has fewer than ``k`` nonzero blocks).
+        block_rows: ``[ncb, k]`` block-row index of each kept block, increasing;
+            ``ncb = ceil(out / cols)``.
+        data: ``[ncb, k, rows, cols]`` kept blocks (zero-padded where a block-column has fewer
+            than ``k`` nonzero blocks, and beyond ``out`` in a last, narrower block-column).
     """
 
     shape: tuple[int, int]
@@ -224,6 +234,8 @@ class BlockedELL:
         grid = nonzero_block_grid(w2d, block_shape)
         bh, bw = block_shape
         n_rows, n_cols = grid.shape
+        shape = tuple(w2d.shape)
+        w2d = _pad_columns(w2d, bw)
         counts = grid.sum(axis=0)
         need = int(counts.max()) if n_cols else 0
         k = need if k is None else int(k)
@@ -235,24 +247,24 @@ class BlockedELL:
         rows = np.sort(order, axis=0).T  # [n_cols, k]
         blocks = w2d.reshape(n_rows, bh, n_cols, bw).transpose(2, 0, 1, 3)  # [n_cols, n_rows, bh, bw]
         data = np.take_along_axis(blocks, rows[:, :, None, None], axis=1)
-        return cls(tuple(w2d.shape), rows.astype(index_dtype(max(n_rows - 1, 0))),
-                   np.ascontiguousarray(data, dtype=w2d.dtype))
+        return cls(shape, rows.astype(index_dtype(max(n_rows - 1, 0))), np.ascontiguousarray(data, dtype=w2d.dtype))
 
     def to_dense(self) -> np.ndarray:
         bh, bw = self.block_shape
-        n_rows, n_cols = self.shape[0] // bh, self.shape[1] // bw
+        n_rows, n_cols = self.shape[0] // bh, n_block_cols(self.shape[1], bw)
         blocks = np.zeros((n_cols, n_rows, bh, bw), dtype=self.data.dtype)
         np.put_along_axis(blocks, self.block_rows.astype(np.int64)[:, :, None, None], self.data, axis=1)
-        return blocks.transpose(1, 2, 0, 3).reshape(self.shape)
+        return blocks.transpose(1, 2, 0, 3).reshape(self.shape[0], n_cols * bw)[:, : self.shape[1]]
 
     def gather_indices(self) -> np.ndarray:
-        """``[out // cols, k * rows]`` input-feature indices each block-column reads (int32)."""
+        """``[ncb, k * rows]`` input-feature indices each block-column reads (int32)."""
         bh = self.block_shape[0]
         rows = self.block_rows.astype(np.int64)[:, :, None] * bh + np.arange(bh)
         return rows.reshape(self.block_rows.shape[0], -1).astype(np.int32)
 
     def packed_values(self) -> np.ndarray:
-        """``[out // cols, k * rows, cols]``: the values in the order ``gather_indices`` reads."""
+        """``[ncb, k * rows, cols]``: the values in the order ``gather_indices`` reads (a last,
+        narrower block-column padded with zero columns)."""
         n_cols, k, bh, bw = self.data.shape
         return self.data.reshape(n_cols, k * bh, bw)
 
@@ -267,11 +279,11 @@ class BlockedELL:
             problems.append(f"data has shape {self.data.shape}, expected [ncb, k, rows, cols]")
         else:
             bh, bw = self.block_shape
-            if bh < 1 or bw < 1 or self.shape[0] % bh or self.shape[1] % bw:
-                problems.append(f"block {self.block_shape} does not divide the view {self.shape}")
-            elif self.block_rows.shape != (self.shape[1] // bw, self.data.shape[1]):
+            if not fits(self.shape, self.block_shape):
+                problems.append(f"block {self.block_shape} does not fit the view {self.shape}")
+            elif self.block_rows.shape != (n_block_cols(self.shape[1], bw), self.data.shape[1]):
                 problems.append(f"block_rows has shape {self.block_rows.shape}, expected "
-                                f"({self.shape[1] // bw}, {self.data.shape[1]})")
+                                f"({n_block_cols(self.shape[1], bw)}, {self.data.shape[1]})")
         problem = _index_problem("block_rows", self.block_rows)
         if problem:
             problems.append(problem)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import check_blocks_divide
+from .checks import check_blocks_fit, n_block_cols
 
 __all__ = ["POOLING_TYPES", "block_scores", "block_mask", "kept_block_grid", "block_structure", "reachable_sparsity"]
 
@@ -36,21 +36,33 @@ def block_scores(weight2d: np.ndarray, block_shape: tuple[int, int], pooling: st
 
     Args:
         weight2d: the ``[in, out]`` view.
-        block_shape: ``(rows, cols)``; must divide the view.
+        block_shape: ``(rows, cols)``; must fit the view (``blockprune.checks.fits``).
         pooling: ``"AVG"`` (mean) or ``"MAX"``.
 
     Returns:
-        Scores of shape ``[in // rows, out // cols]`` (float64).
+        Scores of shape ``[in // rows, ceil(out / cols)]`` (float64).
     """
     if pooling not in POOLING_TYPES:
         raise ValueError(f"block_pooling_type={pooling!r} is not one of {POOLING_TYPES}")
     w = np.abs(np.asarray(weight2d, dtype=np.float64))
     if w.ndim != 2:
         raise ValueError(f"expected a 2-D [in, out] view, got shape {w.shape}")
-    check_blocks_divide(w.shape, block_shape)
+    check_blocks_fit(w.shape, block_shape)
     bh, bw = block_shape
-    grid = w.reshape(w.shape[0] // bh, bh, w.shape[1] // bw, bw)
-    return grid.mean(axis=(1, 3)) if pooling == "AVG" else grid.max(axis=(1, 3))
+    grid = _blocks(w, block_shape)
+    if pooling == "MAX":
+        return grid.max(axis=(1, 3))
+    # the mean over the block's real weights (a last, narrower block-column is padded)
+    return grid.sum(axis=(1, 3)) / _blocks(np.ones(w.shape), block_shape).sum(axis=(1, 3))
+
+
+def _blocks(w: np.ndarray, block_shape) -> np.ndarray:
+    """``w`` as ``[block rows, rows, block cols, cols]``, its last block-column padded with zeros."""
+    bh, bw = block_shape
+    pad = n_block_cols(w.shape[1], bw) * bw - w.shape[1]
+    if pad:
+        w = np.pad(w, ((0, 0), (0, pad)))
+    return w.reshape(w.shape[0] // bh, bh, w.shape[1] // bw, bw)
 
 
 def _keep_first(order_scores: np.ndarray, n_keep: int) -> np.ndarray:
@@ -89,7 +101,8 @@ def block_mask(weight2d: np.ndarray, block_shape: tuple[int, int], sparsity: flo
 
     Args:
         weight2d: the weight's ``[in, out]`` view.
-        block_shape: ``(rows, cols)`` block; must divide the view.
+        block_shape: ``(rows, cols)`` block; must fit the view (a last, narrower block-column
+            is one block).
         sparsity: fraction of blocks to zero, in ``[0, 1)``.
         pooling: block score, ``"AVG"`` or ``"MAX"`` of ``|w|``.
         balanced: keep the same number of blocks in every block-column.
@@ -98,11 +111,11 @@ def block_mask(weight2d: np.ndarray, block_shape: tuple[int, int], sparsity: flo
         A float mask of the view's shape and dtype: 1 for kept weights, 0 for pruned ones.
 
     Raises:
-        ValueError: the block shape does not divide the view, or a bad sparsity or pooling.
+        ValueError: the block shape does not fit the view, or a bad sparsity or pooling.
     """
     weight2d = np.asarray(weight2d)
     grid = kept_block_grid(block_scores(weight2d, block_shape, pooling), sparsity, balanced)
-    mask = np.repeat(np.repeat(grid, block_shape[0], axis=0), block_shape[1], axis=1)
+    mask = np.repeat(np.repeat(grid, block_shape[0], axis=0), block_shape[1], axis=1)[:, : weight2d.shape[1]]
     return mask.astype(weight2d.dtype if weight2d.dtype.kind == "f" else np.float32)
 
 
@@ -115,11 +128,11 @@ def block_structure(weight2d: np.ndarray, block_shape: tuple[int, int]) -> dict:
         ``kept_per_block_column`` (min and max count of nonzero blocks over block-columns).
     """
     w = np.asarray(weight2d)
-    check_blocks_divide(w.shape, block_shape)
-    bh, bw = block_shape
-    zero = (w == 0).reshape(w.shape[0] // bh, bh, w.shape[1] // bw, bw)
-    zeros_per_block = zero.sum(axis=(1, 3))
-    all_zero = zeros_per_block == bh * bw
+    check_blocks_fit(w.shape, block_shape)
+    zeros_per_block = _blocks((w == 0).astype(np.int64), block_shape).sum(axis=(1, 3))
+    real_per_block = _blocks(np.ones(w.shape, np.int64), block_shape).sum(axis=(1, 3))
+    zero = w == 0
+    all_zero = zeros_per_block == real_per_block
     partial = (zeros_per_block > 0) & ~all_zero
     kept_per_col = (~all_zero).sum(axis=0)
     return {
@@ -133,7 +146,7 @@ def block_structure(weight2d: np.ndarray, block_shape: tuple[int, int]) -> dict:
 def reachable_sparsity(view_shape, block_shape, sparsity: float, balanced: bool) -> float:
     """The zero-block fraction ``block_mask`` really produces for ``sparsity`` (whole blocks,
     rounded per block-column when balanced, over all blocks otherwise)."""
-    n_rows, n_cols = view_shape[0] // block_shape[0], view_shape[1] // block_shape[1]
+    n_rows, n_cols = view_shape[0] // block_shape[0], n_block_cols(view_shape[1], block_shape[1])
     if balanced:
         return round(sparsity * n_rows) / n_rows
     return round(sparsity * n_rows * n_cols) / (n_rows * n_cols)

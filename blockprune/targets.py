@@ -27,7 +27,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from .checks import divides
+from .checks import divides, fits
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -168,13 +168,17 @@ class TargetDescriptor:
         """``(view, block shapes)`` this target prunes the weight ``ref`` (a ``WeightRef``) in:
         a KxK convolution of a target with ``channel_blocks`` in channel blocks over its
         channel-major view, every other weight in ``block_shapes`` over its ``[in, out]`` view.
-        Only the block shapes that divide the view are listed."""
-        if ref.kind == "conv" and self.channel_blocks and ref.view is not None:
-            view = ref.view.channel_major(ref.kernel_shape)
-            return view, [(view.taps, c) for c in self.channel_blocks if divides(view.view_shape, (view.taps, c))]
+        Only the block shapes that fit the view are listed: those that divide it first, then
+        those that leave a narrower last block-column (computed padded)."""
         if ref.view is None:
             return None, []
-        return ref.view, [b for b in self.block_shapes if divides(ref.view.view_shape, b)]
+        view, blocks = ref.view, self.block_shapes
+        if ref.kind == "conv" and self.channel_blocks:
+            view = ref.view.channel_major(ref.kernel_shape)
+            blocks = tuple((view.taps, c) for c in self.channel_blocks)
+        # blocks that divide the view first; then ones whose last block-column is narrower (padded)
+        exact = [b for b in blocks if divides(view.view_shape, b)]
+        return view, exact + [b for b in blocks if fits(view.view_shape, b) and b not in exact]
 
     @property
     def dtype_bytes(self) -> int:

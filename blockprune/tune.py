@@ -22,7 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .checks import SPARSITY_LADDER, divides
+from .checks import SPARSITY_LADDER, fits
 from .lower import format_name
 from .masks import block_mask
 from .modelwalk import find_weights, target_sites
@@ -161,7 +161,7 @@ def tune(model, target, sparsities=SPARSITY_LADDER, batch: int = 1, threads: int
         for rt in runtimes:
             jobs.append((rt, view, rows, None, 0.0, ("dense", "")))
             for block in target.block_shapes:
-                if divides(view, block):
+                if fits(view, block):
                     jobs += [(rt, view, rows, block, s, low) for s in sparsities for low in tuned_lowerings(target, rt)]
     todo = [j for j in jobs if not profile.has(j[0], j[1], j[2], threads, j[3], j[4], format_name(*j[5]))]
     bar = keras.utils.Progbar(len(todo), unit_name="measurement") if progress and todo and sys.stdout.isatty() else None

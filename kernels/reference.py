@@ -54,8 +54,8 @@ def ell_matmul(x: np.ndarray, shape: tuple[int, int], block_rows: np.ndarray, da
     Args:
         x: ``[batch, in]``.
         shape: ``(in, out)`` of ``W``.
-        block_rows: ``[out // cols, k]`` kept block rows per block-column.
-        data: ``[out // cols, k, rows, cols]`` kept blocks.
+        block_rows: ``[ncb, k]`` kept block rows per block-column.
+        data: ``[ncb, k, rows, cols]`` kept blocks (``ncb = ceil(out / cols)``).
 
     Returns:
         ``[batch, out]``.
@@ -66,7 +66,8 @@ def ell_matmul(x: np.ndarray, shape: tuple[int, int], block_rows: np.ndarray, da
     cols = (block_rows.astype(np.int64)[:, :, None] * bh + np.arange(bh)).reshape(n_cols, k * bh)
     gathered = np.transpose(x[:, cols], (1, 0, 2))          # [ncb, batch, k * rows]
     y = gathered @ data.reshape(n_cols, k * bh, bw)          # [ncb, batch, cols]
-    return np.transpose(y, (1, 0, 2)).reshape(x.shape[0], shape[1])
+    # a last, narrower block-column is stored padded to the block width
+    return np.transpose(y, (1, 0, 2)).reshape(x.shape[0], n_cols * bw)[:, : shape[1]]
 
 
 def _same_padding(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:

@@ -139,3 +139,16 @@ def test_truncated_and_corrupted_files_are_errors(tmp_path):
     save_file({"a": np.zeros(3)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(PackFileError, match="not a blockprune packed-weights file"):
         load_packed(tmp_path / "other.safetensors")
+
+
+def test_blocked_ell_of_a_view_its_blocks_do_not_divide():
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(96, 100)).astype(np.float32)
+    w *= block_mask(w, (2, 32), 0.75, balanced=True)  # 3 whole block-columns and one 4 wide
+    m = BlockedELL.from_dense(w, (2, 32))
+    m.validate(full=True)
+    assert m.data.shape == (4, 12, 2, 32) and m.shape == (96, 100)
+    np.testing.assert_array_equal(m.to_dense(), w)
+    x = rng.normal(size=(3, 96)).astype(np.float32)
+    np.testing.assert_allclose(ell_matmul(x, m.shape, m.block_rows, m.data), x @ w, rtol=1e-5, atol=1e-5)
+    assert detect_block_shape(w, [(2, 32)])[0] == (2, 32)

@@ -243,3 +243,45 @@ def test_selection_reads_a_tuning_profile_where_it_measured_every_candidate(tmp_
     # a runtime the profile did not measure is probed
     record = export_file(model, "cpu-wide", tmp_path / "o.onnx", "onnx", profile=profile(150.0, 120.0), check=False)
     assert "(probe)" in record.layers[0]["why"]
+
+
+# --------------------------------------------------------------------------- widths blocks do not divide
+
+def test_widths_the_blocks_do_not_divide_are_pruned_and_lowered(tmp_path):
+    """A 200-200-40 MLP under cpu-wide: (1, 128) leaves a last block-column 72 wide, padded."""
+    keras.utils.set_random_seed(10)
+    inputs = keras.Input((200,))
+    x = keras.layers.Dense(200, activation="relu", name="a")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(200, name="b")(x), name="odd")
+    plan = blockprune.plan(model, "cpu-wide", sparsity=0.9)
+    assert [lp.block_shape for lp in plan.layers] == [(1, 128), (1, 128)]
+    sparse = prune_once(model, plan)
+    assert blockprune.verify(sparse, plan).ok
+    structure = read_structure(sparse, load_target("cpu-wide"), plan)
+    x = np.random.default_rng(5).normal(size=(3, 200)).astype("float32")
+    for variant in ("batch", "feature"):
+        lowered, report = lower(sparse, "cpu-wide", "tflite", structure=structure,
+                                choices={ws.name: ("gather-matmul", variant) for ws in structure})
+        assert len(report) == 2
+        np.testing.assert_allclose(lowered.predict(x, verbose=0), sparse.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+    records = export(sparse, "cpu-wide", tmp_path, plan=plan, select="target", check=False, dense_baseline=False)
+    for r in records:
+        assert [lay["format"] for lay in r.layers] == ["gather-matmul", "gather-matmul"], r.path
+        np.testing.assert_allclose(make_runner(r.path)(x), sparse.predict(x, verbose=0), rtol=1e-4, atol=1e-4)
+
+
+def test_a_convolution_whose_channel_blocks_do_not_divide_its_outputs(write_toml):
+    small_blocks = _small_blocks_target(write_toml, channel_blocks="[8]")
+    keras.utils.set_random_seed(11)
+    inputs = keras.Input((7, 7, 12))
+    model = keras.Model(inputs, keras.layers.Conv2D(20, 3, padding="same", name="conv")(inputs), name="c20")
+    plan = blockprune.plan(model, small_blocks, sparsity=0.75)
+    assert plan.get("conv").block_shape == (9, 8)  # 20 outputs: groups of 8, 8 and 4
+    sparse = prune_once(model, plan)
+    structure = read_structure(sparse, small_blocks, plan)
+    x = np.random.default_rng(6).normal(size=(2, 7, 7, 12)).astype("float32")
+    for fmt, variant in (("tflite", "grouped"), ("onnx", "split")):
+        lowered, report = lower(sparse, small_blocks, fmt, structure=structure,
+                                choices={"conv/kernel": ("channel-gather", variant)})
+        assert len(report) == 1 and lowered.get_layer("conv").conv.filters == 24
+        np.testing.assert_allclose(lowered.predict(x, verbose=0), sparse.predict(x, verbose=0), rtol=1e-4, atol=1e-5)

@@ -125,3 +125,22 @@ def test_reachable_sparsity_matches_block_mask():
         st = block_structure(w * block_mask(w, (1, 8), 0.95, balanced=balanced), (1, 8))
         assert st["zero_block_fraction"] == pytest.approx(reachable_sparsity((32, 192), (1, 8), 0.95, balanced))
     assert reachable_sparsity((32, 192), (1, 8), 0.95, True) == 30 / 32
+
+
+def test_a_last_narrower_block_column_is_one_block():
+    # W4 with its last column dropped: (2, 2) blocks leave a last block-column one wide.
+    w = W4[:, :3]
+    # AVG over the real weights only: block (0, 1) holds [0, 0] -> 0; block (1, 1) holds [9, 0] -> 4.5
+    np.testing.assert_allclose(block_scores(w, (2, 2), "AVG"), [[2.5, 0.0], [1.25, 4.5]])
+    expected = np.array([
+        [1, 1, 0],
+        [1, 1, 0],
+        [0, 0, 1],
+        [0, 0, 1],
+    ])
+    np.testing.assert_array_equal(block_mask(w, (2, 2), 0.5, "AVG", balanced=True), expected)
+    st = block_structure(w * expected, (2, 2))
+    # the kept narrow block [9, 0] has one zero of its own; padding is not counted as zeros
+    assert st["partial_blocks"] == 1 and st["zero_block_fraction"] == 0.5 and st["kept_per_block_column"] == (1, 1)
+    with pytest.raises(ValueError, match=r"block_shape=\(2, 4\) does not divide the \[in, out\] view \(4, 3\)"):
+        block_mask(w, (2, 4), 0.5)

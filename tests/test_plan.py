@@ -49,15 +49,18 @@ def test_dense_first_dividing_block_and_too_small():
     assert d2.block_shape is None and d2.sparsity == 0.0
 
 
-def test_falls_back_to_a_narrower_block_that_divides(write_toml, valid_toml):
+def test_falls_back_to_a_narrower_block_that_divides_or_fits(write_toml, valid_toml):
     m = _mlp((256, 96, 40))  # 96 is divisible by 32 but not 64; 40 by neither 64, 32 nor 16
     p = plan(m, "cpu-wide", overrides={"d1": "block=1x8"})
     assert p.get("d0").block_shape == (1, 32)
     assert p.get("d1").block_shape == (1, 8) and p.get("d1").source == "override"
-    m2 = _mlp((512, 40, 16))
-    q = plan(m2, "cpu-wide")
-    assert q.get("d0").skip_code == "no_block_divides"
-    assert "(1, 64), (1, 32), (1, 16)" in q.get("d0").skip_reason and "(512, 40)" in q.get("d0").skip_reason
+    # 40 outputs: no block divides; (1, 32) fits with a narrower last block-column of 8 (padded)
+    q = plan(_mlp((512, 40, 16)), "cpu-wide")
+    assert q.get("d0").block_shape == (1, 32) and q.get("d0").pruned
+    # 12 outputs: narrower than every block
+    r = plan(_mlp((2048, 12, 16)), "cpu-wide")
+    assert r.get("d0").skip_code == "no_block_divides"
+    assert "(1, 64), (1, 32), (1, 16)" in r.get("d0").skip_reason and "(2048, 12)" in r.get("d0").skip_reason
 
 
 def test_conv2d_view_is_kh_kw_cin_by_cout():

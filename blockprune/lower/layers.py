@@ -16,6 +16,7 @@ import math
 import keras
 import numpy as np
 
+from ..checks import fits, n_block_cols
 from ..formats import BlockedELL
 
 __all__ = ["BlockSparseDense", "ChannelGatherConv", "LAYOUTS"]
@@ -78,9 +79,11 @@ class BlockSparseDense(keras.layers.Layer):
         if (input_layout, output_layout) != ("batch", "batch") and (layout != "feature" or not self._flat_bias):
             raise ValueError(f"Layer '{self.name}': feature-major inputs or outputs need layout='feature' and one "
                              "bias value per unit")
-        if self.units % self.block_shape[1] or self.in_features % self.block_shape[0]:
-            raise ValueError(f"Layer '{self.name}': block_shape={self.block_shape} does not divide the [in, out] "
+        if not fits((self.in_features, self.units), self.block_shape):
+            raise ValueError(f"Layer '{self.name}': block_shape={self.block_shape} does not fit the [in, out] "
                              f"view ({self.in_features}, {self.units})")
+        # a last block-column narrower than the block is computed padded, then cut off
+        self.padded_units = n_block_cols(self.units, self.block_shape[1]) * self.block_shape[1]
         if math.prod(self.out_shape) != self.units:
             raise ValueError(f"Layer '{self.name}': output_shape={self.out_shape} does not hold {self.units} units")
 
@@ -89,7 +92,7 @@ class BlockSparseDense(keras.layers.Layer):
         if got != self.in_features:
             raise ValueError(f"Layer '{self.name}' expects {self.in_features} input features, got {got}")
         bh, bw = self.block_shape
-        n_cols, kr = self.units // bw, self.blocks_per_column * bh
+        n_cols, kr = self.padded_units // bw, self.blocks_per_column * bh
         index_shape = (n_cols, kr) if self.layout == "batch" else (n_cols * kr,)
         value_shape = (n_cols, kr, bw) if self.layout == "batch" else (n_cols, bw, kr)
         self.gather_indices = self.add_weight(name="gather_indices", shape=index_shape, dtype="int32",
@@ -131,7 +134,8 @@ class BlockSparseDense(keras.layers.Layer):
         ops = keras.ops
         gathered = ops.take(x2, self.gather_indices, axis=1)               # [B, ncb, k*rows]
         y = ops.matmul(ops.transpose(gathered, (1, 0, 2)), self.values)    # [ncb, B, cols]
-        return ops.reshape(ops.transpose(y, (1, 0, 2)), (-1, self.units))
+        y = ops.reshape(ops.transpose(y, (1, 0, 2)), (-1, self.padded_units))
+        return y if self.padded_units == self.units else y[:, : self.units]
 
     def _feature_major(self, xt):
         """``(x @ W)^T``, bias and activation included when the bias is one value per unit, for
@@ -139,7 +143,9 @@ class BlockSparseDense(keras.layers.Layer):
         ops = keras.ops
         n_cols, bw, kr = self.values.shape
         rows = ops.take(xt, self.gather_indices, axis=0)                      # [ncb*k*rows, B]
-        y = ops.reshape(ops.matmul(self.values, ops.reshape(rows, (n_cols, kr, -1))), (self.units, -1))
+        y = ops.reshape(ops.matmul(self.values, ops.reshape(rows, (n_cols, kr, -1))), (self.padded_units, -1))
+        if self.padded_units != self.units:
+            y = y[: self.units]
         if not self._flat_bias:
             return y
         if self.use_bias:
@@ -210,10 +216,12 @@ class ChannelGatherConv(keras.layers.Layer):
         channels_per_group: ``k``, input channels each group keeps.
         split: compute the groups as separate convolutions, concatenated (for ONNX: tf2onnx
             cannot convert the XLA-compiled grouped convolution Keras uses on TensorFlow).
+        group_width: ``c``, output channels per group (default ``filters // groups``); when
+            ``groups * c`` exceeds ``filters`` the last group is padded with zero filters.
     """
 
     def __init__(self, rank, filters, kernel_size, strides, padding, dilation_rate, groups, channels_per_group,
-                 activation=None, use_bias=True, split=False, **kwargs):
+                 activation=None, use_bias=True, split=False, group_width=None, **kwargs):
         super().__init__(**kwargs)
         self.split = bool(split)
         self.rank = int(rank)
@@ -221,8 +229,12 @@ class ChannelGatherConv(keras.layers.Layer):
             raise ValueError(f"Layer '{self.name}': rank={rank} must be 1 or 2")
         self.groups = int(groups)
         self.channels_per_group = int(channels_per_group)
+        self.filters = int(filters)
+        self.group_width = int(group_width or self.filters // self.groups)
+        # equal groups: a last, narrower group of output channels is padded with zero filters
+        padded = self.groups * self.group_width
         conv = keras.layers.Conv1D if self.rank == 1 else keras.layers.Conv2D
-        self.conv = conv(filters, kernel_size, strides=strides, padding=padding, dilation_rate=dilation_rate,
+        self.conv = conv(padded, kernel_size, strides=strides, padding=padding, dilation_rate=dilation_rate,
                          groups=self.groups, activation=activation, use_bias=use_bias, name="grouped")
 
     def build(self, input_shape):
@@ -234,18 +246,21 @@ class ChannelGatherConv(keras.layers.Layer):
     def call(self, x):
         gathered = keras.ops.take(x, self.gather_indices, axis=-1)
         if not self.split:
-            return self.conv(gathered)
-        ops, conv, k = keras.ops, self.conv, self.channels_per_group
-        c = conv.filters // self.groups
-        parts = [ops.conv(gathered[..., g * k:(g + 1) * k], conv.kernel[..., g * c:(g + 1) * c], conv.strides,
-                          conv.padding, dilation_rate=conv.dilation_rate) for g in range(self.groups)]
-        y = parts[0] if self.groups == 1 else ops.concatenate(parts, axis=-1)
-        if conv.use_bias:
-            y = y + conv.bias
-        return conv.activation(y) if conv.activation is not None else y
+            y = self.conv(gathered)
+        else:
+            ops, conv, k = keras.ops, self.conv, self.channels_per_group
+            c = conv.filters // self.groups
+            parts = [ops.conv(gathered[..., g * k:(g + 1) * k], conv.kernel[..., g * c:(g + 1) * c], conv.strides,
+                              conv.padding, dilation_rate=conv.dilation_rate) for g in range(self.groups)]
+            y = parts[0] if self.groups == 1 else ops.concatenate(parts, axis=-1)
+            if conv.use_bias:
+                y = y + conv.bias
+            y = conv.activation(y) if conv.activation is not None else y
+        return y if self.conv.filters == self.filters else y[..., : self.filters]
 
     def compute_output_shape(self, input_shape):
-        return self.conv.compute_output_shape((*input_shape[:-1], self.groups * self.channels_per_group))
+        shape = self.conv.compute_output_shape((*input_shape[:-1], self.groups * self.channels_per_group))
+        return (*shape[:-1], self.filters)
 
     @classmethod
     def from_conv(cls, layer, indices: np.ndarray, kernel: np.ndarray, name: str | None = None,
@@ -255,22 +270,25 @@ class ChannelGatherConv(keras.layers.Layer):
         Args:
             layer: the Conv1D/Conv2D it replaces (for its configuration and bias).
             indices: ``[groups, k]`` kept input channels per group.
-            kernel: ``[*taps, k, filters]``, the kept kernel slices (group ``g``'s filters read
-                the ``k`` channels of ``indices[g]``).
+            kernel: ``[*taps, k, groups * c]``, the kept kernel slices (group ``g``'s filters read
+                the ``k`` channels of ``indices[g]``; filters past ``layer.filters`` are zero).
         """
         groups, k = indices.shape
         new = cls(len(layer.kernel_size), layer.filters, layer.kernel_size, layer.strides, layer.padding,
-                  layer.dilation_rate, groups, k, layer.activation, layer.use_bias, split, name=name or layer.name)
+                  layer.dilation_rate, groups, k, layer.activation, layer.use_bias, split, kernel.shape[-1] // groups,
+                  name=name or layer.name)
         new.build((None,) * (len(layer.kernel_size) + 1) + (int(layer.kernel.shape[-2]),))
         new.gather_indices.assign(indices.reshape(-1).astype("int32"))
         new.conv.kernel.assign(kernel)
         if layer.use_bias:
-            new.conv.bias.assign(layer.bias.numpy())
+            bias = layer.bias.numpy()
+            new.conv.bias.assign(np.pad(bias, (0, new.conv.filters - len(bias))))
         return new
 
     def get_config(self):
         c = self.conv
-        return {**super().get_config(), "rank": self.rank, "filters": c.filters, "kernel_size": list(c.kernel_size),
+        return {**super().get_config(), "rank": self.rank, "filters": self.filters, "kernel_size": list(c.kernel_size),
                 "strides": list(c.strides), "padding": c.padding, "dilation_rate": list(c.dilation_rate),
                 "groups": self.groups, "channels_per_group": self.channels_per_group,
-                "activation": keras.activations.serialize(c.activation), "use_bias": c.use_bias, "split": self.split}
+                "activation": keras.activations.serialize(c.activation), "use_bias": c.use_bias, "split": self.split,
+                "group_width": self.group_width}

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
 from .. import cost
-from ..checks import SPARSITY_LADDER, check_block_shape, check_sparsity, divides
+from ..checks import SPARSITY_LADDER, check_block_shape, check_sparsity, fits
 from ..targets import TargetDescriptor, fast_runtimes, load_target
 from .allocate import LevelTable, Predictor, ProfileReader, allocate, allocate_for_model
 from .records import LayerPlan, SparsityPlan
@@ -155,10 +155,10 @@ def _plan_one(site, target: TargetDescriptor, sparsity: float, match, predictor:
     view_shape = site.view.view_shape
     if ov and ov.block_shape:
         block = ov.block_shape
-        if not divides(view_shape, block):
+        if not fits(view_shape, block):
             raise ValueError(f"Layer '{site.layer}': block_shape={block} does not divide the [in, out] view "
                              f"{view_shape} of weight '{site.weight}' for target '{target.name}' "
-                             f"(override {match[0]!r})")
+                             f"(override {match[0]!r}; its rows must divide {view_shape[0]})")
     else:
         if site.kind not in target.layer_kinds:
             return _skip("kind_not_eligible",

@@ -21,7 +21,7 @@ import re
 
 import keras
 
-from ..checks import check_block_shape, check_blocks_divide
+from ..checks import check_block_shape, check_blocks_fit
 from ..kerasgraph import call_takes_training
 from ..masks import POOLING_TYPES, block_mask, block_scores
 from ..modelwalk import layer_sites
@@ -163,7 +163,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             if spec.get("view_perm") is not None:
                 view = WeightView(tuple(site.kernel_shape), tuple(spec["view_perm"]), spec["view_in_axes"])
             block = tuple(spec["block_shape"])
-            check_blocks_divide(view.view_shape, block, f"Layer '{self.layer.name}' weight '{name}'")
+            check_blocks_fit(view.view_shape, block, f"Layer '{self.layer.name}' weight '{name}'")
             schedule = self.pruning_schedule
             if spec.get("sparsity") is not None:
                 schedule = schedule.for_sparsity(spec["sparsity"])
