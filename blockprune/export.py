@@ -274,6 +274,11 @@ def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan 
             options = {**dense_built.options, "runtime": runtime_name, "variant": "sparse", "kept_dense": True}
             built = type(built)(dense_built.data, dense_built.formats, options, "dense")
     layers = [_layer_entry(ws, built.formats[ws.name], why.get(ws.name, "")) for ws in structure]
+    for lay in layers:  # never silent: a balanced lowering of an unbalanced mask does padded work
+        if lay.get("padding"):
+            lo, hi = lay["kept_per_block_column"]
+            warnings.append(f"Layer '{lay['name']}': its block-columns keep {lo} to {hi} blocks; {lay['format']} pads "
+                            f"every one to {hi} (+{lay['padding']:.0%} work; prune with a balanced schedule to avoid it)")
     record = ExportRecord("", output, target.name, "sparse", 0, 0, layers, err, rel, built.options,
                           warnings=warnings, point=point, check=timing)
     return _write(path, built.data, record)

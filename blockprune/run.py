@@ -52,7 +52,7 @@ def _narrow_overrides(p, sparsity: float) -> dict:
 
 def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", sparsity: float = 0.9,
         epochs: int = 30, dense_epochs: int = 30, batch_size: int = 32, seed: int = 0, bench_rounds: int = 5,
-        bench_reps: int = 100, verbose: bool = True) -> RunResult:
+        bench_reps: int = 100, verbose: bool = True, points=None) -> RunResult:
     """Runs the whole pipeline and writes a report folder.
 
     Args:
@@ -68,6 +68,8 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
         batch_size, seed: training settings.
         bench_rounds, bench_reps: benchmark repetitions.
         verbose: print progress.
+        points: deployment points ``[(batch, threads), ...]`` to export and measure (default:
+            batch 1 and 8, 1 thread and all cores).
 
     Returns:
         A ``RunResult``.
@@ -125,7 +127,7 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
              "measurement there)", verbose)
         packed = pack_model(sparse, target)
         save_packed(work / "weights.safetensors", packed, {"target": target.name, "model": sparse.name})
-        points = [(b, t) for b in (1, 8) for t in default_threads()]
+        points = points or [(b, t) for b in (1, 8) for t in default_threads()]
         records, results = [], []
         for b, t in points:
             folder = work / "export" / f"b{b}-t{t}"

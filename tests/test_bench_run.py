@@ -121,3 +121,34 @@ def test_interrupted_run_leaves_the_previous_report_and_no_partial_files(tmp_pat
         _small_run(out)
     assert (out / "report.md").read_text() == "previous report"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def test_run_with_a_model_of_attention_and_3x3_convolutions(tmp_path, write_toml):
+    from conftest import REPO
+
+    # cpu-wide, with blocks and a minimum size that fit a model small enough for a test
+    toml = (REPO / "targets" / "cpu-wide.toml").read_text().replace('name = "cpu-wide"', 'name = "small"')
+    toml = toml.replace("min_weights = 16384", "min_weights = 256").replace("[1, 128], [1, 64], [1, 32], ", "")
+    target = write_toml(toml, "small.toml")
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((64,))
+    image = keras.layers.Reshape((8, 8, 1))(inputs)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="stem")(image)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv")(x)
+    tokens = keras.layers.Reshape((64, 32))(x)
+    attn = keras.layers.MultiHeadAttention(num_heads=2, key_dim=16, name="attention")(tokens, tokens)
+    x = keras.layers.GlobalAveragePooling1D()(keras.layers.Add()([tokens, attn]))
+    model = keras.Model(inputs, keras.layers.Dense(10, name="logits")(x), name="convattn")
+    model.save(tmp_path / "m.keras")
+    result = _small_run(tmp_path / "report", model=str(tmp_path / "m.keras"), target=str(target), points=[(1, 1)])
+    plan = json.loads((result.out / "plan.json").read_text())
+    pruned = {f"{lay['layer']}/{lay['weight']}" for lay in plan["layers"] if lay["skip_code"] is None}
+    assert {"conv/kernel", "attention/query/kernel", "attention/attention_output/kernel"} <= pruned
+    manifest = json.loads((result.out / "export" / "b1-t1" / "export.json").read_text())
+    names = {lay["name"] for r in manifest["records"] for lay in r["layers"]}
+    assert {"conv/kernel", "attention/query/kernel", "attention/attention_output/kernel"} <= names
+    for r in (r for r in manifest["records"] if r["variant"] == "sparse"):
+        for lay in r["layers"]:  # every pruned weight runs lowered or dense, and says why
+            assert lay["format"] == "dense" or lay["format"].startswith(("gather-matmul", "channel-gather"))
+            assert not lay["block_shape"] or lay["why"]
+    assert set(result.speedups) == {"LiteRT b1 t1", "ONNX Runtime b1 t1", "OpenVINO b1 t1"}

@@ -285,3 +285,18 @@ def test_a_convolution_whose_channel_blocks_do_not_divide_its_outputs(write_toml
                                 choices={"conv/kernel": ("channel-gather", variant)})
         assert len(report) == 1 and lowered.get_layer("conv").conv.filters == 24
         np.testing.assert_allclose(lowered.predict(x, verbose=0), sparse.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def test_an_unbalanced_mask_is_lowered_with_its_padding_reported(tmp_path):
+    keras.utils.set_random_seed(12)
+    inputs = keras.Input((256,))
+    model = keras.Model(inputs, keras.layers.Dense(256, name="a")(inputs), name="unbalanced")
+    k = model.get_layer("a").kernel.numpy()
+    model.get_layer("a").kernel.assign(k * block_mask(k, (1, 128), 0.9, balanced=False))
+    record = export_file(model, "cpu-wide", tmp_path / "m.tflite", "tflite", select="target", check=False)
+    layer = record.layers[0]
+    lo, hi = layer["kept_per_block_column"]
+    assert layer["format"] == "gather-matmul" and lo < hi and layer["padding"] > 0
+    assert any(f"keep {lo} to {hi} blocks" in w and "pads every one" in w for w in record.warnings)
+    x = np.random.default_rng(7).normal(size=(2, 256)).astype("float32")
+    np.testing.assert_allclose(make_runner(record.path)(x), model.predict(x, verbose=0), rtol=1e-4, atol=1e-4)
