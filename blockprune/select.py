@@ -104,14 +104,17 @@ def _signature(model, ws, output: str, batch: int, threads: int) -> tuple:
             ws.kept_per_block_column, config)
 
 
-def _from_profile(profile, fmt: str, ws, options, batch: int, threads: int) -> dict | None:
+def _from_profile(profile, output: str, ws, options, batch: int, threads: int) -> dict | None:
     """``{(lowering, variant): us}`` for every option from a tuning profile, or None when it lacks one.
 
-    Profiles hold single Dense layers over ``[in, out]`` views, so only matmul weights are read."""
+    Profiles hold single Dense layers over ``[in, out]`` views, timed in LiteRT (``tflite``) and
+    ONNX Runtime (``onnx``), so only matmul weights of those two outputs are read."""
     from .lower import format_name
 
-    if profile is None or ws.view != ws.site.view or ws.kind not in ("dense", "conv1x1", "einsum_dense"):
+    if (profile is None or output not in ("tflite", "onnx") or ws.view != ws.site.view
+            or ws.kind not in ("dense", "conv1x1", "einsum_dense")):
         return None
+    fmt = output
     rows = batch * ws.site.positions
     timed = {}
     for lowering, variant in options:
@@ -163,12 +166,9 @@ def choose(model, target, output: str, structure, batch: int = 1, threads: int =
                                                                   "files")
             continue
         key = _signature(model, ws, output, batch, threads)
-        measured = _from_profile(profile, fmt, ws, options, batch, threads)
+        measured = _from_profile(profile, output, ws, options, batch, threads)
         if measured is not None:
-            cache[key] = measured
-            source = "tuning profile"
-        else:
-            source = "probe"
+            cache[key] = (measured, "tuning profile")
         if key not in cache:
             probe, probe_structure = _probe_model(model, ws)
             runners = {}
@@ -178,8 +178,9 @@ def choose(model, target, output: str, structure, batch: int = 1, threads: int =
                                    dense=lowering == "dense")
                 runners[(lowering, variant)] = rt.runner(built.data, built.options, threads)
             x = sample_inputs(probe, batch)
-            cache[key] = {k: v[0] for k, v in interleaved_latencies(runners, x, rounds, reps, warmup=3).items()}
-        timed = cache[key]
+            cache[key] = ({k: v[0] for k, v in interleaved_latencies(runners, x, rounds, reps, warmup=3).items()},
+                          "probe")
+        timed, source = cache[key]
         best = min(timed, key=timed.get)
         tried = tuple((_label(*k), round(v, 1)) for k, v in timed.items())
         dense_us = timed[("dense", "")]
