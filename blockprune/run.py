@@ -175,11 +175,19 @@ def _report(p, result, records, measured, packed_table, narrow, dataset, dense, 
         lines += ["## Accuracy", "", "| model | test accuracy |", "|---|---|",
                   f"| dense | {dense_acc:.2%} |", f"| block-sparse | {sparse_acc:.2%} ({(sparse_acc - dense_acc) * 100:+.2f} points) |",
                   "", f"Data: {dataset.name}, {len(dataset.x_train)} training / {len(dataset.x_test)} test samples.", ""]
-    best = max(measured.configs, key=lambda c: c.speedup) if measured.configs else None
-    if best:
+    if measured.configs:
+        def where(c):
+            return f"{c.runtime}, batch {c.batch}, {c.threads} thread{'s' if c.threads > 1 else ''}"
+
+        best = max(measured.configs, key=lambda c: c.speedup)
+        worst = min(measured.configs, key=lambda c: c.speedup)
+        fastest = min(measured.configs, key=lambda c: c.vs_fastest_dense)
         lines += ["## Headline", "",
-                  f"Best measured speedup {best.speedup:.2f}x ({best.runtime}, batch {best.batch}, {best.threads} "
-                  f"thread{'s' if best.threads > 1 else ''}); {measured.sparsity:.1%} of the matmul weights are zero "
+                  f"Each file was exported for the batch and threads it is timed at. Best speedup over its own "
+                  f"runtime's dense file {best.speedup:.2f}x ({where(best)}); worst {worst.speedup:.2f}x "
+                  f"({where(worst)}). Against the fastest dense file on this machine at the same batch and threads "
+                  f"(any runtime), the worst is {fastest.vs_fastest_dense:.2f}x ({where(fastest)}, fastest dense: "
+                  f"{fastest.fastest_dense}). {measured.sparsity:.1%} of the matmul weights are zero "
                   f"(ideal {measured.ideal_speedup:.2f}x).", ""]
     lines += ["## Plan", "", "```", p.summary(), "```", ""]
     if narrow:
