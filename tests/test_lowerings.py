@@ -300,3 +300,20 @@ def test_an_unbalanced_mask_is_lowered_with_its_padding_reported(tmp_path):
     assert any(f"keep {lo} to {hi} blocks" in w and "pads every one" in w for w in record.warnings)
     x = np.random.default_rng(7).normal(size=(2, 256)).astype("float32")
     np.testing.assert_allclose(make_runner(record.path)(x), model.predict(x, verbose=0), rtol=1e-4, atol=1e-4)
+
+
+def test_feature_major_keeps_a_softmax_on_the_feature_axis(small_blocks):
+    """Softmax is not elementwise: applied to the transposed product it would normalise over the
+    rows (MobileNetV2's 1280 -> 1000 classifier was exported 499x wrong before the file check caught it)."""
+    keras.utils.set_random_seed(13)
+    inputs = keras.Input((64,))
+    x = keras.layers.Dense(40, activation="relu", name="a")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(20, activation="softmax", name="b")(x), name="cls")
+    plan = blockprune.plan(model, small_blocks, sparsity=0.75)
+    sparse = prune_once(model, plan)
+    structure = read_structure(sparse, small_blocks, plan)
+    lowered, _ = lower(sparse, small_blocks, "tflite", structure=structure,
+                       choices={ws.name: ("gather-matmul", "feature") for ws in structure})
+    assert lowered.get_layer("a").output_layout == "batch"  # no chain into a softmax layer
+    x = np.random.default_rng(8).normal(size=(5, 64)).astype("float32")
+    np.testing.assert_allclose(lowered.predict(x, verbose=0), sparse.predict(x, verbose=0), rtol=1e-4, atol=1e-6)

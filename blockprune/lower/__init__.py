@@ -194,6 +194,7 @@ def _feature_major_chains(model, by_node) -> tuple[set[str], dict[str, tuple[int
     and the two transposes between them are left out. Returns the first layers' paths, and the
     second layers' paths with their input's lead shape (the axes between batch and features)."""
     from ..kerasgraph import layer_paths, sole_consumer
+    from .layers import elementwise
 
     paths = layer_paths(model)
     chainable = set()
@@ -205,7 +206,7 @@ def _feature_major_chains(model, by_node) -> tuple[set[str], dict[str, tuple[int
         ws, name, variant = items[0]
         entry = lowering(name)
         if (name, variant, ws.site.weight) == ("gather-matmul", "feature", "kernel") and ws.kind in ("dense", "conv1x1") \
-                and entry.handles(ws) and entry.why_not(layer) is None:
+                and entry.handles(ws) and entry.why_not(layer) is None and elementwise(layer.activation):
             chainable.add(path)
     out, into = set(), {}
     for layer in model.layers:

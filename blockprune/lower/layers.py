@@ -19,10 +19,21 @@ import numpy as np
 from ..checks import fits, n_block_cols
 from ..formats import BlockedELL
 
-__all__ = ["BlockSparseDense", "ChannelGatherConv", "LAYOUTS"]
+__all__ = ["BlockSparseDense", "ChannelGatherConv", "LAYOUTS", "elementwise"]
 
 #: Layouts of ``BlockSparseDense``.
 LAYOUTS = ("batch", "feature")
+#: Keras activations that act on each value alone (so they can run on transposed activations);
+#: softmax and log_softmax do not.
+ELEMENTWISE = {"linear", "relu", "relu6", "sigmoid", "tanh", "gelu", "silu", "swish", "elu", "selu", "softplus",
+               "softsign", "hard_sigmoid", "hard_silu", "hard_swish", "leaky_relu", "mish", "exponential", "celu"}
+
+
+def elementwise(activation) -> bool:
+    """Whether a Keras activation (a name or a function) acts on each value alone."""
+    name = keras.activations.serialize(keras.activations.get(activation))
+    name = name.get("config", name) if isinstance(name, dict) else name
+    return isinstance(name, str) and name in ELEMENTWISE
 
 
 @keras.saving.register_keras_serializable(package="blockprune")
@@ -76,9 +87,9 @@ class BlockSparseDense(keras.layers.Layer):
         self.bias_shape = tuple(int(d) for d in (bias_shape or (self.units,)))
         self.input_layout, self.output_layout = input_layout, output_layout
         self.lead_shape = tuple(int(d) for d in lead_shape)
-        if (input_layout, output_layout) != ("batch", "batch") and (layout != "feature" or not self._flat_bias):
-            raise ValueError(f"Layer '{self.name}': feature-major inputs or outputs need layout='feature' and one "
-                             "bias value per unit")
+        if (input_layout, output_layout) != ("batch", "batch") and (layout != "feature" or not self._transposable):
+            raise ValueError(f"Layer '{self.name}': feature-major inputs or outputs need layout='feature', one "
+                             "bias value per unit and an elementwise activation")
         if not fits((self.in_features, self.units), self.block_shape):
             raise ValueError(f"Layer '{self.name}': block_shape={self.block_shape} does not fit the [in, out] "
                              f"view ({self.in_features}, {self.units})")
@@ -138,24 +149,25 @@ class BlockSparseDense(keras.layers.Layer):
         return y if self.padded_units == self.units else y[:, : self.units]
 
     def _feature_major(self, xt):
-        """``(x @ W)^T``, bias and activation included when the bias is one value per unit, for
-        ``xt = x^T`` of shape ``[in_features, rows]``: ``[units, rows]``."""
+        """``(x @ W)^T`` for ``xt = x^T`` of shape ``[in_features, rows]``: ``[units, rows]``; the
+        bias and activation included when they can run transposed (``_transposable``)."""
         ops = keras.ops
         n_cols, bw, kr = self.values.shape
         rows = ops.take(xt, self.gather_indices, axis=0)                      # [ncb*k*rows, B]
         y = ops.reshape(ops.matmul(self.values, ops.reshape(rows, (n_cols, kr, -1))), (self.padded_units, -1))
         if self.padded_units != self.units:
             y = y[: self.units]
-        if not self._flat_bias:
+        if not self._transposable:
             return y
         if self.use_bias:
             y = y + ops.reshape(self.bias, (self.units, 1))
         return self.activation(y)
 
     @property
-    def _flat_bias(self) -> bool:
-        """Whether the bias holds one value per unit (then it can be added in either layout)."""
-        return math.prod(self.bias_shape) == self.units
+    def _transposable(self) -> bool:
+        """Whether the bias (one value per unit) and the activation (elementwise) can be applied
+        to the transposed ``[units, rows]`` product."""
+        return math.prod(self.bias_shape) == self.units and elementwise(self.activation)
 
     def call(self, x):
         ops = keras.ops
@@ -176,7 +188,7 @@ class BlockSparseDense(keras.layers.Layer):
         if not plain:
             lead = ops.shape(x)[: len(x.shape) - self.input_axes]
             y = ops.reshape(y, (*lead, *self.out_shape))
-        if self.layout == "feature" and self._flat_bias:  # bias and activation were applied transposed
+        if self.layout == "feature" and self._transposable:  # bias and activation were applied transposed
             return y
         if self.use_bias:
             y = y + self.bias
