@@ -102,6 +102,8 @@ def main(argv=None):
     parser.add_argument("--out", help="folder for RESULTS.md, JSON and plots (default: the committed bench/ results, "
                                       "or a temporary folder with --quick)")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: " + ", ".join(MODELS))
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only these models' rows in the existing suite.json (and RESULTS.md)")
     args = parser.parse_args(argv)
     committed = not args.quick and not args.out
     out = HERE / "results" / "suite" if committed else Path(args.out or tempfile.mkdtemp(prefix="suite-"))
@@ -161,8 +163,22 @@ def main(argv=None):
     elapsed = time.time() - started
     data = {"machine": machine(), "elapsed_s": elapsed, "rows": rows, "estimates": estimates, "notes": notes,
             "layouts": layouts}
+    if args.merge and (out / "suite.json").is_file():
+        data = _merged(json.loads((out / "suite.json").read_text()), data, set(args.models.split(",")))
     write_text_atomic(out / "suite.json", json.dumps(data, indent=2) + "\n")
     write_results(data, out, HERE / "RESULTS.md" if committed else out / "RESULTS.md")
+
+
+def _merged(old: dict, new: dict, models: set[str]) -> dict:
+    """``old`` with the rows, estimates, layouts and notes of ``models`` replaced by ``new``'s."""
+    def keep(items, key=lambda x: x["model"]):
+        return [x for x in items if key(x) not in models]
+
+    return {"machine": new["machine"], "elapsed_s": old["elapsed_s"] + new["elapsed_s"],
+            "rerun": sorted(set(old.get("rerun", [])) | models),
+            "rows": keep(old["rows"]) + new["rows"], "estimates": keep(old["estimates"]) + new["estimates"],
+            "layouts": keep(old.get("layouts", [])) + new["layouts"],
+            "notes": keep(old["notes"], key=lambda n: n.split(" ")[0]) + new["notes"]}
 
 
 def _goal_lines(rows) -> list[str]:
@@ -191,7 +207,8 @@ def write_results(data, out: Path, path: Path) -> None:
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; Python {m['python']}, TensorFlow "
              f"{m['tensorflow']}, Keras {m['keras']}, ai-edge-litert {m['ai_edge_litert']}, ONNX Runtime "
              f"{m['onnxruntime']}, OpenVINO {m['openvino']}. Suite run time {data['elapsed_s'] / 60:.1f} min "
-             "(`python bench/suite.py`).", "",
+             "(`python bench/suite.py`)" + (f"; rerun and merged afterwards: {', '.join(data['rerun'])}"
+                                           if data.get("rerun") else "") + ".", "",
              "Every file was exported for the batch and thread count it is measured at (each layer's lowering chosen "
              "by measurement there; a file slower than its dense baseline there is replaced by the dense file, "
              "'kept dense'). Speedup = dense file median latency / sparse file median latency, same runtime, batch "

@@ -93,13 +93,16 @@ def _pairs(export_dir: Path) -> tuple[dict, list[tuple[dict, dict]]]:
     return manifest, pairs
 
 
-def _layout(record: dict) -> str:
+def _layout(record: dict, same_bytes: bool = False) -> str:
     """How a file's layers run, counted: ``gather-matmul x2, dense x1``."""
     counts: dict[str, int] = {}
     for lay in record["layers"]:
         counts[lay["format"]] = counts.get(lay["format"], 0) + 1
     text = ", ".join(f"{k} x{v}" for k, v in counts.items()) or "-"
-    return f"kept dense ({text})" if record["runtime_options"].get("kept_dense") else text
+    if record["runtime_options"].get("kept_dense"):
+        text = f"kept dense ({text})"
+    # the same file timed twice: its "speedup" is the measurement's noise
+    return f"{text}; same bytes as the dense file" if same_bytes else text
 
 
 def _local(export_dir: Path, record: dict) -> Path:
@@ -202,8 +205,9 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
         stats = interleaved_latencies(runners, sample_inputs(model, batch)[0], rounds, reps, warmup)
         label = runtime(rt).label
         (dm, d10, d90), (sm, s10, s90) = stats["dense"], stats["sparse"]
+        same = _local(export_dir, sparse).read_bytes() == _local(export_dir, dense).read_bytes()
         result.configs.append(BenchConfig(label, sparse["format"], batch, n_threads, dm, sm, dm / sm, d10, d90, s10,
-                                          s90, _layout(sparse), exported_for))
+                                          s90, _layout(sparse, same), exported_for))
         if bar:
             bar.update(i + 1)
         elif progress:  # a log, not a terminal: one line per configuration

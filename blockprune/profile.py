@@ -42,7 +42,8 @@ class Measurement:
     """The median latency of one single-layer model.
 
     Attributes:
-        runtime: ``tflite`` or ``onnx``.
+        runtime: the export output it was timed as: ``tflite`` (LiteRT), ``onnx`` (ONNX Runtime)
+            or ``openvino``.
         view_shape: ``(in, out)`` of the layer.
         rows: matmul rows per inference (batch x positions).
         threads: runtime threads.

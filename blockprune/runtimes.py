@@ -158,8 +158,14 @@ class _OpenVinoRunner:
         shapes = [tuple(x.shape) for x in xs]
         if shapes != self.shapes:
             model = self.model.clone()
-            model.reshape({model.inputs[i]: list(s) for i, s in enumerate(shapes)})
-            self.request = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+            try:
+                model.reshape({model.inputs[i]: list(s) for i, s in enumerate(shapes)})
+                compiled = self.core.compile_model(model, "CPU", self.config)
+            except RuntimeError:
+                # OpenVINO 2026.4's static shape inference rejects some valid graphs (a Softmax over
+                # axis 0 after a Gather of a transposed pooled tensor) that it runs with dynamic shapes
+                compiled = self.core.compile_model(self.model, "CPU", self.config)
+            self.request = compiled.create_infer_request()
             self.shapes = shapes
         import openvino as ov
 

@@ -107,12 +107,11 @@ def _signature(model, ws, output: str, batch: int, threads: int) -> tuple:
 def _from_profile(profile, output: str, ws, options, batch: int, threads: int) -> dict | None:
     """``{(lowering, variant): us}`` for every option from a tuning profile, or None when it lacks one.
 
-    Profiles hold single Dense layers over ``[in, out]`` views, timed in LiteRT (``tflite``) and
-    ONNX Runtime (``onnx``), so only matmul weights of those two outputs are read."""
+    Profiles hold single Dense layers over ``[in, out]`` views, timed per export output (``tflite``,
+    ``onnx``, ``openvino``), so only matmul weights are read, and only the output's own timings."""
     from .lower import format_name
 
-    if (profile is None or output not in ("tflite", "onnx") or ws.view != ws.site.view
-            or ws.kind not in ("dense", "conv1x1", "einsum_dense")):
+    if profile is None or ws.view != ws.site.view or ws.kind not in ("dense", "conv1x1", "einsum_dense"):
         return None
     fmt = output
     rows = batch * ws.site.positions

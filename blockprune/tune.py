@@ -30,7 +30,8 @@ from .profile import Measurement, ModelMeasurement, Profile, model_key
 from .targets import fast_runtimes, load_target
 from .timing import machine_info, median_latency_us
 
-__all__ = ["tune", "measure_layer", "measure_model", "layer_shapes", "tuned_lowerings", "PROBED_KINDS"]
+__all__ = ["tune", "measure_layer", "measure_model", "layer_shapes", "tuned_lowerings", "tuned_runtimes",
+           "PROBED_KINDS"]
 
 #: Layer kinds a single-layer Dense probe stands for (a 1x1 convolution is a matmul over positions).
 PROBED_KINDS = ("dense", "conv1x1")
@@ -50,14 +51,26 @@ def layer_shapes(model, target, batch: int = 1) -> list[tuple[tuple[int, int], i
 
 
 def tuned_lowerings(target, runtime: str) -> list[tuple[str, str]]:
-    """``(lowering, variant)`` pairs ``tune`` measures for ``runtime`` (``tflite``/``onnx``): every
-    form of the target's lowering when it rewrites layers, else the target's lowering itself."""
+    """``(lowering, variant)`` pairs ``tune`` measures for ``runtime`` (an export output: ``tflite``,
+    ``onnx`` or ``openvino``): every form of the target's lowering when it rewrites layers, else the
+    target's lowering itself."""
+    from .convert import OUTPUTS
     from .lower import lowering
 
-    entry = lowering(getattr(target.lowering, runtime))
+    fmt = OUTPUTS[runtime][0]
+    entry = lowering(getattr(target.lowering, fmt))
     if not entry.rewrites:
         return [(entry.name, "")]
-    return [(entry.name, v) for v in entry.variants_for(runtime)]
+    return [(entry.name, v) for v in entry.variants_for(fmt)]
+
+
+def tuned_runtimes(target) -> list[str]:
+    """The export outputs ``tune`` measures: those whose lowering for ``target`` is not dense
+    (OpenVINO, which reads the ``.onnx``, where it is installed and ONNX's lowering is not dense)."""
+    from .runtimes import available
+
+    outputs = fast_runtimes(target)
+    return outputs + (["openvino"] if "onnx" in outputs and available("openvino") else [])
 
 
 def measure_layer(target, runtime: str, view_shape, rows: int, block_shape, sparsity: float, threads: int = 1,
@@ -83,8 +96,10 @@ def measure_layer(target, runtime: str, view_shape, rows: int, block_shape, spar
 
     choice = lowering or tuned_lowerings(target, runtime)[0]
     choices = {"layer/kernel": choice} if catalogue_entry(choice[0]).rewrites else None
+    from .export import file_name
+
     with tempfile.TemporaryDirectory() as tmp:
-        record = export_file(model, target, Path(tmp) / f"probe.{runtime}", runtime, allow_dense=True,
+        record = export_file(model, target, Path(tmp) / file_name("probe", runtime), runtime, allow_dense=True,
                              dense=block_shape is None, choices=choices, select="target", check=False)
         run = make_runner(record.path, num_threads=threads)
         x = np.random.default_rng(seed).normal(size=(rows, n_in)).astype("float32")
@@ -95,16 +110,15 @@ def measure_model(model, target, runtime: str, plan=None, batch: int = 1, thread
                   reps: int = 30, seed: int = 0) -> float:
     """Median latency (us) of the whole model exported for the target (``plan=None``: dense;
     else pruned one-shot to the plan), on one input batch."""
-    from .export import export_onnx, export_tflite
+    from .export import export_file, file_name
     from .runtimes import make_runner
     from .pruning import prune_once
 
-    writer = export_tflite if runtime == "tflite" else export_onnx
     source = model if plan is None else prune_once(model, plan)
     with tempfile.TemporaryDirectory() as tmp:
         # the target's lowering in its default form, unmeasured and unchecked (no probes inside a measurement)
-        record = writer(source, target, Path(tmp) / f"model.{runtime}", plan=plan, allow_dense=True, select="target",
-                        check=False, dense=plan is None)
+        record = export_file(source, target, Path(tmp) / file_name("model", runtime), runtime, plan=plan,
+                             allow_dense=True, select="target", check=False, dense=plan is None)
         run = make_runner(record.path, num_threads=threads)
         shape = [batch] + [d or 1 for d in model.inputs[0].shape[1:]]
         x = np.random.default_rng(seed).normal(size=shape).astype("float32")
@@ -149,7 +163,7 @@ def tune(model, target, sparsities=SPARSITY_LADDER, batch: int = 1, threads: int
         profile = Profile(target.name, machine_info(), _versions())
     elif profile.target != target.name:
         raise ValueError(f"profile was measured for target '{profile.target}', not '{target.name}'")
-    runtimes = fast_runtimes(target)
+    runtimes = tuned_runtimes(target)
     if not runtimes:
         raise ValueError(f"target '{target.name}' runs every layer dense on this machine's runtimes; nothing to tune")
     shapes = layer_shapes(model, target, batch)

@@ -317,3 +317,18 @@ def test_feature_major_keeps_a_softmax_on_the_feature_axis(small_blocks):
     assert lowered.get_layer("a").output_layout == "batch"  # no chain into a softmax layer
     x = np.random.default_rng(8).normal(size=(5, 64)).astype("float32")
     np.testing.assert_allclose(lowered.predict(x, verbose=0), sparse.predict(x, verbose=0), rtol=1e-4, atol=1e-6)
+
+
+def test_openvino_runs_a_feature_major_classifier_head(tmp_path):
+    """MobileNetV2's head (pooling -> 1280x1000 softmax classifier, feature-major) is a graph
+    OpenVINO 2026.4 refuses to compile with static shapes; the runner falls back to dynamic ones."""
+    keras.utils.set_random_seed(14)
+    inputs = keras.Input((7, 7, 1280))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1000, activation="softmax", name="p")(x), name="head")
+    k = model.get_layer("p").kernel.numpy()
+    model.get_layer("p").kernel.assign(k * block_mask(k, (1, 128), 0.5, balanced=True))
+    record = export_file(model, "cpu-wide", tmp_path / "h.openvino.onnx", "openvino", check=False,
+                         choices={"p/kernel": ("gather-matmul", "feature")})
+    x = np.random.default_rng(9).normal(size=(1, 7, 7, 1280)).astype("float32")
+    np.testing.assert_allclose(make_runner(record.path)(x), model.predict(x, verbose=0), rtol=1e-4, atol=1e-6)

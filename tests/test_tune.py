@@ -179,12 +179,15 @@ def test_tune_measures_and_reuses_its_profile(tmp_path):
     inputs = keras.Input((256,))
     model = keras.Model(inputs, keras.layers.Dense(256, name="d")(inputs), name="one")
     first = tune(model, "cpu-wide", sparsities=(0.9,), rounds=1, reps=3, progress=False)
+    runtimes = ("onnx", "openvino", "tflite")  # OpenVINO reads the .onnx; it is a dependency
     keys = {(m.runtime, m.block_shape) for m in first.measurements}
-    assert keys == {(rt, b) for rt in ("tflite", "onnx") for b in (None, (1, 128), (1, 64), (1, 32), (1, 16))}
+    assert keys == {(rt, b) for rt in runtimes for b in (None, (1, 128), (1, 64), (1, 32), (1, 16))}
+    # every form of gather-matmul, per block and runtime
+    assert {m.lowering for m in first.measurements if m.block_shape} == {"gather-matmul",
+                                                                       "gather-matmul (feature-major)"}
     assert all(m.median_us > 0 and m.rows == 1 and m.view_shape == (256, 256) for m in first.measurements)
     # The whole model too: dense and at 90%, on each runtime, beside the sum of its layers.
-    assert sorted((m.runtime, m.sparsity) for m in first.models) == [("onnx", 0.0), ("onnx", 0.9),
-                                                                      ("tflite", 0.0), ("tflite", 0.9)]
+    assert sorted((m.runtime, m.sparsity) for m in first.models) == [(rt, s) for rt in runtimes for s in (0.0, 0.9)]
     assert all(m.median_us > 0 and m.matmul_us > 0 for m in first.models)
     path = first.save(tmp_path / "profile.json")
     again = tune(model, "cpu-wide", sparsities=(0.9,), profile=Profile.load(path), time_budget_s=0, progress=False)

@@ -72,17 +72,20 @@ def runs_sparse(target, kind: str, runtime: str) -> bool:
 
     An emulated target (``native = false``) is described by its cost model, so every eligible
     kind counts. On this machine's runtimes, a weight runs sparse when the target's lowering for
-    ``runtime`` rewrites its kind (other kinds are exported dense: pruning them saves size, not
-    time).
+    ``runtime`` (an export output: ``tflite``, ``onnx``, ``openvino``) rewrites its kind (other
+    kinds are exported dense: pruning them saves size, not time).
 
     Example:
         >>> from blockprune.targets import load_target
         >>> runs_sparse(load_target("cpu-wide"), "einsum_dense", "tflite")
         False
     """
+    from ..convert import OUTPUTS
+
     if not target.native:
         return True
-    return kind in lowering(getattr(target.lowering, runtime)).kinds
+    fmt = OUTPUTS[runtime][0] if runtime in OUTPUTS else runtime
+    return kind in lowering(getattr(target.lowering, fmt)).kinds
 
 
 def default_choices(target, runtime: str, structure) -> dict[str, tuple[str, str]]:
