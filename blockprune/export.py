@@ -12,8 +12,9 @@ Outputs (``blockprune.convert.OUTPUTS``): ``tflite`` (LiteRT), ``onnx`` (ONNX Ru
    written flatbuffer is read back: a weight it stores behind ``DENSIFY`` is an error (a warning
    with ``allow_dense``).
 2. The file is converted and run against Keras on sample inputs.
-3. Never slower: the file is timed against its dense baseline at the deployment point; if it is
-   slower, the dense file is written in its place and the record says so, with both latencies.
+3. Never slower: the file is timed against its dense baseline at the deployment point; unless it
+   is faster by ``CHECK_MARGIN`` (5%), the dense file is
+   written in its place and the record says so, with both latencies.
 
 The runtime options a file needs (e.g. LiteRT without its default delegates, docs/DESIGN.md
 section 3's wrong-output trap) are written beside it as ``<file>.runtime.json``, and
@@ -42,6 +43,8 @@ __all__ = ["ExportError", "ExportRecord", "export", "export_file", "export_tflit
 
 FLOAT_TOLERANCE = 1e-3  # relative to the largest reference output
 INT8_TOLERANCE = 0.05
+#: A lowered file is kept only if it beats its dense baseline by this factor at the export's point.
+CHECK_MARGIN = 1.05
 #: Record formats of weights that run at dense speed.
 DENSE_FORMATS = ("dense", "densify", "csr", "sparse-initializer")
 #: How each weight's lowering is chosen: measured by probes, or unmeasured (the first catalogue
@@ -261,14 +264,16 @@ def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan 
     if check:
         dense_built = dense_built or build_file(model, target, output, structure, dense=True)
         timing = _whole_file_check(built, dense_built, model, output, batch, threads, check_rounds, check_reps)
-        timing["kept_dense"] = timing["sparse_us"] > timing["dense_us"]
+        # a lowered file must win by a margin: files that tie with dense at export time measured
+        # down to 0.87x at 2 threads in later runs (bench/RESULTS.md); dense is the safe choice then
+        timing["kept_dense"] = timing["sparse_us"] * CHECK_MARGIN > timing["dense_us"]
         if progress:
             print(f"  {path.name}: {timing['sparse_us']:.0f} us vs dense {timing['dense_us']:.0f} us "
                   f"({timing['speedup']:.2f}x) in {rt.label} at batch {batch}, {threads} thread(s)",
                   file=sys.stderr, flush=True)
         if timing["kept_dense"]:
             reason = (f"kept dense: the lowered file ran {timing['sparse_us']:.0f} us vs dense {timing['dense_us']:.0f} us "
-                      f"in {rt.label} at batch {batch}, {threads} thread(s)")
+                      f"in {rt.label} at batch {batch}, {threads} thread(s) (not {CHECK_MARGIN - 1:.0%} faster)")
             warnings.append(f"{path.name}: {reason}")
             why = {ws.name: reason for ws in structure}
             options = {**dense_built.options, "runtime": runtime_name, "variant": "sparse", "kept_dense": True}
