@@ -242,11 +242,17 @@ def write_results(data, out: Path, path: Path) -> None:
             lines += [f"| {name} | {fmt} | {why} |" for name, fmt, why in lay["layers"]] + [""]
     if data["estimates"]:
         lines += ["## Cost-model estimates for hardware that is not here", "",
-                  "| model | target | sparsity | estimated speedup of the matmuls (batch 1) | hardware |",
-                  "|---|---|---|---|---|"]
+                  "Roofline estimates at batch 1 from the target's cost model, not measurements: the whole model "
+                  "(every op of its dense .tflite, each pruned matmul at its block-sparse estimate) and its matmuls "
+                  "alone.", "",
+                  "| model | target | sparsity | whole model dense -> sparse us | whole model speedup "
+                  "| matmuls alone | hardware |", "|---|---|---|---|---|---|---|"]
         for e in data["estimates"]:
-            lines.append(f"| {e['model']} | {e['target']} | {e['sparsity']:.2f} | {e['speedup']:.2f}x (ESTIMATE) | "
-                         f"{e['hardware']} |")
+            whole = "whole model" in e["kind"]
+            lines.append(f"| {e['model']} | {e['target']} | {e['sparsity']:.2f} | "
+                         + (f"{e['dense_us']:.0f} -> {e['sparse_us']:.0f} | {e['speedup']:.2f}x | " if whole
+                            else "not estimated | - | ")
+                         + f"{e.get('matmul_speedup', e['speedup']):.2f}x | {e['hardware']} |")
         lines.append("")
     if data["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in dict.fromkeys(data["notes"])] + [""]

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from .targets import TargetDescriptor
 
-__all__ = ["Estimate", "estimate", "index_dtype_bytes", "ideal_speedup", "prediction_error", "calibrate"]
+__all__ = ["Estimate", "estimate", "roofline_us", "index_dtype_bytes", "ideal_speedup", "prediction_error",
+           "calibrate"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,14 @@ def estimate(view_shape: tuple[int, int], block_shape: tuple[int, int], sparsity
     sparse_memory = sparse_bytes / bandwidth
     sparse = max(sparse_compute, sparse_memory)
     return Estimate(dense_us=dense * 1e6, sparse_us=sparse * 1e6)
+
+
+def roofline_us(flops: float, nbytes: float, target: TargetDescriptor) -> float:
+    """Microseconds of an op doing ``flops`` and moving ``nbytes`` on the target, at its peak
+    rate or bandwidth, whichever binds (for the ops around the matmuls: elementwise, pooling,
+    depthwise convolutions, attention's products)."""
+    cm = target.cost_model
+    return max(flops / (cm.peak_gflops * 1e9), nbytes / (cm.memory_gbps * 1e9)) * 1e6
 
 
 def ideal_speedup(sparsity: float) -> float:

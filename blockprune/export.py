@@ -108,7 +108,7 @@ def _layer_entry(ws, fmt: str, why: str = "") -> dict:
     """A record's per-weight entry: name, sparsity, how it runs and why, and its shape facts."""
     lo, hi = ws.kept_per_block_column
     entry = {"name": ws.name, "sparsity": ws.sparsity, "format": fmt, "view_shape": list(ws.view_shape),
-             "n_weights": ws.view_shape[0] * ws.view_shape[1],
+             "n_weights": ws.view_shape[0] * ws.view_shape[1], "positions": ws.site.positions,
              "block_shape": list(ws.block_shape) if ws.block_shape else None, "block_sparsity": ws.block_sparsity,
              "kept_per_block_column": [lo, hi]}
     if fmt not in DENSE_FORMATS and ws.blocked and lo != hi:  # a balanced lowering pads to the fullest column

@@ -113,10 +113,17 @@ class LiteRT(Runtime):
         delegates = (options or {}).get("default_delegates", True)
         return _TfliteRunner(self.interpreter(model_bytes, delegates, num_threads))
 
-    def ops(self, model_bytes: bytes) -> tuple[list[dict], dict[int, dict]]:
+    def ops(self, model_bytes: bytes, run: bool = False) -> tuple[list[dict], dict[int, dict]]:
         """``(ops, tensors)`` of a flatbuffer: each op with its name and input/output tensor
-        indices, and every tensor's details (shape, name, sparsity parameters) by index."""
+        indices, and every tensor's details (shape, name, sparsity parameters) by index.
+        ``run`` invokes the model once on zeros first, so that shapes computed at run time
+        (a reshape to a shape read from a tensor) are the real ones."""
         interp = self.interpreter(model_bytes, default_delegates=False)
+        if run:
+            interp.allocate_tensors()
+            for d in interp.get_input_details():
+                interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+            interp.invoke()
         tensors = {t["index"]: t for t in interp.get_tensor_details()}
         return interp._get_ops_details(), tensors  # the only API that lists ops with their tensors
 
