@@ -22,7 +22,7 @@ import numpy as np
 from ._atomic import atomic_path
 from .targets import parse_target
 
-__all__ = ["BenchConfig", "BenchResult", "bench", "merge_results", "write_reports", "plot_latency", "plot_speedup_vs_sparsity"]
+__all__ = ["BenchConfig", "BenchResult", "bench", "estimate_export", "merge_results", "write_reports", "plot_latency", "plot_speedup_vs_sparsity"]
 
 
 @dataclass
@@ -177,6 +177,19 @@ def _estimate(target, record: dict, dense_tflite: Path | None) -> dict | None:
             "dense_us": whole, "sparse_us": whole_sparse, "speedup": whole / whole_sparse}
 
 
+def estimate_export(export_dir) -> dict | None:
+    """The cost-model estimate of an export folder's model on its target's own hardware (None
+    for a target whose hardware is here, or a folder without a sparse file)."""
+    export_dir = Path(export_dir)
+    manifest, pairs = _pairs(export_dir)
+    target = parse_target(manifest["target_descriptor"], f"{export_dir}/export.json") \
+        if "target_descriptor" in manifest else None
+    if target is None or target.native or not pairs:
+        return None
+    dense_tflite = next((d for _, d in pairs if d["format"] == "tflite"), None)
+    return _estimate(target, pairs[0][0], dense_tflite and _local(export_dir, dense_tflite))
+
+
 def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int = 50, warmup: int = 10,
           progress: bool = True) -> BenchResult:
     """Measures every dense/sparse pair in an export folder.
@@ -216,9 +229,7 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
     sparsity = _overall_sparsity(first) if first else 0.0
     result = BenchResult(str(export_dir), manifest["model"], manifest["target"], bool(target and target.native),
                          sparsity, ideal_speedup(sparsity))
-    if target is not None and not target.native and first:
-        dense_tflite = next((d for _, d in pairs if d["format"] == "tflite"), None)
-        result.estimate = _estimate(target, first, dense_tflite and _local(export_dir, dense_tflite))
+    result.estimate = estimate_export(export_dir)
     jobs = [(s, d, b, t) for s, d in pairs for b in batches for t in threads]
     interactive = progress and sys.stdout.isatty()
     bar = keras.utils.Progbar(len(jobs), unit_name="configuration") if interactive and jobs else None
