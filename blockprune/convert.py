@@ -82,7 +82,7 @@ class Built:
     lowering: str
 
 
-def build_file(model, target, output: str, structure, choices=None, dense: bool = False) -> Built:
+def build_file(model, target, output: str, structure, choices=None, dense: bool = False, fuse: bool = True) -> Built:
     """Converts ``model`` for ``target`` into the file of export output ``output`` (see ``OUTPUTS``).
 
     Args:
@@ -94,6 +94,7 @@ def build_file(model, target, output: str, structure, choices=None, dense: bool 
             target's lowering for the format wherever it applies. Ignored for a target whose
             lowering is carried out by the converter (builtin-sparse) or is ``dense``.
         dense: the dense baseline (no sparse encoding, no rewrite).
+        fuse: let ``lower`` fuse attention layers whose projections are all feature-major.
     """
     from .lower import lower, lowering
 
@@ -101,7 +102,7 @@ def build_file(model, target, output: str, structure, choices=None, dense: bool 
     entry = lowering("dense" if dense else getattr(target.lowering, fmt))
     source, lowered = model, {}
     if entry.rewrites:
-        source, rewritten = lower(model, target, fmt, structure=structure, choices=choices)
+        source, rewritten = lower(model, target, fmt, structure=structure, choices=choices, fuse=fuse)
         lowered = {lw.weight_name: lw.format for lw in rewritten}
     options = {"runtime": runtime, "target": target.name, "variant": "dense" if dense else "sparse",
                "lowering": entry.name, "dtype": target.dtype}

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import keras
 
-__all__ = ["is_functional", "sublayers", "replace_sublayer", "sole_consumer", "own_variables", "owns", "build_shapes", "call_takes_training", "copy_model",
-           "layer_paths", "rewrap"]
+__all__ = ["is_functional", "sublayers", "replace_sublayer", "sole_consumer", "self_attention_input", "own_variables",
+           "owns", "build_shapes", "call_takes_training", "copy_model", "layer_paths", "rewrap"]
 
 
 def is_functional(model) -> bool:
@@ -66,6 +66,24 @@ def sole_consumer(model, layer):
     if len(readers) != 1 or len(readers[0]._inbound_nodes) != 1:
         return None
     return readers[0]
+
+
+def self_attention_input(layer) -> tuple[int, int] | None:
+    """``(tokens, features)`` when the attention layer ``layer`` is called once, with one
+    ``[batch, tokens, features]`` tensor of known tokens and features as query, value (and key),
+    and nothing else (no mask, no causal mask, no attention scores returned); else None."""
+    if len(layer._inbound_nodes) != 1:
+        return None
+    arguments = layer._inbound_nodes[0].arguments
+    roles = ("query", "value", "key")
+    tensors = list(arguments.args) + [arguments.kwargs[k] for k in roles if arguments.kwargs.get(k) is not None]
+    others = [k for k, v in arguments.kwargs.items() if k not in roles + ("training",) and v not in (None, False)]
+    if others or len(tensors) < 2 or any(t is not tensors[0] for t in tensors):
+        return None
+    x = tensors[0]
+    if getattr(x, "_keras_mask", None) is not None or len(x.shape) != 3 or None in tuple(x.shape[1:]):
+        return None
+    return int(x.shape[1]), int(x.shape[2])
 
 
 def own_variables(layer, trainable_only: bool = False) -> list:

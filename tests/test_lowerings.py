@@ -60,11 +60,16 @@ def test_attention_projections_lower_in_both_layouts(small_blocks):
     structure = read_structure(sparse, small_blocks, plan)
     x = np.random.default_rng(0).normal(size=(2, 10, 48)).astype("float32")
     expected = sparse.predict(x, verbose=0)
-    for variant in ("batch", "feature"):
+    for variant in ("feature", "batch"):
         lowered, report = lower(sparse, small_blocks, "tflite", structure=structure,
                                 choices={ws.name: ("gather-matmul", variant) for ws in structure})
         assert {r.weight for r in report} >= {"query/kernel", "attention_output/kernel", "kernel"}
         np.testing.assert_allclose(lowered.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-5)
+        # all four projections feature-major: the attention itself is computed feature-major
+        fused = type(lowered.get_layer("attention")).__name__ == "FeatureMajorAttention"
+        assert fused == (variant == "feature")
+        assert ({r.format for r in report if r.name == "attention"}
+                == {"gather-matmul (feature-major, fused attention)" if fused else "gather-matmul"})
     # the query projection's lowered layer computes what the reference kernel computes on its packed arrays
     ws = structure.get("attention/query/kernel")
     packed = BlockedELL.from_dense(ws.matrix, ws.block_shape)
@@ -75,6 +80,58 @@ def test_attention_projections_lower_in_both_layouts(small_blocks):
     got = _np(query(x)).reshape(-1, packed.shape[1])
     np.testing.assert_allclose(got, ell_matmul(tokens, packed.shape, packed.block_rows, packed.data) + bias,
                                rtol=1e-5, atol=1e-5)
+
+
+def _fused_choices(structure):
+    return {ws.name: ("gather-matmul", "feature") for ws in structure}
+
+
+def test_fused_attention_saves_loads_and_runs_on_several_samples(small_blocks, tmp_path):
+    sparse = prune_once(_attention_model(), blockprune.plan(_attention_model(), small_blocks, sparsity=0.75))
+    structure = read_structure(sparse, small_blocks)
+    lowered, _ = lower(sparse, small_blocks, "tflite", structure=structure, choices=_fused_choices(structure))
+    lowered.save(tmp_path / "fused.keras")
+    loaded = keras.models.load_model(tmp_path / "fused.keras")
+    x = np.random.default_rng(2).normal(size=(5, 10, 48)).astype("float32")
+    assert type(loaded.get_layer("attention")).__name__ == "FeatureMajorAttention"
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), sparse.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def test_attention_with_a_mask_is_not_fused(small_blocks):
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((10, 48))
+    attn = keras.layers.MultiHeadAttention(num_heads=3, key_dim=24, name="attention")(inputs, inputs,
+                                                                                      use_causal_mask=True)
+    model = keras.Model(inputs, keras.layers.Dense(48, name="out")(attn))
+    sparse = prune_once(model, blockprune.plan(model, small_blocks, sparsity=0.75))
+    structure = read_structure(sparse, small_blocks)
+    lowered, report = lower(sparse, small_blocks, "tflite", structure=structure, choices=_fused_choices(structure))
+    assert isinstance(lowered.get_layer("attention"), keras.layers.MultiHeadAttention)
+    assert {r.format for r in report} == {"gather-matmul (feature-major)"}
+    x = np.random.default_rng(3).normal(size=(2, 10, 48)).astype("float32")
+    np.testing.assert_allclose(lowered.predict(x, verbose=0), sparse.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def test_export_times_the_fused_attention_beside_the_per_layer_choice(small_blocks, tmp_path):
+    model = _attention_model()
+    plan = blockprune.plan(model, small_blocks, sparsity=0.75)
+    sparse = prune_once(model, plan)
+    structure = read_structure(sparse, small_blocks, plan)
+    record = export_file(sparse, small_blocks, tmp_path / "m.onnx", "onnx", plan=plan, check_rounds=2, check_reps=5,
+                         choices={ws.name: ("gather-matmul", "batch") for ws in structure})
+    check = record.check
+    assert check["fused_us"] > 0 and check["per_layer_us"] > 0
+    assert check["attention_fused"] == (check["fused_us"] < check["per_layer_us"])
+    if not check["kept_dense"]:  # else the record says why it is dense instead
+        why = {lay["name"]: lay.get("why", "") for lay in record.layers}
+        assert re.search(r"attention (not )?fused: the fused file ran \d+ us", why["attention/query/kernel"])
+        assert "attention" not in why["ff_1/kernel"]
+        formats = {lay["format"] for lay in record.layers if lay["name"].startswith("attention/")}
+        assert formats == ({"gather-matmul (feature-major, fused attention)"} if check["attention_fused"]
+                           else {"gather-matmul"})
+    x = np.random.default_rng(4).normal(size=(3, 10, 48)).astype("float32")
+    np.testing.assert_allclose(make_runner(tmp_path / "m.onnx")(x), sparse.predict(x, verbose=0), rtol=1e-4,
+                               atol=1e-4)
 
 
 def test_attention_files_run_sparse_in_every_runtime(small_blocks, tmp_path):

@@ -21,7 +21,7 @@ from .builtin_sparse import BuiltinSparse
 from .channel_gather import ChannelGather
 from .gather_matmul import GatherMatmul
 
-__all__ = ["BlockSparseDense", "ChannelGatherConv", "Lowering", "LoweredLayer", "LOWERINGS", "lowering", "lower",
+__all__ = ["BlockSparseDense", "ChannelGatherConv", "FeatureMajorAttention", "Lowering", "LoweredLayer", "LOWERINGS", "lowering", "lower",
            "runs_sparse", "default_choices", "candidates", "format_name", "held_by", "rewritable"]
 
 
@@ -44,7 +44,7 @@ LOWERINGS: dict[str, Lowering] = {entry.name: entry for entry in (GatherMatmul()
 
 def __getattr__(name):
     # The Keras layers load with Keras, only when asked for: the catalogue itself is TF-free.
-    if name in ("BlockSparseDense", "ChannelGatherConv"):
+    if name in ("BlockSparseDense", "ChannelGatherConv", "FeatureMajorAttention"):
         from . import layers
 
         return getattr(layers, name)
@@ -124,7 +124,7 @@ def rewritable(model, ws, name: str) -> bool:
     return held is not None and entry.handles(ws) and entry.why_not(held) is None
 
 
-def lower(model, target, runtime: str = "tflite", structure=None, block_shapes=None, choices=None):
+def lower(model, target, runtime: str = "tflite", structure=None, block_shapes=None, choices=None, fuse: bool = True):
     """Rewrites the weights' layers into the lowerings chosen for them; others stay as they are.
 
     Args:
@@ -137,6 +137,9 @@ def lower(model, target, runtime: str = "tflite", structure=None, block_shapes=N
             structure here (from a plan).
         choices: ``{"layer/weight": (lowering, variant)}``; default: the target's lowering for
             ``runtime`` wherever it applies (``default_choices``).
+        fuse: replace a self-attention layer whose four projections are all feature-major by
+            ``FeatureMajorAttention`` (attention computed feature-major too; recorded as variant
+            ``fused``). Whether that is faster depends on the runtime: export measures both.
 
     Returns:
         ``(lowered_model, [LoweredLayer, ...])``: a new model (a copy when nothing is rewritten).
@@ -160,17 +163,20 @@ def lower(model, target, runtime: str = "tflite", structure=None, block_shapes=N
     chained_out, chained_in = _feature_major_chains(copy, by_node)
     lowered: list[LoweredLayer] = []
 
-    def rewritten(holder, ws, name, variant):
+    def rewritten(holder, ws, name, variant, label=None):
         entry = lowering(name)
         if not entry.handles(ws) or entry.why_not(holder) is not None:
             return None
         new = entry.rewrite(holder, ws, variant)
         if new is not None:
             lowered.append(LoweredLayer(ws.layer, ws.kind, ws.block_shape, ws.block_sparsity,
-                                        ws.kept_per_block_column[1], entry.name, variant, ws.site.weight))
+                                        ws.kept_per_block_column[1], entry.name, label or variant, ws.site.weight))
         return new
 
     def swap(layer, path):
+        fused = _fused_attention(layer, by_node.get(path, []), rewritten) if fuse else None
+        if fused is not None:
+            return fused
         for ws, name, variant in by_node.get(path, []):
             if ws.site.weight == "kernel":  # the graph-node layer holds the weight itself
                 new = rewritten(layer, ws, name, variant)
@@ -189,6 +195,42 @@ def lower(model, target, runtime: str = "tflite", structure=None, block_shapes=N
         return layer
 
     return rewrap(copy, swap), lowered
+
+
+#: MultiHeadAttention's projections, by the names of the sublayers holding them.
+_PROJECTIONS = ("query", "key", "value", "attention_output")
+
+
+def _fused_attention(layer, items, rewritten):
+    """A ``FeatureMajorAttention`` replacing the MultiHeadAttention ``layer`` when all four of its
+    projections are lowered feature-major and it is plain self-attention (one input, no mask, the
+    default attention axes, no gate or sliding window); else None."""
+    import keras
+
+    from ..kerasgraph import self_attention_input
+
+    if not isinstance(layer, keras.layers.MultiHeadAttention) or len(items) != len(_PROJECTIONS) \
+            or any((name, variant) != ("gather-matmul", "feature") for _, name, variant in items):
+        return None
+    config = layer.get_config()
+    if config.get("output_shape") is not None or config.get("use_gate") or config.get("sliding_window") is not None \
+            or tuple(config.get("attention_axes") or (1,)) != (1,):
+        return None
+    shape = self_attention_input(layer)
+    held = {ws.site.weight.split("/")[0]: (ws, held_by(layer, ws)) for ws, _, _ in items}
+    entry = lowering("gather-matmul")
+    if shape is None or set(held) != set(_PROJECTIONS) or any(
+            sub is None or not entry.handles(ws) or entry.why_not(sub) is not None for ws, sub in held.values()):
+        return None
+    new = {role: rewritten(sub, ws, "gather-matmul", "feature", "fused") for role, (ws, sub) in held.items()}
+    for role in ("query", "key", "value"):
+        new[role].input_layout, new[role].output_layout = "feature", "feature"
+    new["attention_output"].input_layout, new["attention_output"].lead_shape = "feature", (shape[0],)
+    from .layers import FeatureMajorAttention
+
+    return FeatureMajorAttention(config["num_heads"], config["key_dim"], config["value_dim"] or config["key_dim"],
+                                 shape[0], new["query"], new["key"], new["value"], new["attention_output"],
+                                 name=layer.name)
 
 
 def _feature_major_chains(model, by_node) -> tuple[set[str], dict[str, tuple[int, ...]]]:

@@ -4,6 +4,10 @@
   in one of two layouts (see docs/DESIGN.md, section 4): ``batch`` (gather along the feature
   axis, batched matmul over block-columns) or ``feature`` (transpose once, gather whole rows of
   the feature-major activations, matmul with the transposed blocks, transpose back).
+- ``FeatureMajorAttention``: self-attention whose four projections are feature-major
+  ``BlockSparseDense`` layers, computed ``[features, tokens]`` from the projections' input to
+  the output projection (attention as batched matmuls over the heads), so none of the
+  projections transposes back.
 - ``ChannelGatherConv``: a KxK convolution whose kept weights come in channel blocks (one input
   channel, all taps, ``c`` output channels), as a gather over input channels and a grouped
   convolution.
@@ -19,7 +23,7 @@ import numpy as np
 from ..checks import fits, n_block_cols
 from ..formats import BlockedELL
 
-__all__ = ["BlockSparseDense", "ChannelGatherConv", "LAYOUTS", "elementwise"]
+__all__ = ["BlockSparseDense", "ChannelGatherConv", "FeatureMajorAttention", "LAYOUTS", "elementwise"]
 
 #: Layouts of ``BlockSparseDense``.
 LAYOUTS = ("batch", "feature")
@@ -304,3 +308,64 @@ class ChannelGatherConv(keras.layers.Layer):
                 "groups": self.groups, "channels_per_group": self.channels_per_group,
                 "activation": keras.activations.serialize(c.activation), "use_bias": c.use_bias, "split": self.split,
                 "group_width": self.group_width}
+
+
+@keras.saving.register_keras_serializable(package="blockprune")
+class FeatureMajorAttention(keras.layers.Layer):
+    """Multi-head self-attention with feature-major block-sparse projections.
+
+    Replaces a ``MultiHeadAttention`` called on one ``[batch, tokens, features]`` tensor (query,
+    value and key alike, no mask) whose four projections are lowered feature-major: the input
+    is transposed once to ``[features, batch * tokens]``; the query, key and value projections
+    read and write that layout; attention runs per sample and head on ``[head_dim, tokens]``
+    slices (``softmax(Q^T K / sqrt(key_dim))`` and ``V P^T`` as batched matmuls); the output
+    projection reads the ``[heads * value_dim, batch * tokens]`` context and writes the model's
+    own layout. The same function as the replaced layer at inference (dropout is off).
+
+    Args:
+        num_heads, key_dim, value_dim: as the replaced layer.
+        tokens: the sequence length (static).
+        query, key, value, output: the lowered projections (``BlockSparseDense``, feature-major;
+            query/key/value with feature-major inputs and outputs, output with a feature-major
+            input), or their serialized configs.
+    """
+
+    def __init__(self, num_heads, key_dim, value_dim, tokens, query, key, value, output, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads, self.key_dim, self.value_dim, self.tokens = (int(num_heads), int(key_dim), int(value_dim),
+                                                                     int(tokens))
+
+        def layer(x):
+            return x if isinstance(x, keras.layers.Layer) else keras.saving.deserialize_keras_object(x)
+
+        self.query_dense, self.key_dense, self.value_dense, self.output_dense = map(layer, (query, key, value, output))
+
+    def build(self, input_shape):
+        for sub in (self.query_dense, self.key_dense, self.value_dense, self.output_dense):
+            if not sub.built:
+                sub.build((None, sub.in_features))
+
+    def _heads(self, yt, dim):
+        """``[heads * dim, batch * tokens]`` -> ``[batch, heads, dim, tokens]``."""
+        ops = keras.ops
+        return ops.transpose(ops.reshape(yt, (self.num_heads, dim, -1, self.tokens)), (2, 0, 1, 3))
+
+    def call(self, query, value=None, key=None, training=None):
+        ops = keras.ops
+        xt = ops.transpose(ops.reshape(query, (-1, query.shape[-1])))              # [features, batch*tokens]
+        q = self._heads(self.query_dense(xt), self.key_dim) * (1.0 / math.sqrt(self.key_dim))
+        k = self._heads(self.key_dense(xt), self.key_dim)
+        v = self._heads(self.value_dense(xt), self.value_dim)
+        probs = ops.softmax(ops.matmul(ops.swapaxes(q, -1, -2), k), axis=-1)        # [batch, heads, tq, tk]
+        context = ops.matmul(v, ops.swapaxes(probs, -1, -2))                       # [batch, heads, dv, tq]
+        context = ops.reshape(ops.transpose(context, (1, 2, 0, 3)), (self.num_heads * self.value_dim, -1))
+        return self.output_dense(context)
+
+    def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
+        return (query_shape[0], self.tokens, *self.output_dense.out_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "key_dim": self.key_dim,
+                "value_dim": self.value_dim, "tokens": self.tokens,
+                **{name: keras.saving.serialize_keras_object(getattr(self, f"{name}_dense"))
+                   for name in ("query", "key", "value", "output")}}
