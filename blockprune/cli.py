@@ -18,6 +18,7 @@ from ._quiet import filtered_stderr
 from ._text import text_table
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1  # an unexpected failure (a converter or runtime error), not bad input
 
 
 class _Parser(argparse.ArgumentParser):
@@ -532,15 +533,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with filtered_stderr(enabled=not debug):
             return args.func(args)
-    except (ValueError, TypeError, KeyError) as e:
-        if debug:
-            raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"blockprune {args.command}: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"blockprune {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - every failure reaches the user as one line
+        if debug:  # the whole chain, also the causes a one-line error hides (`raise ... from None`)
+            cause = e
+            while cause is not None:
+                cause.__suppress_context__ = False
+                cause = cause.__cause__ or cause.__context__
+            raise
+        bad_input = isinstance(e, (ValueError, TypeError, KeyError, OSError))
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        kind = "" if bad_input else f"{type(e).__name__}: "
+        text = " ".join(str(message).split())  # one line, whatever the library wrote
+        print(f"blockprune {args.command}: error: {kind}{text}" + ("" if bad_input else
+              " (BLOCKPRUNE_DEBUG=1 shows the traceback)"), file=sys.stderr)
+        return EXIT_BAD_INPUT if bad_input else EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

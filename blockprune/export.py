@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_path
+from ._atomic import atomic_dir, atomic_path
 from .convert import OUTPUTS, build_file
 from .plan import SparsityPlan
 from .runtimes import available, compare, runtime, sample_inputs
@@ -367,7 +367,9 @@ def export(model, target, out_dir, formats=None, plan: SparsityPlan | None = Non
     Args:
         model: a stripped block-sparse Keras model.
         target: target name, path or descriptor.
-        out_dir: folder to write into (created).
+        out_dir: folder to write into (created). Every file is written, or none: they are built
+            in a temporary folder beside it and moved in once all are verified; a failed export
+            leaves a previous export there as it was.
         formats: outputs, any of ``tflite``, ``onnx``, ``openvino`` (default: ``default_outputs()``).
         plan: optional plan pinning the block structure.
         allow_dense: warn instead of failing when a sparse layer would run dense for want of a lowering.
@@ -396,9 +398,23 @@ def export(model, target, out_dir, formats=None, plan: SparsityPlan | None = Non
         raise ValueError(f"format {missing[0]!r} needs {runtime(OUTPUTS[missing[0]][1]).package}, which is not "
                          "installed (pip install it, or leave the format out)")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out) as work:  # every file of the export, or none
+        records = _export_into(work, model, target, formats, plan, allow_dense, dense_baseline, batch, threads,
+                               select, check, progress, profile)
+        for r in records:  # where the files will be
+            r.path, r.options_path = str(out / Path(r.path).name), str(out / Path(r.options_path).name)
+        descriptor = target.to_dict()
+        descriptor.pop("source", None)
+        (work / "export.json").write_text(json.dumps(
+            {"target": target.name, "target_descriptor": descriptor, "model": model.name,
+             "point": {"batch": batch, "threads": threads}, "select": select,
+             "records": [r.to_dict() for r in records]}, indent=2) + "\n")
+    return records
+
+
+def _export_into(work: Path, model, target, formats, plan, allow_dense, dense_baseline, batch, threads, select, check,
+                 progress, profile) -> list[ExportRecord]:
+    """Writes the files of ``export`` (all but ``export.json``) into the folder ``work``."""
     samples = sample_inputs(model)
     reference = np.asarray(model.predict(samples if len(samples) > 1 else samples[0], verbose=0))
     structure = _check_structure(model, target, plan, None)  # once, for every file
@@ -408,24 +424,18 @@ def export(model, target, out_dir, formats=None, plan: SparsityPlan | None = Non
         fmt = OUTPUTS[output][0]
         if fmt not in dense_built:  # one dense baseline per file format (OpenVINO reads the .onnx one)
             dense_built[fmt] = build_file(model, target, fmt, structure, dense=True)
-        records.append(export_file(model, target, out / file_name(model.name, output), output, plan, allow_dense,
+        records.append(export_file(model, target, work / file_name(model.name, output), output, plan, allow_dense,
                                    samples=samples, structure=structure, batch=batch, threads=threads,
                                    select=select, check=check, dense_built=dense_built[fmt], reference=reference,
                                    progress=progress, profile=profile))
     if dense_baseline:
         for fmt in dict.fromkeys(OUTPUTS[o][0] for o in formats):
-            records.append(export_file(model, target, out / file_name(model.name, fmt, dense=True), fmt,
+            records.append(export_file(model, target, work / file_name(model.name, fmt, dense=True), fmt,
                                        plan, allow_dense, dense=True, samples=samples, structure=structure,
                                        batch=batch, threads=threads, dense_built=dense_built[fmt],
                                        reference=reference))
     # The Keras model travels with its exports, so `blockprune bench` can check outputs later.
     from .pruning.api import save_model_atomic
 
-    save_model_atomic(model, out / f"{model.name}.keras")
-    descriptor = target.to_dict()
-    descriptor.pop("source", None)
-    with atomic_path(out / "export.json") as tmp:
-        tmp.write_text(json.dumps({"target": target.name, "target_descriptor": descriptor, "model": model.name,
-                                   "point": {"batch": batch, "threads": threads}, "select": select,
-                                   "records": [r.to_dict() for r in records]}, indent=2) + "\n")
+    save_model_atomic(model, work / f"{model.name}.keras")
     return records

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import keras
+import numpy as np
 
 from .kerasgraph import build_shapes, is_functional, own_variables, owns, sublayers
 from .prunable import is_prunable_layer
@@ -178,6 +179,18 @@ def _relative_name(layer, variable) -> str:
     return path[idx + len(prefix):] if idx >= 0 else variable.name
 
 
+def _check_finite(model) -> None:
+    """Refuses a model with a NaN or infinite weight (a diverged training run), naming it."""
+    for w in model.weights:
+        if "float" not in str(w.dtype):
+            continue
+        values = np.asarray(w.numpy())
+        bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise ValueError(f"Model '{model.name}': weight '{w.path}' holds {bad} NaN or infinite value(s) of "
+                             f"{values.size}; blockprune does not plan, prune or export it (did training diverge?)")
+
+
 def find_weights(model) -> list[WeightSite]:
     """All matrix-like weights of ``model``, in layer order.
 
@@ -194,8 +207,12 @@ def find_weights(model) -> list[WeightSite]:
     if not isinstance(model, keras.Model):
         raise TypeError(f"expected a Keras 3 model (keras.Model), got {type(model).__module__}.{type(model).__name__}")
     if not model.weights:
+        if model.built:
+            raise ValueError(f"Model '{model.name}' has no weights: its layers ({len(model.layers)}) hold no kernel "
+                             "to prune")
         raise ValueError(f"Model '{model.name}' has no weights yet: build it (give it an Input shape or call it "
                          "on a batch) before planning")
+    _check_finite(model)
     sites: list[WeightSite] = []
     seen: set[int] = set()
     covered: set[int] = set()

@@ -3,8 +3,9 @@
 Each matrix-like weight is stored in the format its block structure suits: ``blocked-ell``
 (balanced targets), ``bsr`` (others) or ``dense`` (no whole zero block). Per layer the
 metadata records the name, the kernel shape and its ``[in, out]`` view, the block shape, the
-format, the dtype, the array names and a SHA-256 checksum of the arrays. Loading checks the
-checksums, so a truncated or corrupted file is an error, never wrong weights.
+format, the dtype, the array names and a SHA-256 checksum of those facts and the arrays.
+Loading checks the checksums, so a truncated, corrupted or edited file is an error, never
+wrongly arranged weights.
 
 safetensors is the container because it is a plain, documented, zero-copy format with a JSON
 header that any language can read. This module does not import TensorFlow.
@@ -36,7 +37,7 @@ __all__ = ["PackedLayer", "pack_arrays", "pack_model", "save_packed", "load_pack
            "inspect_table"]
 
 FILE_FORMAT = "blockprune-packed"
-FILE_VERSION = 1
+FILE_VERSION = 2  # 2: the checksum covers each layer's header facts too
 
 
 class PackFileError(ValueError):
@@ -90,7 +91,12 @@ class PackedLayer:
         return float(np.mean(w == 0)) if w.size else 0.0
 
     def checksum(self) -> str:
+        """SHA-256 over the layer's header facts (name, kernel shape, view, format, block shape)
+        and its arrays: an edited header fails it as a corrupted array does."""
         h = hashlib.sha256()
+        v = self.view
+        h.update(f"{self.name}|{list(v.kernel_shape)}|{list(v.perm)}|{v.n_in_axes}|{self.format}|"
+                 f"{list(self.block_shape) if self.block_shape else None};".encode())
         for key, arr in sorted(self.arrays().items()):
             arr = np.ascontiguousarray(arr)
             h.update(f"{key}:{arr.dtype.str}:{arr.shape};".encode())
@@ -202,7 +208,8 @@ def load_packed(path: str | os.PathLike) -> tuple[list[PackedLayer], dict]:
     except (KeyError, json.JSONDecodeError):
         raise PackFileError(f"{path}: not a blockprune packed-weights file (no blockprune metadata)") from None
     if header.get("version") != FILE_VERSION:
-        raise PackFileError(f"{path}: packed-weights version {header.get('version')!r} is not supported")
+        raise PackFileError(f"{path}: packed-weights version {header.get('version')!r} is not supported (this "
+                            f"blockprune reads version {FILE_VERSION}; pack the model again)")
     layers = []
     for entry in header["layers"]:
         name = entry["name"]
@@ -215,7 +222,11 @@ def load_packed(path: str | os.PathLike) -> tuple[list[PackedLayer], dict]:
         if fmt == "dense":
             matrix = arrays["values"]
         elif fmt in FORMATS:
-            matrix = FORMATS[fmt].from_arrays(entry["view_shape"], arrays)
+            try:
+                matrix = FORMATS[fmt].from_arrays(entry["view_shape"], arrays)
+            except (KeyError, ValueError, TypeError) as e:
+                raise PackFileError(f"{path}: layer '{name}' does not hold the arrays of format {fmt!r} ({e}): the "
+                                    "file is corrupted") from None
         else:
             raise PackFileError(f"{path}: layer '{name}' has unknown format {fmt!r}")
         layer = PackedLayer(name, view, fmt, matrix)

@@ -127,3 +127,35 @@ def test_readme_test_command_is_what_ci_runs():
     block = readme[start:].split("```")[1]
     command = [ln for ln in block.splitlines() if ln.strip() and not ln.startswith("bash")][0].strip()
     assert command in ci
+
+
+def _failing_targets(monkeypatch, error):
+    """`blockprune targets` raising ``error`` from inside (as a converter or runtime would),
+    after an OSError it hides with ``raise ... from None``."""
+    import blockprune.targets
+
+    def boom():
+        try:
+            raise OSError("the hidden cause")
+        except OSError:
+            raise error from None
+
+    monkeypatch.setattr(blockprune.targets, "list_targets", boom)
+
+
+def test_an_unexpected_error_is_one_line_with_its_type(capsys, monkeypatch):
+    _failing_targets(monkeypatch, RuntimeError("No Op registered for Erfc\nwith node gelu"))
+    monkeypatch.delenv("BLOCKPRUNE_DEBUG", raising=False)
+    assert main(["targets"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "RuntimeError: No Op registered for Erfc with node gelu" in err and "BLOCKPRUNE_DEBUG=1" in err
+
+
+def test_debug_shows_the_whole_chain(monkeypatch):
+    _failing_targets(monkeypatch, ValueError("a one-line error"))
+    monkeypatch.setenv("BLOCKPRUNE_DEBUG", "1")
+    with pytest.raises(ValueError) as info:
+        main(["targets"])
+    assert isinstance(info.value.__context__, OSError) and not info.value.__suppress_context__
+

@@ -1,5 +1,7 @@
 """Packed formats: exact round trips, scipy's BSR as oracle, reference kernels, the pack file."""
 
+import json
+
 import numpy as np
 import pytest
 import scipy.sparse
@@ -139,6 +141,24 @@ def test_truncated_and_corrupted_files_are_errors(tmp_path):
     save_file({"a": np.zeros(3)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(PackFileError, match="not a blockprune packed-weights file"):
         load_packed(tmp_path / "other.safetensors")
+
+
+@pytest.mark.parametrize("field, value", [("kernel_shape", [8, 8, 1, 128]), ("view_perm", [1, 0, 2, 3]),
+                                          ("view_in_axes", 1), ("format", "bsr"), ("name", "other/kernel")])
+def test_an_edited_header_fails_the_checksum(tmp_path, field, value):
+    """The header says how the arrays are arranged: editing it must not load rearranged weights."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    path = save_packed(tmp_path / "w.safetensors", _layers()[0])
+    with safe_open(str(path), framework="np") as f:
+        header = json.loads(f.metadata()["blockprune"])
+    entry = next(e for e in header["layers"] if e["name"] == "pw/kernel")
+    assert entry[field] != value
+    entry[field] = value
+    save_file(load_file(str(path)), str(tmp_path / "edited.safetensors"), metadata={"blockprune": json.dumps(header)})
+    with pytest.raises(PackFileError, match="fails its checksum|missing array|unknown format|is corrupted"):
+        load_packed(tmp_path / "edited.safetensors")
 
 
 def test_blocked_ell_of_a_view_its_blocks_do_not_divide():

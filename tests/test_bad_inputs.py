@@ -1,0 +1,77 @@
+"""Bad models and weights: each is refused with one clear error that names what is wrong."""
+
+import keras
+import numpy as np
+import pytest
+
+import blockprune
+from blockprune.export import export
+from blockprune.pruning import prune_low_magnitude, prune_once
+
+
+def _mlp(name="mlp"):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((256,))
+    x = keras.layers.Dense(256, activation="relu", name="hidden")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(4, name="out")(x), name=name)
+
+
+def _poisoned(value):
+    model = _mlp()
+    kernel = model.get_layer("hidden").kernel
+    k = kernel.numpy()
+    k[3, 7] = value
+    kernel.assign(k)
+    return model
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_nan_or_infinite_weights_are_refused_at_plan_prune_and_export(value, tmp_path):
+    message = r"weight 'hidden/kernel' holds 1 NaN or infinite value\(s\)"
+    model = _poisoned(value)
+    with pytest.raises(ValueError, match=message):
+        blockprune.plan(model, "cpu-wide")
+    with pytest.raises(ValueError, match=message):
+        prune_low_magnitude(model)
+    plan = blockprune.plan(_mlp(), "cpu-wide", sparsity=0.9)
+    sparse = prune_once(_mlp(), plan)
+    k = sparse.get_layer("hidden").kernel.numpy()
+    k[np.flatnonzero(k)[0] // k.shape[1], np.flatnonzero(k)[0] % k.shape[1]] = value
+    sparse.get_layer("hidden").kernel.assign(k)
+    with pytest.raises(ValueError, match=message):
+        export(sparse, "cpu-wide", tmp_path / "out", plan=plan, select="target", check=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_with_no_weights_is_not_told_to_build_itself():
+    inputs = keras.Input((8,))
+    model = keras.Model(inputs, keras.layers.Activation("relu")(inputs), name="no_weights")
+    with pytest.raises(ValueError, match="'no_weights' has no weights: its layers"):
+        blockprune.plan(model, "cpu-wide")
+
+
+def _tree(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_failed_export_leaves_the_previous_export_as_it_was(tmp_path, monkeypatch):
+    plan = blockprune.plan(_mlp(), "cpu-wide", sparsity=0.9)
+    out = tmp_path / "export"
+    export(prune_once(_mlp(), plan), "cpu-wide", out, formats=("tflite",), plan=plan, select="target", check=False)
+    before = _tree(out)
+    assert {"export.json", "mlp.tflite", "mlp.dense.tflite", "mlp.keras"} <= set(before)
+    import blockprune.export as export_module
+
+    real = export_module.export_file
+
+    def onnx_fails(model, target, path, output="tflite", *args, **kwargs):  # after the .tflite is written
+        if output == "onnx":
+            raise RuntimeError("No Op registered for Erfc")
+        return real(model, target, path, output, *args, **kwargs)
+
+    other = prune_once(_mlp(), blockprune.plan(_mlp(), "cpu-wide", sparsity=0.8))
+    monkeypatch.setattr(export_module, "export_file", onnx_fails)
+    with pytest.raises(RuntimeError, match="Erfc"):
+        export(other, "cpu-wide", out, formats=("tflite", "onnx"), select="target", check=False)
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no partial folder left beside it
