@@ -42,3 +42,14 @@ def synthetic(name, batch, steps):
     shape = (1024,) if name == "mlp1024" else (224, 224, 3)
     n = batch * steps
     return rng.normal(size=(n, *shape)).astype("float32"), rng.integers(0, 10, size=(n,))
+
+
+def results_dir(out, quick: bool, default):
+    """Where a bench script writes: ``out`` when given, else a temporary folder for ``--quick``
+    runs (they never overwrite the committed results), else ``default``."""
+    import tempfile
+    from pathlib import Path
+
+    if out:
+        return Path(out)
+    return Path(tempfile.mkdtemp(prefix="bench-quick-")) if quick else Path(default)

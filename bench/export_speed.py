@@ -31,6 +31,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from blockprune.export import export_onnx, export_tflite  # noqa: E402
+from _timing import results_dir  # noqa: E402
+from blockprune._atomic import write_text_atomic  # noqa: E402
 from blockprune.runtimes import make_runner  # noqa: E402
 from blockprune.masks import block_mask  # noqa: E402
 from blockprune.packfile import pack_model  # noqa: E402
@@ -94,7 +96,7 @@ def time_pair(dense_path, sparse_path, batch, rounds, reps):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer rounds and repetitions")
-    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--out", help="results folder (default: bench/results; with --quick, a temporary folder)")
     args = parser.parse_args(argv)
     rounds, reps = (3, 100) if args.quick else (5, 300)
     results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
@@ -119,9 +121,9 @@ def main(argv=None):
                     row = time_pair(dense.path, sparse.path, batch, rounds, reps)
                     results["rows"].append({"case": label, "format": fmt, "batch": batch, "sparse_bytes": sparse.bytes,
                                             "dense_bytes": dense.bytes, **row})
-    out = Path(args.out)
+    out = results_dir(args.out, args.quick, HERE / "results")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "export_speed.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / "export_speed.json", json.dumps(results, indent=2) + "\n")
     lines = ["# Exported latency and size: MLP 2048 x 3, hidden kernels 90% sparse, 1 thread", "",
              f"Machine: {results['machine']['platform']}, {results['machine']['cpus']} CPUs. "
              f"Median over {rounds} rounds of the median of {reps} calls (dense and sparse interleaved).", "",
@@ -136,7 +138,7 @@ def main(argv=None):
     for s in results["sizes"]:
         lines.append(f"| {s['case']} | {s['format']} | {s['nonzero_value_bytes']:,} | {s['packed_bytes']:,} | "
                      f"{s['ratio']:.3f} |")
-    (out / "export_speed.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "export_speed.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 
 import blockprune  # noqa: E402
 from _timing import step_timer  # noqa: E402
+from blockprune._atomic import write_text_atomic  # noqa: E402
 from blockprune.data import digits, save_npz  # noqa: E402
 from blockprune.examples import example_model, train_dense  # noqa: E402
 from blockprune.export import export_tflite  # noqa: E402
@@ -47,7 +48,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tfmot-python", required=True, help="python of the tfmot environment")
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--out", default=str(HERE / "results"), help="results folder")
     args = parser.parse_args(argv)
     data = digits()
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,7 +84,7 @@ def main(argv=None):
         }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "tfmot_compare.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_text_atomic(out / "tfmot_compare.json", json.dumps(rows, indent=2) + "\n")
     lines = ["# blockprune vs tfmot: digits MLP 64-512-512-10, 90% in (4, 1) blocks", "",
              f"{args.epochs} dense epochs, then {args.epochs} epochs of cubic gradual pruning; TFLite latency at batch 1, "
              "1 thread (median of 5 rounds x 300 calls), both sparse files run by LiteRT with default delegates.", "",
@@ -93,7 +94,7 @@ def main(argv=None):
         step = f"{r['step_ms']:.2f}" if r["step_ms"] else "-"
         lines.append(f"| {name} | {r['accuracy']:.2%} | {step} | {r['bytes']:,} | {r['latency_us']:.1f} |")
     lines += ["", f"tfmot's own dense baseline (tf_keras): {tfmot_res['dense_accuracy']:.2%}."]
-    (out / "tfmot_compare.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "tfmot_compare.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

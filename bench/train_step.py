@@ -28,7 +28,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-from _timing import synthetic, time_fit  # noqa: E402
+from _timing import results_dir, synthetic, time_fit  # noqa: E402
+from blockprune._atomic import write_text_atomic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -107,9 +108,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one round instead of three")
     parser.add_argument("--tfmot-python", help="python of a tfmot environment (bench/setup_tfmot_env.sh)")
-    parser.add_argument("--out", default=str(HERE / "results"), help="results folder")
+    parser.add_argument("--out", help="results folder (default: bench/results; with --quick, a temporary folder)")
     parser.add_argument("--report-only", action="store_true", help="re-render train_step.md from train_step.json")
     args = parser.parse_args(argv)
+    args.out = results_dir(args.out, args.quick and not args.report_only, HERE / "results")
     if args.report_only:
         write_report(json.loads((Path(args.out) / "train_step.json").read_text()), Path(args.out))
         return
@@ -123,7 +125,7 @@ def main(argv=None):
         results["tfmot"] = run_tfmot(args.tfmot_python, args.quick)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train_step.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / "train_step.json", json.dumps(results, indent=2) + "\n")
     write_report(results, out)
 
 
@@ -148,7 +150,7 @@ def write_report(results, out: Path) -> None:
                          f"{r['dense_step_ms']:.2f} | {r['pruned_step_ms']:.2f} | {r['ratio']:.3f} | {r['mean_ratio']:.3f} | - | - |")
     elif tf_res:
         lines.append(f"\ntfmot could not be measured: {tf_res['error']}")
-    (out / "train_step.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(out / "train_step.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

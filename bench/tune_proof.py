@@ -35,6 +35,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 import blockprune  # noqa: E402
+from _timing import results_dir  # noqa: E402
+from blockprune._atomic import write_text_atomic  # noqa: E402
 from blockprune.checks import SPARSITY_LADDER  # noqa: E402
 from blockprune.cost import calibrate, prediction_error  # noqa: E402
 from blockprune.examples import example_model  # noqa: E402
@@ -187,11 +189,11 @@ def report(results: dict) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--out", help="results folder (default: bench/results; with --quick, a temporary folder)")
     args = parser.parse_args(argv)
     rounds, reps = (3, 10) if args.quick else (15, 30)
     target = load_target(TARGET)
-    out = Path(args.out)
+    out = results_dir(args.out, args.quick, HERE / "results")
     out.mkdir(parents=True, exist_ok=True)
     results = {"tuned_vs_fixed": [], "budget": None}
     with tempfile.TemporaryDirectory() as tmp:
@@ -199,9 +201,9 @@ def main(argv=None):
         for name in ("transformer", "mobilenetv2"):
             results["tuned_vs_fixed"].append(compare(name, target, tmp, out, rounds, reps))
         results["budget"] = budget(tmp, out, rounds, reps)
-    (out / "tune_proof.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / "tune_proof.json", json.dumps(results, indent=2) + "\n")
     text = report(results)
-    (out / "tune_proof.md").write_text(text)
+    write_text_atomic(out / "tune_proof.md", text)
     print(text)
 
 

@@ -31,8 +31,22 @@ def to_onnx(model, opset: int):
     spec = [tf.TensorSpec(t.shape, t.dtype, name=f"input_{i}") for i, t in enumerate(model.inputs)]
     fn = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0]))
     with contextlib.redirect_stdout(io.StringIO()):
-        proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
+        proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset,
+                                                 custom_op_handlers={"Erfc": (_erfc, [])})
     return proto
+
+
+def _erfc(ctx, node, name, args):
+    """TensorFlow's ``Erfc`` (its exact gelu uses it since TF 2.16; tf2onnx has no handler and
+    ONNX no op) as ``1 - Erf(x)``."""
+    from tf2onnx import utils
+
+    x = node.input[0]
+    erf = ctx.make_node("Erf", [x], op_name_scope=name)
+    one = ctx.make_const(utils.make_name(f"{name}_one"),
+                         np.array(1, dtype=utils.map_onnx_to_numpy_type(ctx.get_dtype(x))))
+    node.type = "Sub"
+    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
 
 
 def sparsify_initializers(proto, min_elements: int = 1024) -> list[str]:

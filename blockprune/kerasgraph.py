@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import keras
 
-__all__ = ["is_functional", "sublayers", "replace_sublayer", "sole_consumer", "self_attention_input", "own_variables",
+__all__ = ["is_functional", "sublayers", "replace_sublayer", "sole_consumer", "input_readers", "self_attention_input", "own_variables",
            "owns", "build_shapes", "call_takes_training", "copy_model", "layer_paths", "rewrap"]
 
 
@@ -66,6 +66,15 @@ def sole_consumer(model, layer):
     if len(readers) != 1 or len(readers[0]._inbound_nodes) != 1:
         return None
     return readers[0]
+
+
+def input_readers(model, index: int) -> list:
+    """The layers of ``model`` that read its input number ``index`` directly."""
+    history = getattr(model.inputs[index], "_keras_history", None)
+    if history is None:
+        return []
+    members = {id(m) for m in model.layers}
+    return [n.operation for n in history[0]._outbound_nodes if id(n.operation) in members]
 
 
 def self_attention_input(layer) -> tuple[int, int] | None:

@@ -26,12 +26,21 @@ __all__ = ["Runtime", "LiteRT", "OnnxRuntime", "OpenVINO", "RUNTIMES", "availabl
 
 
 def sample_inputs(model, batch: int = 4, seed: int = 0) -> list[np.ndarray]:
-    """Random normal inputs for every input of ``model`` (unknown dimensions become 1)."""
+    """Random inputs for every input of ``model`` (unknown dimensions become 1): normal values
+    for float inputs; for integer inputs (token ids), integers below the vocabulary of the
+    Embedding layers that read them (0 or 1 when no Embedding does)."""
+    from .kerasgraph import input_readers
+
     rng = np.random.default_rng(seed)
     samples = []
-    for t in model.inputs:
+    for i, t in enumerate(model.inputs):
         shape = [batch] + [d if d is not None else 1 for d in t.shape[1:]]
-        samples.append(rng.normal(size=shape).astype(t.dtype if "float" in str(t.dtype) else "float32"))
+        dtype = str(t.dtype)
+        if "int" in dtype or "bool" in dtype:
+            sizes = [r.input_dim for r in input_readers(model, i) if hasattr(r, "input_dim")]
+            samples.append(rng.integers(0, min(sizes) if sizes else 2, size=shape).astype(dtype))
+        else:
+            samples.append(rng.normal(size=shape).astype(dtype if "float" in dtype else "float32"))
     return samples
 
 
@@ -227,7 +236,10 @@ def read_options(path) -> dict:
     options_path = path.with_name(path.name + ".runtime.json")
     if not options_path.is_file():
         raise ValueError(f"{path}: no {options_path.name} beside it; export it with blockprune to record how it runs")
-    return json.loads(options_path.read_text())
+    try:
+        return json.loads(options_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{options_path}: not a runtime options file ({e}); export the model again") from None
 
 
 def make_runner(path, num_threads: int | None = None, runtime_name: str | None = None):

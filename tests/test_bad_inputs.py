@@ -75,3 +75,32 @@ def test_a_failed_export_leaves_the_previous_export_as_it_was(tmp_path, monkeypa
         export(other, "cpu-wide", out, formats=("tflite", "onnx"), select="target", check=False)
     assert _tree(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no partial folder left beside it
+
+
+def test_a_model_with_integer_inputs_exports_and_verifies(tmp_path):
+    keras.utils.set_random_seed(1)
+    tokens = keras.Input((12,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(100, 32, name="embed")(tokens)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    x = keras.layers.Dense(256, activation="relu", name="hidden_1")(x)
+    x = keras.layers.Dense(256, activation="relu", name="hidden_2")(x)
+    model = keras.Model(tokens, keras.layers.Dense(4, name="out")(x), name="embedder")
+    plan = blockprune.plan(model, "cpu-wide", sparsity=0.9)
+    records = export(prune_once(model, plan), "cpu-wide", tmp_path, formats=("tflite", "onnx"), plan=plan,
+                     select="target", check=False)  # export runs every file against Keras
+    assert all(r.rel_error < 1e-3 for r in records)
+
+
+def test_corrupt_records_name_their_file(tmp_path):
+    from blockprune.bench import bench
+    from blockprune.runtimes import make_runner
+
+    plan = blockprune.plan(_mlp(), "cpu-wide", sparsity=0.9)
+    export(prune_once(_mlp(), plan), "cpu-wide", tmp_path, formats=("tflite",), plan=plan, select="target",
+           check=False)
+    (tmp_path / "mlp.tflite.runtime.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"mlp.tflite.runtime.json: not a runtime options file"):
+        make_runner(tmp_path / "mlp.tflite")
+    (tmp_path / "export.json").write_text('{"records": ')
+    with pytest.raises(ValueError, match=r"export.json: not an export manifest"):
+        bench(tmp_path)
