@@ -104,3 +104,32 @@ def test_corrupt_records_name_their_file(tmp_path):
     (tmp_path / "export.json").write_text('{"records": ')
     with pytest.raises(ValueError, match=r"export.json: not an export manifest"):
         bench(tmp_path)
+
+
+@keras.saving.register_keras_serializable(package="blockprune_tests")
+class ApproximateGelu(keras.layers.Layer):
+    def call(self, x):
+        return keras.activations.gelu(x, approximate=True)
+
+
+@pytest.mark.parametrize("after", ["gelu", "approximate_gelu", "swish", "silu", "hard_swish", "softplus", "elu", "selu",
+                                   "mish", "LayerNormalization", "BatchNormalization", "GroupNormalization"])
+def test_common_activations_and_normalizations_export_and_verify(after, tmp_path):
+    """Each as the lowered layer's own activation (activations) or as the next layer; export runs
+    every file (.tflite, .onnx, OpenVINO) against Keras and refuses a file that disagrees."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((256,))
+    if after[0].isupper():
+        x = keras.layers.Dense(256, name="hidden")(inputs)
+        x = getattr(keras.layers, after)(**({"groups": 8} if after == "GroupNormalization" else {}))(x)
+    elif after == "approximate_gelu":
+        x = ApproximateGelu()(keras.layers.Dense(256, name="hidden")(inputs))
+    else:
+        x = keras.layers.Dense(256, activation=after, name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="out")(x), name="m")
+    plan = blockprune.plan(model, "cpu-wide", sparsity=0.9)
+    records = export(prune_once(model, plan), "cpu-wide", tmp_path, plan=plan, select="target", check=False)
+    assert {r.format for r in records} >= {"tflite", "onnx"}
+    assert all(r.rel_error < 1e-3 for r in records)
+    assert all(lay["format"] == "gather-matmul" for r in records if r.variant == "sparse" for lay in r.layers
+               if lay["name"] == "hidden/kernel")
