@@ -211,7 +211,7 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
     import keras
 
     from .cost import ideal_speedup
-    from .runtimes import compare, make_runner, runtime, sample_inputs
+    from .runtimes import compare, keras_outputs, make_runner, outputs_of, runtime, sample_inputs
     from .timing import interleaved_latencies
 
     export_dir = Path(export_dir)
@@ -234,7 +234,7 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
     interactive = progress and sys.stdout.isatty()
     bar = keras.utils.Progbar(len(jobs), unit_name="configuration") if interactive and jobs else None
     x = sample_inputs(model, max(batches), seed=1)[0]
-    reference = np.asarray(model.predict(x, verbose=0))  # once: every file is compared with it
+    reference = keras_outputs(model, [x])  # once: every file is compared with it
     point = manifest.get("point")
     exported_for = f"b{point['batch']} t{point['threads']}" if point else ""
     checked = set()
@@ -247,7 +247,7 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
             if (name, rt) in checked:
                 continue
             checked.add((name, rt))
-            err, rel = compare(reference, make_runner(_local(export_dir, rec), runtime_name=rt)(x))
+            err, rel = compare(reference, outputs_of(make_runner(_local(export_dir, rec), runtime_name=rt), model, [x]))
             result.agreement.append({"file": name, "runtime": runtime(rt).label, "max_abs_error": err,
                                      "rel_error": rel})
     for i, (sparse, dense, batch, n_threads) in enumerate(jobs):

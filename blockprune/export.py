@@ -34,7 +34,7 @@ import numpy as np
 from ._atomic import atomic_dir, atomic_path
 from .convert import OUTPUTS, build_file
 from .plan import SparsityPlan
-from .runtimes import available, compare, runtime, sample_inputs
+from .runtimes import available, compare, keras_outputs, outputs_of, runtime, sample_inputs
 from .structure import StructureError, read_structure
 from .targets import TargetDescriptor, load_target
 
@@ -139,8 +139,8 @@ def _verify(model, samples, run, target: TargetDescriptor, what: str, reference=
         ExportError: the relative error exceeds the target dtype's tolerance.
     """
     if reference is None:
-        reference = np.asarray(model.predict(samples if len(samples) > 1 else samples[0], verbose=0))
-    err, rel = compare(reference, run(*samples))
+        reference = keras_outputs(model, samples)
+    err, rel = compare(reference, outputs_of(run, model, samples))
     tol = INT8_TOLERANCE if target.dtype == "int8" else FLOAT_TOLERANCE
     if not rel <= tol:
         raise ExportError(f"{what} for target '{target.name}' disagrees with Keras: relative error {rel:.3g} > "
@@ -416,7 +416,7 @@ def _export_into(work: Path, model, target, formats, plan, allow_dense, dense_ba
                  progress, profile) -> list[ExportRecord]:
     """Writes the files of ``export`` (all but ``export.json``) into the folder ``work``."""
     samples = sample_inputs(model)
-    reference = np.asarray(model.predict(samples if len(samples) > 1 else samples[0], verbose=0))
+    reference = keras_outputs(model, samples)
     structure = _check_structure(model, target, plan, None)  # once, for every file
     dense_built = {}
     records = []

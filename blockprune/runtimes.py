@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["Runtime", "LiteRT", "OnnxRuntime", "OpenVINO", "RUNTIMES", "available", "runtime", "runtimes_for", "make_runner",
-           "read_options", "sample_inputs", "compare"]
+           "read_options", "sample_inputs", "compare", "keras_outputs", "outputs_of"]
 
 
 def sample_inputs(model, batch: int = 4, seed: int = 0) -> list[np.ndarray]:
@@ -44,12 +44,39 @@ def sample_inputs(model, batch: int = 4, seed: int = 0) -> list[np.ndarray]:
     return samples
 
 
-def compare(reference: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+def compare(reference, got) -> tuple[float, float]:
     """``(max_abs_error, relative_error)`` of ``got`` against ``reference`` (relative to its
-    largest magnitude)."""
+    largest magnitude). For a model with several outputs, both are lists: each reference output
+    is compared with the file's output of the same shape that agrees best (runtimes order a
+    file's outputs their own way), each file output used once; the worst pair counts, and an
+    output with no counterpart counts as infinitely wrong."""
+    if isinstance(reference, (list, tuple)):
+        left = [np.asarray(g) for g in (got if isinstance(got, (list, tuple)) else [got])]
+        worst = (0.0, 0.0)
+        for ref in reference:
+            ref = np.asarray(ref)
+            scored = [(compare(ref, g), i) for i, g in enumerate(left) if g.shape == ref.shape]
+            if not scored:
+                return float("inf"), float("inf")
+            (err, rel), i = min(scored, key=lambda t: t[0][1])
+            left.pop(i)
+            worst = max(worst, (err, rel), key=lambda t: t[1])
+        return worst
+    reference = np.asarray(reference)
     err = float(np.max(np.abs(reference - got))) if reference.size else 0.0
     scale = float(np.max(np.abs(reference))) or 1.0
     return err, err / scale
+
+
+def outputs_of(run, model, xs) -> np.ndarray | list[np.ndarray]:
+    """What a runner computes on ``xs``: its first output, or every output for a model with several."""
+    return run.outputs(*xs) if len(model.outputs) > 1 else run(*xs)
+
+
+def keras_outputs(model, xs) -> np.ndarray | list[np.ndarray]:
+    """The Keras model's output on ``xs`` (a list for a model with several outputs)."""
+    out = model.predict(xs if len(xs) > 1 else xs[0], verbose=0)
+    return [np.asarray(o) for o in out] if isinstance(out, (list, tuple)) else np.asarray(out)
 
 
 class Runtime:
@@ -87,7 +114,13 @@ class _TfliteRunner:
         self.interp = interp
         self.inputs = interp.get_input_details()
         self.output = interp.get_output_details()[0]["index"]
+        self.output_indices = [d["index"] for d in interp.get_output_details()]
         self.shapes = None
+
+    def outputs(self, *xs) -> list[np.ndarray]:
+        """Every output of the model (in the file's order)."""
+        self(*xs)
+        return [self.interp.get_tensor(i) for i in self.output_indices]
 
     def __call__(self, *xs):
         shapes = [x.shape for x in xs]
@@ -157,9 +190,21 @@ class OnnxRuntime(Runtime):
         return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
     def runner(self, model_bytes: bytes, options: dict | None = None, num_threads: int | None = None):
-        session = self.session(model_bytes, num_threads)
-        names = [i.name for i in session.get_inputs()]
-        return lambda *xs: session.run(None, dict(zip(names, xs)))[0]
+        return _OnnxRunner(self.session(model_bytes, num_threads))
+
+
+class _OnnxRunner:
+    """Runs an ONNX Runtime session: ``run(*inputs)`` gives the first output, ``outputs`` all."""
+
+    def __init__(self, session):
+        self.session = session
+        self.names = [i.name for i in session.get_inputs()]
+
+    def outputs(self, *xs) -> list[np.ndarray]:
+        return self.session.run(None, dict(zip(self.names, xs)))
+
+    def __call__(self, *xs):
+        return self.outputs(*xs)[0]
 
 
 class _OpenVinoRunner:
@@ -190,6 +235,11 @@ class _OpenVinoRunner:
             self.request.set_input_tensor(i, ov.Tensor(np.ascontiguousarray(x), shared_memory=True))
         self.request.infer()
         return self.request.get_output_tensor(0).data.copy()
+
+    def outputs(self, *xs) -> list[np.ndarray]:
+        """Every output of the model (in the file's order)."""
+        self(*xs)
+        return [self.request.get_output_tensor(i).data.copy() for i in range(len(self.model.outputs))]
 
 
 class OpenVINO(Runtime):

@@ -133,3 +133,39 @@ def test_common_activations_and_normalizations_export_and_verify(after, tmp_path
     assert all(r.rel_error < 1e-3 for r in records)
     assert all(lay["format"] == "gather-matmul" for r in records if r.variant == "sparse" for lay in r.layers
                if lay["name"] == "hidden/kernel")
+
+
+def _two_outputs():
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((64,))
+    h = keras.layers.Dense(256, activation="relu", name="hidden")(inputs)
+    h = keras.layers.Dense(256, activation="relu", name="hidden_2")(h)
+    return keras.Model(inputs, [keras.layers.Dense(10, name="a")(h), keras.layers.Dense(3, name="b")(h)], name="two")
+
+
+def test_every_output_of_a_multi_output_model_is_verified(tmp_path):
+    from blockprune.runtimes import compare, keras_outputs, make_runner, outputs_of
+
+    model = _two_outputs()
+    plan = blockprune.plan(model, "cpu-wide", sparsity=0.9)
+    sparse = prune_once(model, plan)
+    records = export(sparse, "cpu-wide", tmp_path, plan=plan, select="target", check=False)
+    x = [np.random.default_rng(5).normal(size=(3, 64)).astype("float32")]
+    reference = keras_outputs(sparse, x)
+    for r in records:
+        got = outputs_of(make_runner(r.path), sparse, x)
+        assert len(got) == 2 and compare(reference, got)[1] < 1e-3
+        # a file whose second output were wrong would be caught: compare checks each output
+        assert compare(reference, [got[0], got[1] + 1.0] if got[0].shape == (3, 10) else [got[0] + 1.0, got[1]])[1] > 0.01
+
+
+def test_fine_tuning_a_multi_output_model_from_one_dataset_says_why_it_cannot(tmp_path):
+    from blockprune.data import Dataset
+    from blockprune.pruning.finetune import finetune
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 64)).astype("float32"), rng.integers(0, 10, 40)
+    data = Dataset(x, y, x, y, name="pairs")
+    model = _two_outputs()
+    with pytest.raises(ValueError, match=r"model 'two' has 1 input\(s\) and 2 output\(s\)"):
+        finetune(model, blockprune.plan(model, "cpu-wide", sparsity=0.9), data, epochs=1)

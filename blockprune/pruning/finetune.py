@@ -114,6 +114,11 @@ def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: 
         raise ValueError(f"epochs={epochs!r} must be a positive integer")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(f"model '{model.name}' has {len(model.inputs)} input(s) and {len(model.outputs)} output(s); "
+                         f"data '{data.name}' holds one x and one y array per split, so fine-tuning here needs one "
+                         "input and one output (train a multi-output model with your own fit: "
+                         "blockprune.prune_low_magnitude and blockprune.UpdatePruningStep)")
     check_fits(data, model.input_shape[1:], model.output_shape[1:], model.name)
     steps_per_epoch = math.ceil(len(data.x_train) / batch_size)
     schedule = polynomial_schedule(epochs * steps_per_epoch, plan.sparsity if plan.sparsity > 0 else 0.5)
