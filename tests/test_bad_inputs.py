@@ -169,3 +169,15 @@ def test_fine_tuning_a_multi_output_model_from_one_dataset_says_why_it_cannot(tm
     model = _two_outputs()
     with pytest.raises(ValueError, match=r"model 'two' has 1 input\(s\) and 2 output\(s\)"):
         finetune(model, blockprune.plan(model, "cpu-wide", sparsity=0.9), data, epochs=1)
+
+
+def test_a_fully_connected_is_credited_to_its_own_layer_only():
+    from blockprune.lower.builtin_sparse import match_fully_connected
+
+    fcs = [{"tensor": "m_1/other_1/MatMul", "shape": (256, 256), "encoding": "dense"},
+           {"tensor": "m_1/third_1/MatMul", "shape": (256, 256), "encoding": "builtin-sparse"}]
+    assert match_fully_connected("hidden", (256, 256), fcs) is None  # ambiguous: not credited
+    assert match_fully_connected("third", (256, 256), fcs)["encoding"] == "builtin-sparse"
+    assert match_fully_connected("other", (256, 256), fcs)["encoding"] == "dense"
+    assert match_fully_connected("alone", (128, 64), fcs + [{"tensor": "x", "shape": (64, 128),
+                                                             "encoding": "dense"}])["tensor"] == "x"

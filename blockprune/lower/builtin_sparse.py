@@ -37,13 +37,16 @@ def fully_connected_weights(model_content: bytes) -> list[dict]:
 
 
 def match_fully_connected(layer: str, view_shape, fcs: list[dict]) -> dict | None:
+    """The FULLY_CONNECTED of ``layer``: the only one of its shape, or else the only one of its
+    shape whose weight tensor carries the layer's name; None when that is ambiguous (the record
+    then says ``dense`` rather than credit another layer's encoding)."""
     shape = (view_shape[1], view_shape[0])
     same = [f for f in fcs if f["shape"] == shape]
     if len(same) <= 1:
         return same[0] if same else None
     leaf = re.escape(layer.split("/")[-1])
     named = [f for f in same if re.search(rf"(^|/){leaf}(_\d+)?/", f["tensor"])]
-    return named[0] if named else same[0]
+    return named[0] if len(named) == 1 else None
 
 
 class BuiltinSparse(Lowering):
@@ -78,4 +81,6 @@ def read_fully_connected_formats(model_bytes: bytes, structure) -> dict[str, str
     for ws in structure:
         fc = match_fully_connected(ws.layer, ws.view_shape, fcs) if ws.kind == "dense" else None
         out[ws.name] = fc["encoding"] if fc else "dense"
+        if fc is not None:
+            fcs = [f for f in fcs if f is not fc]  # each FULLY_CONNECTED is one layer's
     return out
