@@ -179,9 +179,11 @@ def _fusion_choices(structure, choices) -> dict | None:
     """``choices`` with the projections of every attention layer whose four projections all
     run gather-matmul switched to feature-major, which lets ``lower`` fuse the attention; None
     when no layer qualifies (or nothing changes)."""
+    from .lower import ATTENTION_PROJECTIONS
+
     if not choices:
         return None
-    roles = {"query/kernel", "key/kernel", "value/kernel", "attention_output/kernel"}
+    roles = {f"{p}/kernel" for p in ATTENTION_PROJECTIONS}
     by_layer: dict[str, list[str]] = {}
     for ws in structure:
         if ws.site.weight in roles and choices.get(ws.name, ("dense",))[0] == "gather-matmul":
@@ -194,7 +196,9 @@ def _fusion_choices(structure, choices) -> dict | None:
 
 def _fused(built) -> list[str]:
     """The weights a file computes inside a fused attention layer."""
-    return [name for name, fmt in built.formats.items() if fmt.endswith("fused attention)")]
+    from .lower import FUSED_ATTENTION
+
+    return [name for name, fmt in built.formats.items() if fmt == FUSED_ATTENTION]
 
 
 # --------------------------------------------------------------------------- one file

@@ -21,7 +21,8 @@ from .builtin_sparse import BuiltinSparse
 from .channel_gather import ChannelGather
 from .gather_matmul import GatherMatmul
 
-__all__ = ["BlockSparseDense", "ChannelGatherConv", "FeatureMajorAttention", "Lowering", "LoweredLayer", "LOWERINGS", "lowering", "lower",
+__all__ = ["ATTENTION_PROJECTIONS", "FUSED_ATTENTION", "BlockSparseDense", "ChannelGatherConv", "FeatureMajorAttention",
+           "Lowering", "LoweredLayer", "LOWERINGS", "lowering", "lower",
            "runs_sparse", "default_choices", "candidates", "format_name", "held_by", "rewritable"]
 
 
@@ -198,7 +199,9 @@ def lower(model, target, runtime: str = "tflite", structure=None, block_shapes=N
 
 
 #: MultiHeadAttention's projections, by the names of the sublayers holding them.
-_PROJECTIONS = ("query", "key", "value", "attention_output")
+ATTENTION_PROJECTIONS = ("query", "key", "value", "attention_output")
+#: How records name a projection computed inside a fused attention layer.
+FUSED_ATTENTION = format_name("gather-matmul", "fused")
 
 
 def _fused_attention(layer, items, rewritten):
@@ -209,7 +212,7 @@ def _fused_attention(layer, items, rewritten):
 
     from ..kerasgraph import self_attention_input
 
-    if not isinstance(layer, keras.layers.MultiHeadAttention) or len(items) != len(_PROJECTIONS) \
+    if not isinstance(layer, keras.layers.MultiHeadAttention) or len(items) != len(ATTENTION_PROJECTIONS) \
             or any((name, variant) != ("gather-matmul", "feature") for _, name, variant in items):
         return None
     config = layer.get_config()
@@ -219,7 +222,7 @@ def _fused_attention(layer, items, rewritten):
     shape = self_attention_input(layer)
     held = {ws.site.weight.split("/")[0]: (ws, held_by(layer, ws)) for ws, _, _ in items}
     entry = lowering("gather-matmul")
-    if shape is None or set(held) != set(_PROJECTIONS) or any(
+    if shape is None or set(held) != set(ATTENTION_PROJECTIONS) or any(
             sub is None or not entry.handles(ws) or entry.why_not(sub) is not None for ws, sub in held.values()):
         return None
     new = {role: rewritten(sub, ws, "gather-matmul", "feature", "fused") for role, (ws, sub) in held.items()}
