@@ -1,6 +1,7 @@
 """finetune / `blockprune prune`: data checks, resume after an interruption, outputs."""
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -126,3 +127,42 @@ def test_digits_4x1_at_90_percent_keeps_accuracy():
     assert result.verification.ok
     assert all(c.block_sparsity == pytest.approx(0.9, abs=1e-3) for c in result.verification.layers)
     assert result.sparse_metrics["accuracy"] >= evaluate(dense, data)["accuracy"] - 0.015
+
+
+def _masks(model):
+    return {v.path: v.numpy().copy() for v in model.variables if "mask" in v.path}
+
+
+class _InterruptKeepingMasks(keras.callbacks.Callback):
+    """Records the masks at the end of epoch 1, then interrupts the run (after its checkpoint)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            self.masks = _masks(self.model)
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_checkpoint_write_keeps_the_last_checkpoint_and_its_masks(tmp_path, monkeypatch):
+    model, data = _tiny()
+    p = blockprune.plan(model, "cpu-wide", sparsity=0.75, overrides={"h": "block=1x16", "out": "skip"})
+    ckpt = tmp_path / "run.checkpoint.keras"
+    stop = _InterruptKeepingMasks()
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model, p, data, epochs=4, batch_size=16, checkpoint=ckpt, verbose=0, callbacks=[stop])
+    assert stop.masks and any(0 < m.mean() < 1 for m in stop.masks.values())  # masks were applied
+    saved = ckpt.read_bytes()
+    resumed = keras.models.load_model(ckpt)
+    assert {k: v.tolist() for k, v in _masks(resumed).items()} == {k: v.tolist() for k, v in stop.masks.items()}
+
+    def half_written_save(self, path, *args, **kwargs):  # dies while writing the next checkpoint
+        Path(path).write_bytes(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(keras.Model, "save", half_written_save)
+        with pytest.raises(KeyboardInterrupt):
+            finetune(model, p, data, epochs=4, batch_size=16, checkpoint=ckpt, resume=True, verbose=0)
+    assert ckpt.read_bytes() == saved  # the last good checkpoint, untouched
+    assert sorted(f.name for f in tmp_path.iterdir()) == [ckpt.name]  # no half-written file left
+    result = finetune(model, p, data, epochs=4, batch_size=16, checkpoint=ckpt, resume=True, verbose=0)
+    assert result.epochs_run == 2 and result.verification.ok
