@@ -177,17 +177,25 @@ def _estimate(target, record: dict, dense_tflite: Path | None) -> dict | None:
             "dense_us": whole, "sparse_us": whole_sparse, "speedup": whole / whole_sparse}
 
 
+def _manifest_target(export_dir: Path, manifest: dict):
+    """The target descriptor an export folder records, or None (older folders)."""
+    return parse_target(manifest["target_descriptor"], f"{export_dir}/export.json") \
+        if "target_descriptor" in manifest else None
+
+
+def _folder_estimate(export_dir: Path, target, pairs) -> dict | None:
+    if target is None or target.native or not pairs:
+        return None
+    dense_tflite = next((d for _, d in pairs if d["format"] == "tflite"), None)
+    return _estimate(target, pairs[0][0], dense_tflite and _local(export_dir, dense_tflite))
+
+
 def estimate_export(export_dir) -> dict | None:
     """The cost-model estimate of an export folder's model on its target's own hardware (None
     for a target whose hardware is here, or a folder without a sparse file)."""
     export_dir = Path(export_dir)
     manifest, pairs = _pairs(export_dir)
-    target = parse_target(manifest["target_descriptor"], f"{export_dir}/export.json") \
-        if "target_descriptor" in manifest else None
-    if target is None or target.native or not pairs:
-        return None
-    dense_tflite = next((d for _, d in pairs if d["format"] == "tflite"), None)
-    return _estimate(target, pairs[0][0], dense_tflite and _local(export_dir, dense_tflite))
+    return _folder_estimate(export_dir, _manifest_target(export_dir, manifest), pairs)
 
 
 def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int = 50, warmup: int = 10,
@@ -223,13 +231,12 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
     if not model_path.is_file():
         raise ValueError(f"{export_dir}: no {model_path.name} to compare outputs with; re-export the model")
     model = keras.models.load_model(model_path, compile=False)
-    target = parse_target(manifest["target_descriptor"], f"{export_dir}/export.json") \
-        if "target_descriptor" in manifest else None
+    target = _manifest_target(export_dir, manifest)
     first = pairs[0][0] if pairs else None
     sparsity = _overall_sparsity(first) if first else 0.0
     result = BenchResult(str(export_dir), manifest["model"], manifest["target"], bool(target and target.native),
                          sparsity, ideal_speedup(sparsity))
-    result.estimate = estimate_export(export_dir)
+    result.estimate = _folder_estimate(export_dir, target, pairs)
     jobs = [(s, d, b, t) for s, d in pairs for b in batches for t in threads]
     interactive = progress and sys.stdout.isatty()
     bar = keras.utils.Progbar(len(jobs), unit_name="configuration") if interactive and jobs else None

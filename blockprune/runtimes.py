@@ -113,8 +113,8 @@ class _TfliteRunner:
     def __init__(self, interp):
         self.interp = interp
         self.inputs = interp.get_input_details()
-        self.output = interp.get_output_details()[0]["index"]
         self.output_indices = [d["index"] for d in interp.get_output_details()]
+        self.output = self.output_indices[0]
         self.shapes = None
 
     def outputs(self, *xs) -> list[np.ndarray]:

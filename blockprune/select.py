@@ -113,14 +113,13 @@ def _from_profile(profile, output: str, ws, options, batch: int, threads: int) -
 
     if profile is None or ws.view != ws.site.view or ws.kind not in ("dense", "conv1x1", "einsum_dense"):
         return None
-    fmt = output
     rows = batch * ws.site.positions
     timed = {}
     for lowering, variant in options:
         if lowering == "dense":
-            t = profile.latency(fmt, ws.view_shape, rows, threads, None, 0.0)
+            t = profile.latency(output, ws.view_shape, rows, threads, None, 0.0)
         else:
-            t = profile.latency(fmt, ws.view_shape, rows, threads, ws.block_shape, ws.block_sparsity,
+            t = profile.latency(output, ws.view_shape, rows, threads, ws.block_shape, ws.block_sparsity,
                                 format_name(lowering, variant))
         if t is None:
             return None
