@@ -14,7 +14,7 @@ import re
 import sys
 import threading
 
-__all__ = ["filtered_stderr", "CHATTER"]
+__all__ = ["filtered_stderr", "captured_stderr", "CHATTER"]
 
 CHATTER = re.compile(
     r"^(?:[IW]\d{4} \d\d:\d\d:\d\d\.\d+ |[IW]0000 )"                  # absl info/warning lines
@@ -52,3 +52,36 @@ def filtered_stderr(enabled: bool = True):
         os.dup2(saved, 2)  # closes the pipe's last writer, so the pump sees end of file
         thread.join(timeout=5)
         os.close(saved)
+
+
+class Captured:
+    """What a ``captured_stderr`` block wrote (``text``, set when the block ends)."""
+
+    text = ""
+
+
+@contextlib.contextmanager
+def captured_stderr():
+    """Within the block, native and Python writes to stderr go to a buffer, not the terminal:
+    a converter's own report of a failure that blockprune states in one line (the report is
+    attached to the exception as a note, which ``BLOCKPRUNE_DEBUG=1`` shows)."""
+    import tempfile
+
+    captured = Captured()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as buffer:
+        os.dup2(buffer.fileno(), 2)
+        try:
+            yield captured
+        except Exception as e:
+            sys.stderr.flush()
+            buffer.seek(0)
+            captured.text = buffer.read().decode(errors="replace")
+            if captured.text.strip():
+                e.add_note(captured.text)
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)

@@ -66,9 +66,16 @@ class BenchResult:
     sizes: list[dict] = field(default_factory=list)
     agreement: list[dict] = field(default_factory=list)
     estimate: dict | None = None
+    skipped: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _runs_at(record: dict, batch: int) -> bool:
+    """Whether the file of an export record runs at ``batch`` (one with a recurrent loop only at its own)."""
+    fixed = record["runtime_options"].get("fixed_batch")
+    return fixed is None or fixed == batch
 
 
 def _pairs(export_dir: Path) -> tuple[dict, list[tuple[dict, dict]]]:
@@ -116,10 +123,15 @@ def _overall_sparsity(record: dict) -> float:
     return zero / total if total else 0.0
 
 
-def _op_us(tflite_bytes: bytes, target) -> float:
+#: Ops that run other subgraphs: the estimate reads the main subgraph only.
+_CONTROL_FLOW = {"WHILE", "IF", "CALL_ONCE"}
+
+
+def _op_us(tflite_bytes: bytes, target) -> float | None:
     """Estimated microseconds of every op of a dense ``.tflite`` (batch 1) on the target: a
     roofline per op, its FLOPs (matmuls and convolutions: 2 x outputs x reduction length; other
-    ops: one per output value) against the bytes of every tensor it reads and writes."""
+    ops: one per output value) against the bytes of every tensor it reads and writes. None for a
+    file with control flow (a recurrent loop): its loop body is not in the op list."""
     from .cost import roofline_us
     from .runtimes import runtime
 
@@ -132,6 +144,8 @@ def _op_us(tflite_bytes: bytes, target) -> float:
                  "DEPTHWISE_CONV_2D": lambda ins: np.prod(ins[1]["shape"][1:3]),  # [1, kh, kw, c]
                  "CONV_3D": lambda ins: np.prod(ins[1]["shape"][:-1])}  # [kd, kh, kw, in, out]
     ops, tensors = runtime("litert").ops(tflite_bytes, run=True)
+    if any(op["op_name"] in _CONTROL_FLOW for op in ops):
+        return None
     total = 0.0
     for op in ops:
         ins = [tensors[i] for i in op["inputs"] if i >= 0]
@@ -168,10 +182,10 @@ def _estimate(target, record: dict, dense_tflite: Path | None) -> dict | None:
         return None
     out = {"hardware": target.hardware, "matmul_dense_us": dense, "matmul_sparse_us": sparse,
            "matmul_speedup": dense / sparse}
-    if dense_tflite is None or not dense_tflite.is_file():
+    whole = _op_us(dense_tflite.read_bytes(), target) if dense_tflite is not None and dense_tflite.is_file() else None
+    if whole is None:  # no dense .tflite, or one whose loops the estimate cannot read
         return {**out, "kind": "cost-model ESTIMATE of the matmuls only (batch 1), not measured",
                 "dense_us": dense, "sparse_us": sparse, "speedup": dense / sparse}
-    whole = _op_us(dense_tflite.read_bytes(), target)
     whole_sparse = max(whole - (dense - sparse), sparse)  # the ops around the matmuls stay as they are
     return {**out, "kind": "cost-model ESTIMATE of the whole model (batch 1), not measured",
             "dense_us": whole, "sparse_us": whole_sparse, "speedup": whole / whole_sparse}
@@ -237,11 +251,16 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
     result = BenchResult(str(export_dir), manifest["model"], manifest["target"], bool(target and target.native),
                          sparsity, ideal_speedup(sparsity))
     result.estimate = _folder_estimate(export_dir, target, pairs)
-    jobs = [(s, d, b, t) for s, d in pairs for b in batches for t in threads]
+    jobs = [(s, d, b, t) for s, d in pairs for b in batches for t in threads if _runs_at(s, b) and _runs_at(d, b)]
+    for s, _ in pairs:
+        fixed = s["runtime_options"].get("fixed_batch")
+        if fixed and any(b != fixed for b in batches):
+            result.skipped.append(f"{Path(s['path']).name}: runs only at batch {fixed} (a recurrent loop is converted "
+                                  "for a fixed batch); other batches not measured")
     interactive = progress and sys.stdout.isatty()
     bar = keras.utils.Progbar(len(jobs), unit_name="configuration") if interactive and jobs else None
     x = sample_inputs(model, max(batches), seed=1)[0]
-    reference = keras_outputs(model, [x])  # once: every file is compared with it
+    references = {None: keras_outputs(model, [x])}  # once per batch: every file is compared with it
     point = manifest.get("point")
     exported_for = f"b{point['batch']} t{point['threads']}" if point else ""
     checked = set()
@@ -254,7 +273,12 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
             if (name, rt) in checked:
                 continue
             checked.add((name, rt))
-            err, rel = compare(reference, outputs_of(make_runner(_local(export_dir, rec), runtime_name=rt), model, [x]))
+            fixed = rec["runtime_options"].get("fixed_batch")
+            if fixed not in references:
+                references[fixed] = keras_outputs(model, [sample_inputs(model, fixed, seed=1)[0]])
+            xs = [x] if fixed is None else [sample_inputs(model, fixed, seed=1)[0]]
+            err, rel = compare(references[fixed], outputs_of(make_runner(_local(export_dir, rec), runtime_name=rt),
+                                                             model, xs))
             result.agreement.append({"file": name, "runtime": runtime(rt).label, "max_abs_error": err,
                                      "rel_error": rel})
     for i, (sparse, dense, batch, n_threads) in enumerate(jobs):
@@ -319,6 +343,7 @@ def table(result: BenchResult) -> str:
                       f"worst {worst.speedup:.2f}x ({worst.runtime}, batch {worst.batch}, {worst.threads} thread(s)); "
                       f"worst against the fastest dense file here {worst_any.vs_fastest_dense:.2f}x "
                       f"({worst_any.runtime}, batch {worst_any.batch}, {worst_any.threads} thread(s))."]
+    lines += [f"Not measured: {note}." for note in result.skipped]
     if result.estimate:
         e = result.estimate
         lines += ["", f"Target hardware ({e['hardware']}): {e['speedup']:.2f}x ({e['dense_us']:.0f} -> "

@@ -224,6 +224,9 @@ def cmd_pack(args) -> int:
     layers = pack_model(model, target)
     if not layers:
         raise ValueError(f"model '{model.name}' has no weight that target '{target.name}' can prune")
+    if all(layer.block_shape is None for layer in layers):
+        raise ValueError(f"model '{model.name}' has no block-sparse weight for target '{target.name}': nothing to "
+                         f"pack (prune it first: blockprune prune {args.model} -t {target.name})")
     path = save_packed(args.output, layers, {"target": target.name, "model": model.name})
     print(inspect_table(layers))
     print(f"\nWrote {path}")

@@ -6,21 +6,76 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["to_tflite", "to_onnx", "sparsify_initializers", "build_file", "Built", "OUTPUTS"]
+from ._quiet import captured_stderr
+
+__all__ = ["ConversionError", "to_tflite", "to_onnx", "fixed_batch", "sparsify_initializers", "build_file", "Built", "OUTPUTS"]
 
 
-def to_tflite(model, optimizations=()) -> bytes:
-    """``TFLiteConverter.from_keras_model`` with ``optimizations`` (``tf.lite.Optimize`` members)."""
+def to_tflite(model, optimizations=(), batch: int = 1) -> bytes:
+    """``TFLiteConverter.from_keras_model`` with ``optimizations`` (``tf.lite.Optimize`` members).
+
+    A model with a recurrent loop (LSTM, GRU, SimpleRNN, not unrolled) is converted at the fixed
+    batch size ``batch``: the converter lowers the loop to a ``WHILE`` op only over a static batch
+    (``fixed_batch`` says when)."""
     import tensorflow as tf
 
+    if fixed_batch(model, "tflite", batch):
+        from .kerasgraph import with_fixed_batch
+
+        model = with_fixed_batch(model, batch)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = list(optimizations)
-    with contextlib.redirect_stdout(io.StringIO()):  # Keras prints the exported signature
+    # Keras prints the exported signature; the converter reports a failure at length on fd 2
+    with contextlib.redirect_stdout(io.StringIO()), captured_stderr():
         return converter.convert()
+
+
+class ConversionError(ValueError):
+    """A converter refused a model: one line naming the file format, the model, the layer and
+    the target (the converter's own text stays in the exception's cause)."""
+
+
+def _layer_of(text: str, model) -> str | None:
+    """The first layer of ``model`` named in a converter's op path (``model_1/layer_2/Op``)."""
+    from .kerasgraph import sublayers
+
+    names = {layer.name for layer in sublayers(model, recursive=True)}
+    for path in re.findall(r"[\w.-]+(?:/[\w.-]+)+", text):
+        for part in path.split("/")[1:]:
+            for name in (part, re.sub(r"_\d+$", "", part)):
+                if name in names:
+                    return name
+    return None
+
+
+def conversion_error(fmt: str, model, target, error: Exception | str, ops=()) -> ConversionError:
+    """The one-line ``ConversionError`` for ``error`` raised (or ``ops`` left unsupported) by the
+    ``fmt`` converter on ``model`` for ``target``."""
+    text = str(error)
+    ops = list(ops) or list(dict.fromkeys(re.findall(r"'tf\.(\w+)' op", text)))
+    layer = _layer_of(text, model)
+    where = f" at layer '{layer}'" if layer else ""
+    if ops:
+        what = f"op {', '.join(ops)} has no {'TFLite builtin' if fmt == 'tflite' else 'ONNX'} equivalent"
+    else:
+        lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower()] or text.strip().splitlines() or [""]
+        what = re.sub(r"loc\(.*?\)\)*:\s*", "", lines[0])[:300] or type(error).__name__
+    return ConversionError(f"cannot convert model '{model.name}' to .{fmt} for target '{target}'{where}: {what}")
+
+
+def fixed_batch(model, fmt: str, batch: int) -> int | None:
+    """The batch size a ``fmt`` file of ``model`` converted for ``batch`` is fixed to, or None when
+    it runs at any batch. Keras 3 recurrent layers reach TFLite as a ``WHILE`` loop over tensor
+    lists, which the converter lowers only for a static batch; the file then cannot be resized
+    (XNNPACK refuses). Unrolling instead ran 2.7-3x slower (an LSTM of 512 over 32 steps)."""
+    from .kerasgraph import recurrent_loops
+
+    return batch if fmt == "tflite" and recurrent_loops(model) else None
 
 
 def to_onnx(model, opset: int):
@@ -30,7 +85,7 @@ def to_onnx(model, opset: int):
 
     spec = [tf.TensorSpec(t.shape, t.dtype, name=f"input_{i}") for i, t in enumerate(model.inputs)]
     fn = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0]))
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), captured_stderr():  # tf2onnx logs each op it cannot convert
         proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset,
                                                  custom_op_handlers={"Erfc": (_erfc, [])})
     return proto
@@ -47,6 +102,13 @@ def _erfc(ctx, node, name, args):
                          np.array(1, dtype=utils.map_onnx_to_numpy_type(ctx.get_dtype(x))))
     node.type = "Sub"
     ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+
+
+def _unsupported_nodes(proto) -> list:
+    """Nodes of the ONNX standard domains that ONNX does not define."""
+    from onnx import defs
+
+    return [n for n in proto.graph.node if n.domain in ("", "ai.onnx") and not defs.has(n.op_type)]
 
 
 def sparsify_initializers(proto, min_elements: int = 1024) -> list[str]:
@@ -96,7 +158,8 @@ class Built:
     lowering: str
 
 
-def build_file(model, target, output: str, structure, choices=None, dense: bool = False, fuse: bool = True) -> Built:
+def build_file(model, target, output: str, structure, choices=None, dense: bool = False, fuse: bool = True,
+               batch: int = 1) -> Built:
     """Converts ``model`` for ``target`` into the file of export output ``output`` (see ``OUTPUTS``).
 
     Args:
@@ -109,6 +172,8 @@ def build_file(model, target, output: str, structure, choices=None, dense: bool 
             lowering is carried out by the converter (builtin-sparse) or is ``dense``.
         dense: the dense baseline (no sparse encoding, no rewrite).
         fuse: let ``lower`` fuse attention layers whose projections are all feature-major.
+        batch: the deployment batch; a ``.tflite`` of a model with a recurrent loop runs only at
+            it (``options["fixed_batch"]``).
     """
     from .lower import lower, lowering
 
@@ -124,13 +189,25 @@ def build_file(model, target, output: str, structure, choices=None, dense: bool 
         import tensorflow as tf
 
         optimizations = ([tf.lite.Optimize.DEFAULT] if target.dtype == "int8" else []) + entry.converter_optimizations()
-        data = to_tflite(source, optimizations)
+        try:
+            data = to_tflite(source, optimizations, batch)
+        except Exception as e:  # noqa: BLE001 - the converter raises its own types; the user needs one line
+            raise conversion_error(fmt, model, target.name, e) from e
+        if fixed_batch(source, fmt, batch):
+            options["fixed_batch"] = batch
         # The delegate trap is specific to sparse int8 kernels; the dense baseline runs at its best.
         delegates = True if dense else target.runtime.tflite_default_delegates
         options.update(default_delegates=delegates,
                        op_resolver_type="AUTO" if delegates else "BUILTIN_WITHOUT_DEFAULT_DELEGATES")
         return Built(data, entry.file_formats(data, structure, lowered), options, entry.name)
-    proto = to_onnx(source, target.runtime.onnx_opset)
+    try:
+        proto = to_onnx(source, target.runtime.onnx_opset)
+    except Exception as e:  # noqa: BLE001 - tf2onnx raises its own types; the user needs one line
+        raise conversion_error(fmt, model, target.name, e) from e
+    unknown = _unsupported_nodes(proto)
+    if unknown:  # tf2onnx logs an op it cannot convert and leaves it in the graph
+        raise conversion_error(fmt, model, target.name, " ".join(n.name for n in unknown),
+                               ops=dict.fromkeys(n.op_type for n in unknown))
     # Mostly-zero weights that run dense are stored sparse for ONNX Runtime (a size win only).
     moved = set() if dense or runtime != "onnxruntime" else set(sparsify_initializers(proto))
     formats = entry.file_formats(b"", structure, lowered)

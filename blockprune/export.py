@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ._atomic import atomic_dir, atomic_path
-from .convert import OUTPUTS, build_file
+from .convert import OUTPUTS, build_file, fixed_batch
 from .plan import SparsityPlan
 from .runtimes import available, compare, keras_outputs, outputs_of, runtime, sample_inputs
 from .structure import StructureError, read_structure
@@ -127,6 +127,16 @@ def _check_structure(model, target, plan, structure):
         return read_structure(model, target, plan)
     except StructureError as e:
         raise ExportError(str(e)) from None
+
+
+def _load(rt, built, target: TargetDescriptor, what: str):
+    """A runner of a converted file, or an ``ExportError`` in one line when the runtime refuses it."""
+    try:
+        return rt.runner(built.data, built.options)
+    except Exception as e:  # noqa: BLE001 - each runtime raises its own types; the user needs one line
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise ExportError(f"{what} for target '{target.name}': {rt.label} cannot load it: {first[:300]}; "
+                          "nothing was written") from e
 
 
 def _verify(model, samples, run, target: TargetDescriptor, what: str, reference=None) -> tuple[float, float]:
@@ -250,11 +260,11 @@ def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan 
     structure = _check_structure(model, target, plan, structure)
     fmt, runtime_name = OUTPUTS[output]
     rt = runtime(runtime_name)
-    samples = samples or sample_inputs(model)
+    samples = samples or sample_inputs(model, batch if fixed_batch(model, "tflite", batch) else 4)
     point = {"batch": batch, "threads": threads}
     if dense:
-        built = dense_built or build_file(model, target, output, structure, dense=True)
-        err, rel = _verify(model, samples, rt.runner(built.data, built.options), target, path.name, reference)
+        built = dense_built or build_file(model, target, output, structure, dense=True, batch=batch)
+        err, rel = _verify(model, samples, _load(rt, built, target, path.name), target, path.name, reference)
         layers = [_layer_entry(ws, built.formats[ws.name]) for ws in structure]
         record = ExportRecord("", output, target.name, "dense", 0, 0, layers, err, rel, built.options, point=point)
         return _write(path, built.data, record)
@@ -274,12 +284,12 @@ def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan 
         why = {name: c.reason for name, c in chosen.items()}
     if choices is not None and all(key[0] == "dense" for key in choices.values()) and entry.rewrites:
         # every weight measured faster dense: the file is the dense baseline, nothing to check
-        dense_built = dense_built or build_file(model, target, output, structure, dense=True)
+        dense_built = dense_built or build_file(model, target, output, structure, dense=True, batch=batch)
         built = type(dense_built)(dense_built.data, dense_built.formats,
                                   {**dense_built.options, "runtime": runtime_name, "variant": "sparse"}, "dense")
         check = False
     else:
-        built = build_file(model, target, output, structure, choices=choices, fuse=not check)
+        built = build_file(model, target, output, structure, choices=choices, fuse=not check, batch=batch)
     warnings = []
     for ws in structure:
         fmt_ws = built.formats[ws.name]
@@ -288,19 +298,19 @@ def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan 
     if warnings and not allow_dense:
         raise ExportError(f"{path.name} for target '{target.name}': " + "; ".join(warnings) +
                           " (--allow-dense / allow_dense=True writes it anyway)")
-    run = rt.runner(built.data, built.options)
+    run = _load(rt, built, target, path.name)
     err, rel = _verify(model, samples, run, target, path.name, reference)
     timing = None
     if check:
-        dense_built = dense_built or build_file(model, target, output, structure, dense=True)
+        dense_built = dense_built or build_file(model, target, output, structure, dense=True, batch=batch)
         # Fused attention is faster in some runtimes only (measured here on the transformer
         # example: 1.38x in OpenVINO, 1.13x in ONNX Runtime, 0.89x in LiteRT): where the
         # projections chose gather-matmul, the fused file is timed beside the per-layer one.
         fusion = _fusion_choices(structure, choices) if entry.rewrites else None
-        fused_built = build_file(model, target, output, structure, choices=fusion) if fusion else None
+        fused_built = build_file(model, target, output, structure, choices=fusion, batch=batch) if fusion else None
         fused = _fused(fused_built) if fused_built is not None else []
         if fused:
-            fused_err = _verify(model, samples, rt.runner(fused_built.data, fused_built.options), target, path.name,
+            fused_err = _verify(model, samples, _load(rt, fused_built, target, path.name), target, path.name,
                                 reference)
         timing = _whole_file_check(built, dense_built, model, output, batch, threads, check_rounds, check_reps,
                                    alternative=fused_built if fused else None)
@@ -419,7 +429,8 @@ def export(model, target, out_dir, formats=None, plan: SparsityPlan | None = Non
 def _export_into(work: Path, model, target, formats, plan, allow_dense, dense_baseline, batch, threads, select, check,
                  progress, profile) -> list[ExportRecord]:
     """Writes the files of ``export`` (all but ``export.json``) into the folder ``work``."""
-    samples = sample_inputs(model)
+    # A .tflite of a model with a recurrent loop runs only at the deployment batch: verify at it.
+    samples = sample_inputs(model, batch if fixed_batch(model, "tflite", batch) else 4)
     reference = keras_outputs(model, samples)
     structure = _check_structure(model, target, plan, None)  # once, for every file
     dense_built = {}
@@ -427,7 +438,7 @@ def _export_into(work: Path, model, target, formats, plan, allow_dense, dense_ba
     for output in formats:
         fmt = OUTPUTS[output][0]
         if fmt not in dense_built:  # one dense baseline per file format (OpenVINO reads the .onnx one)
-            dense_built[fmt] = build_file(model, target, fmt, structure, dense=True)
+            dense_built[fmt] = build_file(model, target, fmt, structure, dense=True, batch=batch)
         records.append(export_file(model, target, work / file_name(model.name, output), output, plan, allow_dense,
                                    samples=samples, structure=structure, batch=batch, threads=threads,
                                    select=select, check=check, dense_built=dense_built[fmt], reference=reference,

@@ -13,7 +13,8 @@ from __future__ import annotations
 import keras
 
 __all__ = ["is_functional", "sublayers", "replace_sublayer", "sole_consumer", "input_readers", "self_attention_input", "own_variables",
-           "owns", "build_shapes", "call_takes_training", "copy_model", "layer_paths", "rewrap"]
+           "owns", "build_shapes", "call_takes_training", "copy_model", "layer_paths", "rewrap", "recurrent_loops",
+           "with_fixed_batch"]
 
 
 def is_functional(model) -> bool:
@@ -153,3 +154,18 @@ def rewrap(model, replace):
     paths = layer_paths(model)
     return keras.models.clone_model(model, clone_function=lambda layer: replace(layer, paths.get(id(layer))),
                                     recursive=True)
+
+
+def recurrent_loops(model) -> list[str]:
+    """Names of the recurrent layers of ``model`` that run a loop over time (not unrolled)."""
+    return [layer.name for layer in sublayers(model, recursive=True)
+            if isinstance(layer, keras.layers.RNN) and not layer.unroll]
+
+
+def with_fixed_batch(model, batch: int):
+    """A functional model calling ``model``'s own layers (weights shared) on inputs of batch size
+    ``batch``: the TFLite converter lowers a recurrent loop only when the batch is static."""
+    inputs = [keras.Input(batch_shape=(batch, *t.shape[1:]), dtype=t.dtype, name=t.name.split(":")[0])
+              for t in model.inputs]
+    outputs = model(inputs if len(inputs) > 1 else inputs[0])
+    return keras.Model(inputs, outputs, name=model.name)

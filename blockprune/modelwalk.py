@@ -26,6 +26,10 @@ from .views import WeightRef, WeightView, einsum_view
 __all__ = ["WeightSite", "find_weights", "target_sites", "layer_sites", "model_kind", "matrix_kind"]
 
 _CONVS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+#: Recurrent cells: their input ``kernel`` ``[in, gates * units]`` and ``recurrent_kernel``
+#: ``[units, gates * units]`` are matmuls over ``[in, out]`` views (one per time step).
+_RNN_CELLS = (keras.layers.LSTMCell, keras.layers.GRUCell, keras.layers.SimpleRNNCell)
+_RNN_WEIGHTS = ("kernel", "recurrent_kernel")
 _NOT_PRUNABLE_WHY = {
     "DepthwiseConv1D": "depthwise kernels are not prunable: XNNPACK and TFLite gain nothing from sparse depthwise convolutions",
     "DepthwiseConv2D": "depthwise kernels are not prunable: XNNPACK and TFLite gain nothing from sparse depthwise convolutions",
@@ -125,8 +129,25 @@ def _positions(layer, view: WeightView | None, node) -> int:
     return known or 1
 
 
+def _timesteps(node) -> int:
+    """Time steps per sample of a recurrent layer (its input's axis 1), for the estimate; 1 when unknown."""
+    shapes = list(build_shapes(node).values())
+    shape = shapes[0] if shapes else None
+    if shape and len(shape) >= 3 and shape[1] is not None:
+        return int(shape[1])
+    return 1
+
+
 def _sites_of(layer, node, node_path: str, rel_prefix: str, out: list[WeightSite], covered: set[int]) -> None:
     """Adds the prunable weights of ``layer`` and of its sublayers (not nested graph nodes)."""
+    if isinstance(layer, _RNN_CELLS):
+        covered.update(id(w) for w in layer.weights)  # the bias belongs to the cell, not a matmul
+        for name in _RNN_WEIGHTS:
+            w = _own_weight(layer, name)
+            shape = tuple(int(d) for d in w.shape)
+            out.append(WeightSite(node_path, rel_prefix + name, type(layer).__name__, "recurrent", shape,
+                                  WeightView.for_dense(shape), _timesteps(node), _dtype_reason(w), w))
+        return
     if is_prunable_layer(layer):
         for w in layer.get_prunable_weights():
             covered.add(id(w))

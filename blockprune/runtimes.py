@@ -108,10 +108,12 @@ class Runtime:
 
 
 class _TfliteRunner:
-    """Runs a LiteRT interpreter; resizes and re-allocates only when the input shapes change."""
+    """Runs a LiteRT interpreter; resizes and re-allocates only when the input shapes change.
+    A file with a fixed batch (``fixed_batch``, a recurrent loop) runs only at that batch."""
 
-    def __init__(self, interp):
+    def __init__(self, interp, fixed_batch: int | None = None):
         self.interp = interp
+        self.fixed_batch = fixed_batch
         self.inputs = interp.get_input_details()
         self.output_indices = [d["index"] for d in interp.get_output_details()]
         self.output = self.output_indices[0]
@@ -125,6 +127,10 @@ class _TfliteRunner:
     def __call__(self, *xs):
         shapes = [x.shape for x in xs]
         if shapes != self.shapes:
+            if self.fixed_batch and any(s[0] != self.fixed_batch for s in shapes):
+                raise ValueError(f"this .tflite runs only at batch {self.fixed_batch}, got batch {shapes[0][0]}: its "
+                                 "recurrent layers are a WHILE loop over a fixed batch; export with --batch "
+                                 f"{shapes[0][0]} for that batch")
             for d, x in zip(self.inputs, xs):
                 self.interp.resize_tensor_input(d["index"], list(x.shape))
             self.interp.allocate_tensors()
@@ -153,7 +159,7 @@ class LiteRT(Runtime):
 
     def runner(self, model_bytes: bytes, options: dict | None = None, num_threads: int | None = None):
         delegates = (options or {}).get("default_delegates", True)
-        return _TfliteRunner(self.interpreter(model_bytes, delegates, num_threads))
+        return _TfliteRunner(self.interpreter(model_bytes, delegates, num_threads), (options or {}).get("fixed_batch"))
 
     def ops(self, model_bytes: bytes, run: bool = False) -> tuple[list[dict], dict[int, dict]]:
         """``(ops, tensors)`` of a flatbuffer: each op with its name and input/output tensor

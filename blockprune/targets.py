@@ -51,8 +51,9 @@ __all__ = [
 ]
 
 #: Layer kinds a descriptor may list as eligible. ``conv1x1`` is a convolution whose kernel
-#: is 1 in every spatial dimension (a matmul over positions); ``conv`` is any other one.
-LAYER_KINDS = ("dense", "conv1x1", "conv", "einsum_dense", "custom")
+#: is 1 in every spatial dimension (a matmul over positions); ``conv`` is any other one;
+#: ``recurrent`` is the input and recurrent kernel of an LSTM, GRU or SimpleRNN cell.
+LAYER_KINDS = ("dense", "conv1x1", "conv", "einsum_dense", "recurrent", "custom")
 TFLITE_LOWERINGS = ("builtin-sparse", "gather-matmul", "dense")
 ONNX_LOWERINGS = ("gather-matmul", "dense")
 #: ``int8`` means dynamic-range int8 (int8 weights, float activations), as TFLite does it.

@@ -156,9 +156,13 @@ def tune(model, target, sparsities=SPARSITY_LADDER, batch: int = 1, threads: int
         The profile (new or extended).
 
     Raises:
-        ValueError: a profile for another target, or a model with no layer the target can lower.
+        ValueError: a profile for another target, a model with no layer the target can lower, a batch or
+            thread count below 1, or a negative time budget (0 measures nothing new).
     """
     target = load_target(target)
+    for name, value, least in (("batch", batch, 1), ("threads", threads, 1), ("time_budget_s", time_budget_s, 0)):
+        if not value >= least:
+            raise ValueError(f"tune for target '{target.name}': {name}={value} must be at least {least}")
     if profile is None:
         profile = Profile(target.name, machine_info(), _versions())
     elif profile.target != target.name:

@@ -181,3 +181,38 @@ def test_a_fully_connected_is_credited_to_its_own_layer_only():
     assert match_fully_connected("other", (256, 256), fcs)["encoding"] == "dense"
     assert match_fully_connected("alone", (128, 64), fcs + [{"tensor": "x", "shape": (64, 128),
                                                              "encoding": "dense"}])["tensor"] == "x"
+
+
+class _Eigenvalues(keras.layers.Layer):
+    """An op neither TFLite nor ONNX has (TensorFlow's SelfAdjointEigV2)."""
+
+    def call(self, x):
+        return keras.ops.linalg.eigh(keras.ops.reshape(x, (-1, 4, 4)))[0]
+
+
+@pytest.mark.parametrize("fmt, what", [("tflite", "TFLite builtin"), ("onnx", "ONNX")])
+def test_a_converter_failure_is_one_line_naming_format_model_layer_and_target(fmt, what, tmp_path):
+    inputs = keras.Input((16,))
+    model = keras.Model(inputs, _Eigenvalues(name="eig")(keras.layers.Dense(16, name="d")(inputs)), name="eigm")
+    with pytest.raises(ValueError) as info:
+        export(model, "cpu-wide", tmp_path / "out", formats=(fmt,), allow_dense=True, check=False)
+    message = str(info.value)
+    assert message == (f"cannot convert model 'eigm' to .{fmt} for target 'cpu-wide' at layer 'eig': op "
+                       f"SelfAdjointEigV2 has no {what} equivalent")
+    if fmt == "tflite":
+        assert "SelfAdjointEigV2" in str(info.value.__cause__)  # the converter's own text, for BLOCKPRUNE_DEBUG=1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_the_runtime_cannot_load_is_one_line_and_nothing_is_written(tmp_path, monkeypatch):
+    from blockprune.runtimes import OnnxRuntime
+
+    def refuse(self, model_bytes, options=None, num_threads=None):
+        raise RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : This is an invalid model.\nmore detail")
+
+    monkeypatch.setattr(OnnxRuntime, "runner", refuse)
+    with pytest.raises(ValueError, match=r"^mlp\.onnx for target 'cpu-wide': ONNX Runtime cannot load it: "
+                                         r"\[ONNXRuntimeError\] : 10 : INVALID_GRAPH : This is an invalid model\.; "
+                                         "nothing was written$"):
+        export(_mlp(), "cpu-wide", tmp_path / "out", formats=("onnx",), allow_dense=True, check=False)
+    assert not (tmp_path / "out").exists()

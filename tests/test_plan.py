@@ -127,16 +127,25 @@ def test_custom_prunable_layer_only_its_prunable_weights():
 
 
 def test_unknown_matrix_weights_are_reported_not_dropped():
+    class Mix(keras.layers.Layer):
+        def build(self, shape):
+            self.table = self.add_weight(shape=(shape[-1], 32), name="table")
+
+        def call(self, x):
+            return keras.ops.matmul(x, self.table)
+
     inputs = keras.Input((5,), dtype="int32")
     y = keras.layers.Embedding(1000, 64, name="emb")(inputs)
+    y = Mix(name="mix")(y)
     y = keras.layers.LSTM(32, name="lstm")(y)
     m = keras.Model(inputs, y)
     p = plan(m, "cpu-wide")
     by_name = {lp.name: lp for lp in p.layers}
     assert by_name["emb/embeddings"].skip_code == "not_prunable"
     assert "table lookup" in by_name["emb/embeddings"].skip_reason
-    lstm = [lp for lp in p.layers if lp.layer == "lstm"]
-    assert len(lstm) == 2 and all("PrunableLayer" in lp.skip_reason for lp in lstm)
+    assert by_name["mix/table"].skip_code == "not_prunable" and "PrunableLayer" in by_name["mix/table"].skip_reason
+    lstm = [lp for lp in p.layers if lp.layer == "lstm"]  # recurrent: a kind cpu-wide does not list
+    assert len(lstm) == 2 and all(lp.skip_code == "kind_not_eligible" for lp in lstm)
 
 
 def test_subclassed_model_is_planned_through_tracked_layers_with_a_note():

@@ -159,4 +159,7 @@ def test_a_table_where_a_value_belongs(write_toml, valid_toml):
 
 
 def test_layer_kinds_constant_matches_docs():
-    assert set(LAYER_KINDS) == {"dense", "conv1x1", "conv", "einsum_dense", "custom"}
+    assert set(LAYER_KINDS) == {"dense", "conv1x1", "conv", "einsum_dense", "recurrent", "custom"}
+    readme = (REPO / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `layer_kinds` |"))
+    assert all(f"`{kind}`" in row for kind in LAYER_KINDS), row

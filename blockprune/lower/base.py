@@ -94,4 +94,4 @@ class Lowering:
 
     def warning(self, ws, fmt: str) -> str:
         """What to tell the user when blocked weight ``ws`` ended up as ``fmt`` (not sparse)."""
-        return f"Layer '{ws.layer}' is block-sparse but has no {self.name} form here; it runs dense"
+        return f"Layer '{ws.layer}' weight '{ws.weight}' is block-sparse but has no {self.name} form here; it runs dense"

@@ -118,7 +118,7 @@ def prune_low_magnitude(to_prune, pruning_schedule: PruningSchedule | None = Non
     Args:
         to_prune: a layer, a list of layers, or a Sequential/functional model. For a model,
             every layer with a prunable weight (Dense, Conv1D/2D/3D, EinsumDense,
-            MultiHeadAttention, ``PrunableLayer``) is wrapped, on a copy that keeps the
+            MultiHeadAttention, LSTM/GRU/SimpleRNN and Bidirectional, ``PrunableLayer``) is wrapped, on a copy that keeps the
             trained weights; other layers are kept as they are.
         pruning_schedule: a ``PruningSchedule``; default ``ConstantSparsity(0.5, 0)``.
         block_size: ``(rows, cols)`` over each weight's ``[in, out]`` view.

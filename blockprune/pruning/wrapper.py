@@ -73,7 +73,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     """Wraps a layer so that its prunable weights are trained with block masks.
 
     Args:
-        layer: the layer to wrap: Dense, Conv1D/2D/3D, EinsumDense, MultiHeadAttention, or a
+        layer: the layer to wrap: Dense, Conv1D/2D/3D, EinsumDense, MultiHeadAttention, LSTM,
+            GRU, SimpleRNN (and Bidirectional wrappers of them), or a
             ``PrunableLayer``.
         pruning_schedule: a ``PruningSchedule`` (default ``ConstantSparsity(0.5, 0)``).
         block_size: ``(rows, cols)`` block over each weight's ``[in, out]`` view (default
