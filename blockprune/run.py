@@ -52,7 +52,7 @@ def _narrow_overrides(p, sparsity: float) -> dict:
 
 def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", sparsity: float = 0.9,
         epochs: int = 30, dense_epochs: int = 30, batch_size: int = 32, seed: int = 0, bench_rounds: int = 5,
-        bench_reps: int = 100, verbose: bool = True, points=None) -> RunResult:
+        bench_reps: int = 100, verbose: bool = True, points=None, permute: bool = True, distill=None) -> RunResult:
     """Runs the whole pipeline and writes a report folder.
 
     Args:
@@ -70,6 +70,7 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
         verbose: print progress.
         points: deployment points ``[(batch, threads), ...]`` to export and measure (default:
             batch 1 and 8, 1 thread and all cores).
+        permute, distill: as for ``blockprune.pruning.finetune``.
 
     Returns:
         A ``RunResult``.
@@ -116,7 +117,11 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
         _say(f"[3/7] plan for '{target.name}':\n{p.summary()}", verbose)
 
         _say(f"[4/7] pruning and fine-tuning for {epochs} epochs", verbose)
-        result = finetune(dense, p, dataset, epochs=epochs, batch_size=batch_size, verbose=2 if verbose else 0)
+        result = finetune(dense, p, dataset, epochs=epochs, batch_size=batch_size, verbose=2 if verbose else 0,
+                          permute=permute, distill=distill)
+        for q in result.permutations:
+            _say(f"      regrouped the outputs of '{q.layer}' (and the inputs of '{q.reader}'): {q.gain:.3f}x the "
+                 "weight magnitude kept, same function", verbose)
         if not result.verification.ok:
             raise ValueError(f"the pruned model does not have the planned block structure for target '{target.name}':\n"
                              + result.verification.summary())

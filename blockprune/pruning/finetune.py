@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -17,7 +17,7 @@ from .api import Verification, prune, save_model_atomic, strip_pruning, verify
 from .callbacks import UpdatePruningStep
 from .schedules import PolynomialDecay
 
-__all__ = ["FinetuneResult", "finetune", "polynomial_schedule", "evaluate"]
+__all__ = ["FinetuneResult", "finetune", "polynomial_schedule", "evaluate", "Distillation", "DistillationLoss"]
 
 
 @dataclass
@@ -31,6 +31,9 @@ class FinetuneResult:
         dense_metrics: metrics of the input model on the test split (None without one).
         sparse_metrics: metrics of ``model`` on the test split.
         epochs_run: epochs trained in this call (fewer than asked when resuming).
+        permutations: the layers whose output channels were regrouped before masking
+            (``blockprune.permute.Permutation``); empty when none gained or it was off.
+        distillation: the distillation used, or None.
     """
 
     model: object
@@ -39,6 +42,58 @@ class FinetuneResult:
     dense_metrics: dict | None
     sparse_metrics: dict | None
     epochs_run: int
+    permutations: list = field(default_factory=list)
+    distillation: "Distillation | None" = None
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """Distillation from the dense model while pruning: the loss is
+    ``(1 - alpha) * CE(labels, student) + alpha * T^2 * CE(softmax(teacher / T), softmax(student / T))``.
+
+    Attributes:
+        temperature: ``T`` (softens both distributions; 4 is Hinton et al.'s usual choice).
+        alpha: weight of the teacher's soft targets against the labels.
+    """
+
+    temperature: float = 4.0
+    alpha: float = 0.7
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ValueError(f"distillation temperature={self.temperature!r} must be positive")
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"distillation alpha={self.alpha!r} must be in [0, 1]")
+
+
+@keras.saving.register_keras_serializable(package="blockprune")
+class DistillationLoss(keras.losses.Loss):
+    """The ``Distillation`` loss over ``y_true = [label, teacher logits...]`` (the teacher's
+    logits computed once from the dense model, so any backend trains with it).
+
+    Args:
+        temperature, alpha: as in ``Distillation``.
+        from_logits: the student outputs logits (else probabilities, taken as ``log p``).
+    """
+
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.7, from_logits: bool = True, **kwargs):
+        kwargs.setdefault("name", "distillation")
+        super().__init__(**kwargs)
+        self.temperature, self.alpha, self.from_logits = float(temperature), float(alpha), bool(from_logits)
+
+    def call(self, y_true, y_pred):
+        ops = keras.ops
+        labels = ops.cast(y_true[:, 0], "int32")
+        teacher = y_true[:, 1:]
+        student = y_pred if self.from_logits else ops.log(ops.clip(y_pred, 1e-7, 1.0))
+        hard = keras.losses.sparse_categorical_crossentropy(labels, student, from_logits=True)
+        t = self.temperature
+        soft = -ops.sum(ops.softmax(teacher / t, axis=-1) * ops.log_softmax(student / t, axis=-1), axis=-1)
+        return (1.0 - self.alpha) * hard + self.alpha * t * t * soft
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature, "alpha": self.alpha,
+                "from_logits": self.from_logits}
 
 
 def polynomial_schedule(total_steps: int, final_sparsity: float, updates: int = 20) -> PolynomialDecay:
@@ -54,12 +109,21 @@ def polynomial_schedule(total_steps: int, final_sparsity: float, updates: int = 
     return PolynomialDecay(0.0, final_sparsity, begin_step=0, end_step=end, power=3, frequency=frequency)
 
 
+def _outputs_softmax(model) -> bool:
+    return getattr(model.layers[-1], "activation", None) in (keras.activations.softmax,)
+
+
 def _loss_for(model, data: Dataset):
     if data.n_classes is not None:
-        last = model.layers[-1]
-        softmax = getattr(last, "activation", None) in (keras.activations.softmax,)
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=not softmax)
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=not _outputs_softmax(model))
     return keras.losses.MeanSquaredError()
+
+
+def _with_teacher(model, data: Dataset, batch_size: int = 256) -> np.ndarray:
+    """``[label, teacher logits...]`` per training sample, the teacher being ``model`` (dense)."""
+    out = np.asarray(model.predict(data.x_train, batch_size=batch_size, verbose=0), dtype=np.float32)
+    logits = np.log(np.clip(out, 1e-7, 1.0)) if _outputs_softmax(model) else out
+    return np.concatenate([data.y_train.astype(np.float32)[:, None], logits], axis=1)
 
 
 def evaluate(model, data: Dataset, batch_size: int = 256) -> dict | None:
@@ -85,7 +149,8 @@ class _EpochCheckpoint(keras.callbacks.Callback):
 
 def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: int = 32,
              learning_rate: float = 1e-3, checkpoint: str | os.PathLike | None = None, resume: bool = False,
-             verbose: int = 1, callbacks: list | None = None) -> FinetuneResult:
+             verbose: int = 1, callbacks: list | None = None, permute: bool = True,
+             distill: Distillation | None = None) -> FinetuneResult:
     """Prunes ``model`` to ``plan`` while fine-tuning on ``data``, then strips and verifies it.
 
     Sparsity rises on a cubic ``PolynomialDecay`` to each layer's planned sparsity over the
@@ -103,6 +168,10 @@ def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: 
             continue where they stopped).
         verbose: Keras ``fit`` verbosity (1: progress bar, 2: a line per epoch, 0: silent).
         callbacks: more Keras callbacks for ``fit`` (e.g. ``PruningSummaries``).
+        permute: regroup the output channels of Dense layers pruned in wide ``(1, c)`` blocks
+            where that keeps more weight magnitude (``blockprune.permute``); the model computes the
+            same function, and the export is as fast.
+        distill: learn from the dense model's outputs as well as the labels (classification).
 
     Returns:
         A ``FinetuneResult``.
@@ -123,19 +192,31 @@ def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: 
     steps_per_epoch = math.ceil(len(data.x_train) / batch_size)
     schedule = polynomial_schedule(epochs * steps_per_epoch, plan.sparsity if plan.sparsity > 0 else 0.5)
     dense_metrics = evaluate(model, data)
+    if distill is not None and data.n_classes is None:
+        raise ValueError(f"distillation needs class labels; data '{data.name}' has none")
 
     checkpoint = Path(checkpoint) if checkpoint else None
     initial_epoch = 0
     if resume and checkpoint and checkpoint.is_file():
         pruned = keras.models.load_model(checkpoint)
         initial_epoch = min(epochs, int(pruned.optimizer.iterations.numpy()) // steps_per_epoch)
-    else:
+    permutations = []
+    y_train = _with_teacher(model, data) if distill is not None else data.y_train
+    if not (resume and checkpoint and checkpoint.is_file()):
+        if permute:
+            from ..kerasgraph import copy_model
+            from ..permute import permute_channels
+
+            model = copy_model(model)  # the caller's model stays as it was
+            permutations = permute_channels(model, plan)
         pruned = prune(model, plan, schedule)
-        pruned.compile(keras.optimizers.Adam(learning_rate), _loss_for(model, data))
+        loss = (DistillationLoss(distill.temperature, distill.alpha, from_logits=not _outputs_softmax(model))
+                if distill is not None else _loss_for(model, data))
+        pruned.compile(keras.optimizers.Adam(learning_rate), loss)
     callbacks = [UpdatePruningStep()] + ([_EpochCheckpoint(checkpoint)] if checkpoint else []) + list(callbacks or [])
     if initial_epoch < epochs:
-        pruned.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, initial_epoch=initial_epoch,
+        pruned.fit(data.x_train, y_train, batch_size=batch_size, epochs=epochs, initial_epoch=initial_epoch,
                    shuffle=True, verbose=verbose, callbacks=callbacks)
     stripped = strip_pruning(pruned)
     return FinetuneResult(stripped, plan, verify(stripped, plan), dense_metrics, evaluate(stripped, data),
-                          epochs - initial_epoch)
+                          epochs - initial_epoch, permutations, distill)

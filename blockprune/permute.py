@@ -1,0 +1,158 @@
+"""Channel permutation before masking: regroup a layer's output channels so that the ``c``
+outputs of each wide block share their important inputs, at no cost in the exported model.
+
+A wide block ``(1, c)`` keeps or drops one input row for ``c`` consecutive outputs at once. When
+those outputs want different inputs, a block-sparse mask throws away weights that a finer block
+would keep. Which outputs sit next to each other is free to choose: permuting the output
+channels of a Dense layer (its kernel's columns and its bias) and the input rows of the one
+Dense layer that reads it (through element-wise layers only) gives the same function. The
+permuted model is an ordinary Keras model with the same layers; nothing is added to the export.
+
+``output_grouping`` finds the permutation by alternating between (a) each group's kept rows at
+the planned sparsity (the top rows by the group's summed magnitude, as the balanced mask keeps
+them) and (b) a capacity-constrained greedy assignment of every output to the group whose kept
+rows hold most of its magnitude; it stops when the retained magnitude stops growing. This is the
+balanced k-means of channel permutation for N:M sparsity, with the block mask as the centroid.
+
+This module needs Keras for ``permute_channels`` only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["output_grouping", "retained", "permute_channels", "Permutation"]
+
+#: Layers between a permuted layer and its reader that act on each channel alone.
+_ELEMENTWISE = ("Activation", "Dropout", "ReLU", "LeakyReLU", "ELU", "GaussianNoise", "GaussianDropout",
+                "AlphaDropout", "Identity")
+
+
+def _kept_rows(magnitude: np.ndarray, groups: np.ndarray, n_groups: int, keep: int) -> np.ndarray:
+    """``[in, n_groups]`` 0/1: the ``keep`` rows of largest summed magnitude in each group."""
+    sums = np.zeros((magnitude.shape[0], n_groups))
+    np.add.at(sums.T, groups, magnitude.T)
+    kept = np.zeros_like(sums)
+    top = np.argpartition(-sums, keep - 1, axis=0)[:keep]
+    np.put_along_axis(kept, top, 1.0, axis=0)
+    return kept
+
+
+def retained(magnitude: np.ndarray, groups: np.ndarray, cols: int, keep: int) -> float:
+    """Sum of ``|w|`` a balanced ``(1, cols)`` mask keeping ``keep`` rows per group retains,
+    outputs grouped by ``groups`` (``groups[j]`` is output ``j``'s group)."""
+    n_groups = magnitude.shape[1] // cols
+    kept = _kept_rows(magnitude, groups, n_groups, keep)
+    return float(np.sum(magnitude * kept[:, groups]))
+
+
+def _assign(gain: np.ndarray, cols: int) -> np.ndarray:
+    """Each output to a group, ``cols`` per group, greedily by ``gain[out, group]``."""
+    n_out, n_groups = gain.shape
+    groups = np.full(n_out, -1)
+    room = np.full(n_groups, cols)
+    for flat in np.argsort(-gain, axis=None, kind="stable"):
+        j, g = divmod(int(flat), n_groups)
+        if groups[j] < 0 and room[g]:
+            groups[j] = g
+            room[g] -= 1
+    return groups
+
+
+def output_grouping(kernel: np.ndarray, cols: int, sparsity: float, iterations: int = 20) -> tuple[np.ndarray, float]:
+    """An order of the outputs of ``kernel`` (``[in, out]``) for balanced ``(1, cols)`` blocks.
+
+    Returns:
+        ``(order, gain)``: ``kernel[:, order]`` is the regrouped kernel (group ``g`` is columns
+        ``g * cols`` to ``(g + 1) * cols``), and ``gain`` the retained magnitude at ``sparsity``
+        against the original order (1.0: no better order found; ``order`` is then the identity).
+    """
+    magnitude = np.abs(np.asarray(kernel, dtype=np.float64))
+    n_in, n_out = magnitude.shape
+    if cols <= 1 or n_out % cols or n_out == cols:
+        return np.arange(n_out), 1.0
+    keep = max(1, int(round(n_in * (1.0 - sparsity))))
+    n_groups = n_out // cols
+    groups = np.arange(n_out) // cols
+    start = best = retained(magnitude, groups, cols, keep)
+    best_groups = groups
+    for _ in range(iterations):
+        kept = _kept_rows(magnitude, groups, n_groups, keep)
+        groups = _assign(magnitude.T @ kept, cols)
+        score = retained(magnitude, groups, cols, keep)
+        if score <= best * (1 + 1e-6):
+            break
+        best, best_groups = score, groups
+    if best_groups is None or best <= start:
+        return np.arange(n_out), 1.0
+    order = np.argsort(best_groups, kind="stable")
+    return order, best / start
+
+
+@dataclass(frozen=True)
+class Permutation:
+    """One layer whose outputs were regrouped.
+
+    Attributes:
+        layer: the permuted layer; ``reader``: the Dense layer whose input rows follow.
+        gain: retained magnitude at the planned sparsity against the original order.
+    """
+
+    layer: str
+    reader: str
+    gain: float
+
+
+def _reader(model, layer):
+    """The Dense layer that alone reads ``layer``'s output through element-wise layers only."""
+    import keras
+
+    from .kerasgraph import sole_consumer
+
+    node = sole_consumer(model, layer)
+    while node is not None and type(node).__name__ in _ELEMENTWISE:
+        node = sole_consumer(model, node)
+    return node if isinstance(node, keras.layers.Dense) and type(node) is keras.layers.Dense else None
+
+
+def permute_channels(model, plan, min_gain: float = 1.001) -> list[Permutation]:
+    """Regroups, in place, the outputs of every Dense layer that ``plan`` prunes in ``(1, c)``
+    blocks (``c > 1``) and that one Dense layer reads (through element-wise layers only), where
+    the regrouping retains at least ``min_gain`` times the magnitude. The model computes the same
+    function afterwards (up to float rounding).
+
+    Args:
+        model: a functional or Sequential Keras model (its weights are changed).
+        plan: the ``SparsityPlan`` it will be pruned to.
+        min_gain: the least gain worth a permutation.
+
+    Returns:
+        One ``Permutation`` per regrouped layer.
+    """
+    import keras
+
+    done = []
+    for lp in plan.pruned_layers:
+        if lp.weight != "kernel" or "/" in lp.layer or lp.block_shape is None or lp.block_shape[0] != 1:
+            continue
+        try:
+            layer = model.get_layer(lp.layer)
+        except ValueError:
+            continue
+        if type(layer) is not keras.layers.Dense:
+            continue
+        reader = _reader(model, layer)
+        if reader is None:
+            continue
+        kernel = layer.kernel.numpy()
+        order, gain = output_grouping(kernel, lp.block_shape[1], lp.sparsity)
+        if gain < min_gain:
+            continue
+        layer.kernel.assign(kernel[:, order])
+        if layer.use_bias:
+            layer.bias.assign(layer.bias.numpy()[order])
+        reader.kernel.assign(reader.kernel.numpy()[order, :])
+        done.append(Permutation(layer.name, reader.name, gain))
+    return done
