@@ -16,18 +16,16 @@ from ._quiet import captured_stderr
 __all__ = ["ConversionError", "to_tflite", "to_onnx", "fixed_batch", "sparsify_initializers", "build_file", "Built", "OUTPUTS"]
 
 
-def to_tflite(model, optimizations=(), batch: int = 1) -> bytes:
-    """``TFLiteConverter.from_keras_model`` with ``optimizations`` (``tf.lite.Optimize`` members).
-
-    A model with a recurrent loop (LSTM, GRU, SimpleRNN, not unrolled) is converted at the fixed
-    batch size ``batch``: the converter lowers the loop to a ``WHILE`` op only over a static batch
-    (``fixed_batch`` says when)."""
+def to_tflite(model, optimizations=(), fixed: int | None = None) -> bytes:
+    """``TFLiteConverter.from_keras_model`` with ``optimizations`` (``tf.lite.Optimize`` members),
+    at the static batch size ``fixed`` when given (a model with a recurrent loop needs one:
+    ``fixed_batch``)."""
     import tensorflow as tf
 
-    if fixed_batch(model, "tflite", batch):
+    if fixed:
         from .kerasgraph import with_fixed_batch
 
-        model = with_fixed_batch(model, batch)
+        model = with_fixed_batch(model, fixed)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = list(optimizations)
     # Keras prints the exported signature; the converter reports a failure at length on fd 2
@@ -189,12 +187,13 @@ def build_file(model, target, output: str, structure, choices=None, dense: bool 
         import tensorflow as tf
 
         optimizations = ([tf.lite.Optimize.DEFAULT] if target.dtype == "int8" else []) + entry.converter_optimizations()
+        fixed = fixed_batch(source, fmt, batch)
         try:
-            data = to_tflite(source, optimizations, batch)
+            data = to_tflite(source, optimizations, fixed)
         except Exception as e:  # noqa: BLE001 - the converter raises its own types; the user needs one line
             raise conversion_error(fmt, model, target.name, e) from e
-        if fixed_batch(source, fmt, batch):
-            options["fixed_batch"] = batch
+        if fixed:
+            options["fixed_batch"] = fixed
         # The delegate trap is specific to sparse int8 kernels; the dense baseline runs at its best.
         delegates = True if dense else target.runtime.tflite_default_delegates
         options.update(default_delegates=delegates,

@@ -129,6 +129,12 @@ def _check_structure(model, target, plan, structure):
         raise ExportError(str(e)) from None
 
 
+def _samples(model, batch: int) -> list[np.ndarray]:
+    """The inputs every file is verified on: 4 samples, or the deployment batch for a model whose
+    ``.tflite`` runs only at it (a recurrent loop)."""
+    return sample_inputs(model, batch if fixed_batch(model, "tflite", batch) else 4)
+
+
 def _load(rt, built, target: TargetDescriptor, what: str):
     """A runner of a converted file, or an ``ExportError`` in one line when the runtime refuses it."""
     try:
@@ -260,7 +266,7 @@ def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan 
     structure = _check_structure(model, target, plan, structure)
     fmt, runtime_name = OUTPUTS[output]
     rt = runtime(runtime_name)
-    samples = samples or sample_inputs(model, batch if fixed_batch(model, "tflite", batch) else 4)
+    samples = samples or _samples(model, batch)
     point = {"batch": batch, "threads": threads}
     if dense:
         built = dense_built or build_file(model, target, output, structure, dense=True, batch=batch)
@@ -429,8 +435,7 @@ def export(model, target, out_dir, formats=None, plan: SparsityPlan | None = Non
 def _export_into(work: Path, model, target, formats, plan, allow_dense, dense_baseline, batch, threads, select, check,
                  progress, profile) -> list[ExportRecord]:
     """Writes the files of ``export`` (all but ``export.json``) into the folder ``work``."""
-    # A .tflite of a model with a recurrent loop runs only at the deployment batch: verify at it.
-    samples = sample_inputs(model, batch if fixed_batch(model, "tflite", batch) else 4)
+    samples = _samples(model, batch)
     reference = keras_outputs(model, samples)
     structure = _check_structure(model, target, plan, None)  # once, for every file
     dense_built = {}
