@@ -106,9 +106,14 @@ def cmd_plan(args) -> int:
         from .profile import Profile
 
         profile = Profile.load(args.profile)
+    sensitivity = None
+    if args.sensitivity_data:
+        from .data import load_data
+
+        sensitivity = load_data(args.sensitivity_data)
     p = plan(model, target, sparsity=args.sparsity, overrides=overrides, profile=profile, runtime=args.runtime,
              batch=args.batch, threads=args.threads, latency_budget_us=args.budget_us, speedup=args.speedup,
-             overall_sparsity=args.overall_sparsity)
+             overall_sparsity=args.overall_sparsity, sensitivity=sensitivity)
     if args.output:
         p.save(args.output)
     if args.json:
@@ -179,7 +184,7 @@ def _add_training_options(p) -> None:
 
 
 def cmd_prune(args) -> int:
-    from .data import digits, load_npz
+    from .data import load_data
     from ._atomic import write_text_atomic
     from .plan import SparsityPlan
     from .targets import load_target
@@ -192,7 +197,7 @@ def cmd_prune(args) -> int:
     pinned = SparsityPlan.load(args.plan) if args.plan else None
     if pinned is None:
         load_target(args.target)  # fail fast, before a model loads
-    data = load_npz(args.data) if args.data else digits()
+    data = load_data(args.data)
     model = load_keras_model(args.model, args.imports)
     import keras
 
@@ -434,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--overall-sparsity", type=_float,
                         help="allocate per-layer sparsity (each at most --sparsity) so this fraction of the prunable "
                              "weights is zero at the lowest predicted latency")
+    p.add_argument("--sensitivity-data",
+                   help="with a budget: measure each weight's accuracy sensitivity on this data's test split (.npz or "
+                        "digits, animal-shapes) and spend sparsity where it costs the least loss per microsecond")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("-o", "--output", help="write the plan as JSON to this file")
     p.set_defaults(func=cmd_plan)
@@ -462,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(p)
     p.add_argument("--sparsity", "-s", type=_float, default=0.9, help="fraction of blocks to zero (default: 0.9)")
     p.add_argument("--plan", help="use this plan JSON instead of planning (pins target and sparsity)")
-    p.add_argument("--data", help=".npz with x_train, y_train (and x_test, y_test); default: the built-in digits")
+    p.add_argument("--data", help=".npz with x_train, y_train (and x_test, y_test), or a built-in dataset: digits "
+                                  "(default), animal-shapes")
     p.add_argument("--epochs", type=int, default=10, help="epochs of pruning and fine-tuning (default: 10)")
     p.add_argument("--batch-size", type=int, default=32, help="default: 32")
     p.add_argument("--learning-rate", type=_float, default=1e-3, help="Adam learning rate (default: 1e-3)")
@@ -537,7 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and fine-tune, strip, pack, export .tflite and .onnx, benchmark, and write a "
                                    "report folder. With no arguments: scikit-learn's digits and a built-in MLP.")
     p.add_argument("--model", help="a trained .keras model (default: the built-in digits MLP, trained here)")
-    p.add_argument("--data", help=".npz with x_train, y_train, x_test, y_test (default: the built-in digits)")
+    p.add_argument("--data", help=".npz with x_train, y_train, x_test, y_test, or a built-in dataset: digits "
+                                  "(default), animal-shapes")
     _add_target(p)
     p.add_argument("--sparsity", "-s", type=_float, default=0.9, help="fraction of blocks to zero (default: 0.9)")
     p.add_argument("--epochs", type=int, default=30, help="pruning + fine-tuning epochs (default: 30)")

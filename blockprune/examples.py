@@ -14,6 +14,7 @@ __all__ = ["EXAMPLES", "example_model", "train_dense"]
 EXAMPLES = {
     "mlp": "digits MLP 64 -> 512 -> 512 -> 10 (scikit-learn's 8x8 digits), docs/DESIGN.md section 5",
     "digits1024": "digits MLP 64 -> 1024 -> 1024 -> 10, wide enough for sparsity to matter (blockprune run)",
+    "animal1024": "animal-shapes MLP 784 -> 1024 -> 1024 -> 10 (28x28 images; blockprune run --data animal-shapes)",
     "mlp2048": "MLP 2048 -> 2048 -> 2048 -> 10, the width where sparse kernels pay off",
     "mobilenetv2": "keras.applications.MobileNetV2(weights=None), 224x224x3 input",
     "transformer": "one transformer encoder block: MultiHeadAttention + feed-forward, 64 tokens of 256",
@@ -40,7 +41,8 @@ def example_model(name: str = "mlp", seed: int = 0):
 
     keras.utils.set_random_seed(seed)
     layers = keras.layers
-    mlps = {"mlp": (64, 512, "digits_mlp"), "digits1024": (64, 1024, "digits_mlp1024"), "mlp2048": (2048, 2048, "mlp2048")}
+    mlps = {"mlp": (64, 512, "digits_mlp"), "digits1024": (64, 1024, "digits_mlp1024"),
+            "animal1024": (784, 1024, "animal_mlp1024"), "mlp2048": (2048, 2048, "mlp2048")}
     if name in mlps:
         n_in, width, model_name = mlps[name]
         inputs = keras.Input((n_in,), name="features")

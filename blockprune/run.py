@@ -57,10 +57,12 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
 
     Args:
         out: the report folder (replaced when the run succeeds).
-        model: a trained ``.keras`` path or Keras model; default: the built-in digits MLP
-            (64 -> 1024 -> 1024 -> 10), trained here for ``dense_epochs``.
-        data: an ``.npz`` path (``x_train``, ``y_train``, ``x_test``, ``y_test``) or a
-            ``Dataset``; default: scikit-learn's bundled digits.
+        model: a trained ``.keras`` path or Keras model; default: the built-in MLP for the data
+            (digits: 64 -> 1024 -> 1024 -> 10; animal-shapes: 784 -> 1024 -> 1024 -> 10), trained
+            here for ``dense_epochs``.
+        data: an ``.npz`` path (``x_train``, ``y_train``, ``x_test``, ``y_test``), a built-in
+            dataset's name (``blockprune.data.BUILTIN_DATA``) or a ``Dataset``; default:
+            scikit-learn's bundled digits.
         target: target name or ``.toml`` path.
         sparsity: plan-wide sparsity (narrow-input layers capped at ``NARROW_SPARSITY``).
         epochs: pruning + fine-tuning epochs.
@@ -78,7 +80,7 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
     import keras
 
     from .bench import bench, default_threads, merge_results, table, write_reports
-    from .data import Dataset, digits, load_npz, save_npz
+    from .data import Dataset, load_data, save_npz
     from .examples import example_model, train_dense
     from .export import export
     from .packfile import inspect_table, pack_model, save_packed
@@ -96,10 +98,10 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         keras.utils.set_random_seed(seed)
-        dataset = data if isinstance(data, Dataset) else (load_npz(data) if data else digits())
+        dataset = data if isinstance(data, Dataset) else load_data(data)
         _say(f"[1/7] data: {dataset.name}, {len(dataset.x_train)} training samples", verbose)
         if model is None:
-            dense = example_model("digits1024", seed=seed)
+            dense = example_model("animal1024" if dataset.name == "animal-shapes" else "digits1024", seed=seed)
             _say(f"[2/7] training the built-in dense model '{dense.name}' for {dense_epochs} epochs", verbose)
             train_dense(dense, dataset, epochs=dense_epochs, batch_size=batch_size, seed=seed, verbose=0)
         else:

@@ -8,7 +8,7 @@ from conftest import REPO
 
 TF_FREE = ["targets", "checks", "runtimes", "convert", "select", "structure", "lower/__init__", "lower/base", "lower/gather_matmul",
            "lower/builtin_sparse", "plan/records", "plan/rules", "plan/allocate", "plan/__init__", "views", "cost", "masks", "prunable", "data", "_atomic", "formats", "packfile",
-           "_quiet", "profile", "timing", "_text", "permute"]
+           "_quiet", "profile", "timing", "_text", "permute", "sensitivity"]
 KERAS_MODULES = {"pruning", "modelwalk", "kerasgraph", "examples", "cli", "layers", "export", "tune", "bench", "run"}
 
 

@@ -109,8 +109,13 @@ class LevelTable:
         return cls(free, levels, blocks, options)
 
 
+#: The least loss increase a move is charged with sensitivity (so free moves rank by time saved).
+LOSS_FLOOR = 1e-4
+
+
 def allocate(layers: list[LayerPlan], predictor: Predictor, table: LevelTable, *,
-              budget_us: float | None = None, speedup: float | None = None, overall: float | None = None):
+              budget_us: float | None = None, speedup: float | None = None, overall: float | None = None,
+              sensitivity=None):
     """Chooses per-weight sparsities (a greedy knapsack over the weights the target chose).
 
     With a latency budget (``budget_us`` or ``speedup``), the predicted latency must meet it while
@@ -119,6 +124,9 @@ def allocate(layers: list[LayerPlan], predictor: Predictor, table: LevelTable, *
     weight, to any higher sparsity level) with the largest predicted saving per extra pruned
     weight: looking past the next level lets a lowering that is slow at low sparsity and fast at
     high sparsity be chosen. With a profile, each level uses the fastest measured block there.
+    With ``sensitivity`` (a ``blockprune.sensitivity.Sensitivity``), a move's worth is instead the
+    time it saves per rise of the held-out loss it costs (at least ``LOSS_FLOOR``): sparsity goes
+    where it costs the least accuracy per microsecond saved.
 
     Returns:
         ``(layers, budget_us or None, note or None)``.
@@ -150,7 +158,13 @@ def allocate(layers: list[LayerPlan], predictor: Predictor, table: LevelTable, *
         for i in free:
             cur, n = level[i], layers[i].n_weights
             for j in range(cur + 1, len(levels)):
-                ratio = (options[i][cur][0] - options[i][j][0]) / (n * (levels[j] - levels[cur]))
+                saved = options[i][cur][0] - options[i][j][0]
+                if sensitivity is None:
+                    ratio = saved / (n * (levels[j] - levels[cur]))
+                else:
+                    name = layers[i].name
+                    ratio = saved / max(sensitivity.cost(name, levels[j]) - sensitivity.cost(name, levels[cur]),
+                                        LOSS_FLOOR)
                 # Among equal savings the lower sparsity wins, so weights that buy no time share evenly.
                 if best is None or ratio > best[0] + 1e-9 * abs(best[0]) or (
                         ratio >= best[0] - 1e-9 * abs(best[0]) and levels[j] < levels[best[2]]):
@@ -159,9 +173,10 @@ def allocate(layers: list[LayerPlan], predictor: Predictor, table: LevelTable, *
             break
         _, i, j = best
         cur, n = level[i], layers[i].n_weights
-        if by_budget:  # go no further along this weight than the budget needs
+        if by_budget or sensitivity is not None:  # go no further along this weight than the budget (goal) needs
             j = next(k for k in range(cur + 1, j + 1)
-                     if k == j or met(total - options[i][cur][0] + options[i][k][0], zeros))
+                     if k == j or met(total - options[i][cur][0] + options[i][k][0],
+                                      zeros + n * (levels[k] - levels[cur])))
         total += options[i][j][0] - options[i][cur][0]
         zeros += n * (levels[j] - levels[cur])
         level[i] = j
@@ -231,7 +246,8 @@ def _give_back(layers, sparsity: dict, blocks, predictor, excess: float, step: f
     return added
 
 
-def allocate_for_model(layers, predictor, table: LevelTable, model_us, budget_us, speedup, steps: int = 14):
+def allocate_for_model(layers, predictor, table: LevelTable, model_us, budget_us, speedup, steps: int = 14,
+                       sensitivity=None):
     """A latency budget on the whole model's predicted latency (``model_us(layers)[1]``): the
     largest matmul budget whose allocation's predicted model latency meets it, by bisection (the
     model-to-matmul ratio depends on the weight bytes an allocation keeps)."""
@@ -241,7 +257,7 @@ def allocate_for_model(layers, predictor, table: LevelTable, model_us, budget_us
     dense_matmul = SparsityPlan("model", "functional", predictor.target, ceiling, tuple(layers)).predicted_us[0]
 
     def allocation(matmul_budget):
-        out = allocate(layers, predictor, table, budget_us=max(matmul_budget, 1e-9))[0]
+        out = allocate(layers, predictor, table, budget_us=max(matmul_budget, 1e-9), sensitivity=sensitivity)[0]
         return model_us(out)[1], out
 
     lo, hi = 0.0, dense_matmul

@@ -185,16 +185,24 @@ def _plan_one(site, target: TargetDescriptor, sparsity: float, match, predictor:
     return predictor.layer_plan(lp, block, s)
 
 
+def _check_sensitivity(sensitivity, *budgets) -> None:
+    if sensitivity is not None and all(b is None for b in budgets):
+        raise ValueError("a sensitivity guides an allocation: give it with a latency budget, a speedup or an "
+                         "overall sparsity")
+
+
 def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sparsity: float = 0.9,
                overrides: Mapping[str, Any] | None = None, model_name: str = "model",
                model_kind: str = "functional", profile=None, runtime: str | None = None, batch: int = 1,
                threads: int = 1, latency_budget_us: float | None = None,
-               speedup: float | None = None, overall_sparsity: float | None = None) -> SparsityPlan:
+               speedup: float | None = None, overall_sparsity: float | None = None,
+               sensitivity=None) -> SparsityPlan:
     """Plans a list of ``WeightSite``-like records (no Keras needed; ``plan`` walks the model).
 
     Args and Raises: as for ``plan``.
     """
     target = load_target(target)
+    _check_sensitivity(sensitivity, latency_budget_us, speedup, overall_sparsity)
     sparsity = check_sparsity(sparsity, f"target '{target.name}'")
     if sum(v is not None for v in (latency_budget_us, speedup, overall_sparsity)) > 1:
         raise ValueError("give one of a latency budget, a speedup or an overall sparsity, not several")
@@ -250,12 +258,18 @@ def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sp
         levels = sorted(set(measured_levels) | {round(0.01 * k, 2) for k in range(1, 100)})
         table = LevelTable.build(layers, predictor, sparsity, levels)
         if whole and (latency_budget_us is not None or speedup is not None):
-            layers, budget, note = allocate_for_model(layers, predictor, table, model_us, latency_budget_us, speedup)
+            layers, budget, note = allocate_for_model(layers, predictor, table, model_us, latency_budget_us, speedup,
+                                                      sensitivity=sensitivity)
         else:
             layers, budget, note = allocate(layers, predictor, table, budget_us=latency_budget_us,
-                                             speedup=speedup, overall=overall_sparsity)
+                                             speedup=speedup, overall=overall_sparsity, sensitivity=sensitivity)
         if note:
             notes.append(note)
+        if sensitivity is not None:
+            notes.append(f"sparsity allocated where it costs the least held-out loss per microsecond saved "
+                         f"(each weight pruned alone, one shot, on {sensitivity.samples} samples of "
+                         f"'{sensitivity.data}')")
+
     slow = sorted({lp.kind for lp in layers if lp.pruned and not predictor.runs_sparse(lp)})
     if slow:
         notes.append(f"{', '.join(slow)} weights are pruned but run dense on {runtime} (no lowering for them): "
@@ -272,7 +286,7 @@ def plan_sites(sites: Iterable, target: str | os.PathLike | TargetDescriptor, sp
 def plan(model, target: str | os.PathLike | TargetDescriptor, sparsity: float = 0.9,
          overrides: Mapping[str, Any] | None = None, profile=None, runtime: str | None = None, batch: int = 1,
          threads: int = 1, latency_budget_us: float | None = None, speedup: float | None = None,
-         overall_sparsity: float | None = None) -> SparsityPlan:
+         overall_sparsity: float | None = None, sensitivity=None) -> SparsityPlan:
     """Chooses a block shape and sparsity for every prunable weight of a Keras model.
 
     Args:
@@ -297,6 +311,10 @@ def plan(model, target: str | os.PathLike | TargetDescriptor, sparsity: float = 
             fraction of the weights the target can prune is zero, at the lowest predicted
             latency: weights whose sparsity buys the most time get the most (with a profile,
             each at its fastest measured block shape there).
+        sensitivity: with a budget, a speedup or an overall sparsity: a
+            ``blockprune.sensitivity.Sensitivity``, or a ``blockprune.data.Dataset`` to measure
+            one on (its test split): sparsity then goes where it costs the least held-out loss
+            per microsecond saved.
 
     Returns:
         A ``SparsityPlan`` with one ``LayerPlan`` per matrix-like weight.
@@ -315,6 +333,12 @@ def plan(model, target: str | os.PathLike | TargetDescriptor, sparsity: float = 
 
     target = load_target(target)
     sites = find_weights(model)
-    return plan_sites(sites, target, sparsity, overrides, model_name=model.name, model_kind=model_kind(model),
-                      profile=profile, runtime=runtime, batch=batch, threads=threads,
-                      latency_budget_us=latency_budget_us, speedup=speedup, overall_sparsity=overall_sparsity)
+    common = dict(model_name=model.name, model_kind=model_kind(model), profile=profile, runtime=runtime,
+                  batch=batch, threads=threads)
+    _check_sensitivity(sensitivity, latency_budget_us, speedup, overall_sparsity)
+    if sensitivity is not None and not hasattr(sensitivity, "cost"):  # a dataset: measure on the target's choice
+        from ..sensitivity import measure_sensitivity
+
+        sensitivity = measure_sensitivity(model, plan_sites(sites, target, sparsity, overrides, **common), sensitivity)
+    return plan_sites(sites, target, sparsity, overrides, latency_budget_us=latency_budget_us, speedup=speedup,
+                      overall_sparsity=overall_sparsity, sensitivity=sensitivity, **common)

@@ -17,7 +17,8 @@ from .api import Verification, prune, save_model_atomic, strip_pruning, verify
 from .callbacks import UpdatePruningStep
 from .schedules import PolynomialDecay
 
-__all__ = ["FinetuneResult", "finetune", "polynomial_schedule", "evaluate", "Distillation", "DistillationLoss"]
+__all__ = ["FinetuneResult", "finetune", "polynomial_schedule", "evaluate", "default_loss", "Distillation",
+           "DistillationLoss"]
 
 
 @dataclass
@@ -113,7 +114,9 @@ def _outputs_softmax(model) -> bool:
     return getattr(model.layers[-1], "activation", None) in (keras.activations.softmax,)
 
 
-def _loss_for(model, data: Dataset):
+def default_loss(model, data: Dataset):
+    """The loss fine-tuning uses: cross-entropy for class labels (on logits unless the model ends
+    in a softmax), else mean squared error."""
     if data.n_classes is not None:
         return keras.losses.SparseCategoricalCrossentropy(from_logits=not _outputs_softmax(model))
     return keras.losses.MeanSquaredError()
@@ -211,7 +214,7 @@ def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: 
             permutations = permute_channels(model, plan)
         pruned = prune(model, plan, schedule)
         loss = (DistillationLoss(distill.temperature, distill.alpha, from_logits=not _outputs_softmax(model))
-                if distill is not None else _loss_for(model, data))
+                if distill is not None else default_loss(model, data))
         pruned.compile(keras.optimizers.Adam(learning_rate), loss)
     callbacks = [UpdatePruningStep()] + ([_EpochCheckpoint(checkpoint)] if checkpoint else []) + list(callbacks or [])
     if initial_epoch < epochs:

@@ -1,0 +1,230 @@
+"""What block shapes cost in accuracy, and what channel permutation, a sensitivity-aware allocation
+and distillation win back.
+
+For each dataset (scikit-learn's digits; the 28x28 animal-shapes images), one MLP is trained
+densely, then pruned from that dense model by gradual magnitude pruning (cubic schedule to the
+sparsity over 75% of the steps, then fine-tuning) for every shipped target and for unstructured
+(1, 1) blocks, at 80, 90 and 95%: plain; with channel permutation (where a target's blocks are
+wide, `(1, c)`); with permutation and a sensitivity-aware allocation (the same overall sparsity,
+each weight at most 7 points above it, spent where it costs the least held-out loss per
+microsecond; the sensitivity measured on the last 1,000 training samples); and with all three,
+distillation from the dense model added. Both hidden kernels are pruned; the small
+head stays dense. With `--tfmot-python`, tfmot 0.8.1 prunes the same MLP on the same data at
+(1, 1) and (4, 1) (bench/tfmot_accuracy.py in its own environment, bench/setup_tfmot_env.sh).
+
+Writes accuracy.json, accuracy.md and accuracy.png (atomically) into bench/results, or into a
+temporary folder with --quick (fewer epochs, 90% only; never over the committed results).
+
+Usage:
+    pip install --no-deps animal-mnist==0.4      # the animal-shapes images (blockprune.data)
+    python bench/accuracy.py [--tfmot-python bench/.venv-tfmot/bin/python] [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import blockprune  # noqa: E402
+from _timing import results_dir  # noqa: E402
+from blockprune._atomic import atomic_path, write_text_atomic  # noqa: E402
+from blockprune.data import BUILTIN_DATA, Dataset, save_npz  # noqa: E402
+from blockprune.examples import example_model, train_dense  # noqa: E402
+from blockprune.kerasgraph import copy_model  # noqa: E402
+from blockprune.pruning.finetune import Distillation, finetune  # noqa: E402
+from blockprune.sensitivity import measure_sensitivity  # noqa: E402
+from blockprune.targets import load_target, shipped_target_names  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+#: dataset -> (built-in model, hidden width, dense epochs, pruning epochs, batch size)
+DATASETS = {"digits": ("mlp", 512, 30, 30, 32), "animal-shapes": ("animal1024", 1024, 15, 10, 64)}
+#: variant -> (channel permutation, sensitivity-aware allocation, distillation)
+VARIANTS = {"plain": (False, False, False), "permute": (True, False, False),
+            "permute+sensitivity": (True, True, False), "all three": (True, True, True)}
+#: With sensitivity, a weight may go this far above the overall sparsity.
+HEADROOM = 0.07
+
+
+def configs() -> list[tuple[str, object, dict]]:
+    """``(label, target, overrides)`` for every shipped target and unstructured (1, 1) (simd-4x1's
+    descriptor with one block shape, (1, 1))."""
+    unstructured = dataclasses.replace(load_target("simd-4x1"), name="unstructured", block_shapes=((1, 1),))
+    out = [(name, name, {"logits": "skip"}) for name in shipped_target_names()]
+    return out + [("unstructured (1, 1)", unstructured, {"logits": "skip"})]
+
+
+def blockprune_rows(dataset: str, sparsities, quick: bool) -> tuple[float, list[dict]]:
+    data = BUILTIN_DATA[dataset]()
+    model_name, _, dense_epochs, epochs, batch = DATASETS[dataset]
+    if quick:
+        dense_epochs, epochs = max(2, dense_epochs // 5), max(2, epochs // 5)
+    dense = example_model(model_name, seed=0)
+    train_dense(dense, data, epochs=dense_epochs, batch_size=batch, seed=0)
+    dense_acc = float(np.mean(np.argmax(dense.predict(data.x_test, verbose=0), -1) == data.y_test))
+    print(f"{dataset}: dense {dense_acc:.4f}", flush=True)
+    # The sensitivity is measured on held-out training samples, never on the test split.
+    held_out = Dataset(data.x_train[:-1000], data.y_train[:-1000], data.x_train[-1000:], data.y_train[-1000:],
+                       name=f"{dataset} (last 1000 training samples)")
+    rows = []
+    for label, target, overrides in configs():
+        for s in sparsities:
+            plan = blockprune.plan(dense, target, sparsity=s, overrides=overrides)
+            wide = any(lp.block_shape[0] == 1 and lp.block_shape[1] > 1 for lp in plan.pruned_layers)
+            ceiling = min(0.99, s + HEADROOM)
+            sens = measure_sensitivity(dense, blockprune.plan(dense, target, sparsity=ceiling, overrides=overrides),
+                                       held_out)
+            allocated = blockprune.plan(dense, target, sparsity=ceiling, overrides=overrides, overall_sparsity=s,
+                                        sensitivity=sens)
+            for variant, (permute, sensitive, distill) in VARIANTS.items():
+                if permute and not wide and variant == "permute":
+                    continue  # nothing to regroup: the same run as plain
+                keras.utils.set_random_seed(1)
+                started = time.time()
+                result = finetune(copy_model(dense), allocated if sensitive else plan, data, epochs=epochs,
+                                  batch_size=batch, verbose=0, permute=permute,
+                                  distill=Distillation() if distill else None)
+                acc = result.sparse_metrics["accuracy"]
+                used = allocated if sensitive else plan
+                rows.append({"dataset": dataset, "config": label, "target": getattr(target, "name", target),
+                             "sparsity": s, "variant": variant,
+                             "blocks": sorted({str(tuple(lp.block_shape)) for lp in plan.pruned_layers}),
+                             "layer_sparsity": {lp.name: lp.sparsity for lp in used.pruned_layers},
+                             "accuracy": acc, "dense_accuracy": dense_acc, "exact": result.verification.ok,
+                             "permuted": [p.layer for p in result.permutations], "seconds": time.time() - started})
+                print(f"  {label:22s} {s:.0%} {variant:16s} {acc:.4f}", flush=True)
+    return dense_acc, rows
+
+
+def tfmot_rows(python: str, dataset: str, sparsities, quick: bool) -> list[dict]:
+    _, width, dense_epochs, epochs, batch = DATASETS[dataset]
+    if quick:
+        dense_epochs, epochs = max(2, dense_epochs // 5), max(2, epochs // 5)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_npz(BUILTIN_DATA[dataset](), Path(tmp) / "data.npz")
+        for block in ("1x1", "4x1"):
+            for s in sparsities:
+                out = subprocess.run([python, str(HERE / "tfmot_accuracy.py"), "--data", str(path), "--width",
+                                      str(width), "--dense-epochs", str(dense_epochs), "--epochs", str(epochs),
+                                      "--batch-size", str(batch), "--block", block, "--sparsity", str(s)],
+                                     capture_output=True, text=True, check=True, env={**os.environ,
+                                                                                      "TF_USE_LEGACY_KERAS": "1"})
+                got = json.loads(out.stdout.strip().splitlines()[-1])
+                label = f"tfmot {got['version']} ({block.replace('x', ', ')})"
+                rows.append({"dataset": dataset, "config": label, "target": "tfmot", "sparsity": s, "variant": "tfmot",
+                             "blocks": [f"({block.replace('x', ', ')})"], "accuracy": got["sparse_accuracy"],
+                             "dense_accuracy": got["dense_accuracy"], "kernel_sparsity": got["kernel_sparsity"]})
+                print(f"  {label:22s} {s:.0%} {got['sparse_accuracy']:.4f} (its dense {got['dense_accuracy']:.4f})",
+                      flush=True)
+    return rows
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Accuracy of block shapes, with and without channel permutation, sensitivity and distillation", "",
+             "Produced by `python bench/accuracy.py`; do not edit by hand. Test accuracy (%) after gradual magnitude "
+             "pruning of both hidden kernels from one dense model per dataset: plain / with channel permutation "
+             "(only where the blocks are wide; it regroups a layer where that keeps more weight) / with permutation "
+             "and a sensitivity-aware allocation of the same overall sparsity (each weight at most 7 points above "
+             "it; sensitivity on the last 1,000 training samples) / all three, with distillation from the dense "
+             "model (T=4, alpha=0.7). "
+             "tfmot trains its own dense model of the same shape (its dense accuracy in brackets).", ""]
+    for dataset, dense_acc in result["dense"].items():
+        rows = [r for r in result["rows"] if r["dataset"] == dataset]
+        sparsities = sorted({r["sparsity"] for r in rows})
+        model_name, width, dense_epochs, epochs, batch = DATASETS[dataset]
+        lines += [f"## {dataset}: MLP -> {width} -> {width} -> 10, dense {dense_acc:.2%} "
+                  f"({result['epochs'][dataset]['dense']} dense epochs, {result['epochs'][dataset]['pruning']} "
+                  "pruning epochs)", "",
+                  "| config | blocks | " + " | ".join(f"{s:.0%} {v}" for s in sparsities for v in VARIANTS) + " |",
+                  "|---|---|" + "---|" * len(VARIANTS) * len(sparsities)]
+        for label in dict.fromkeys(r["config"] for r in rows):
+            mine = [r for r in rows if r["config"] == label]
+            cells = []
+            for s in sparsities:
+                at = {r["variant"]: r for r in mine if r["sparsity"] == s}
+                if "tfmot" in at:
+                    cells += [f"{at['tfmot']['accuracy']:.2%} ({at['tfmot']['dense_accuracy']:.2%})"]
+                    cells += ["-"] * (len(VARIANTS) - 1)
+                else:
+                    cells += [f"{at[v]['accuracy']:.2%}" if v in at else "-" for v in VARIANTS]
+            lines.append(f"| {label} | {', '.join(mine[0]['blocks'])} | " + " | ".join(cells) + " |")
+        ours = [r for r in rows if r["target"] != "tfmot"]
+        for s in sparsities:
+            at = [r for r in ours if r["sparsity"] == s]
+            fine = max((r for r in at if r["config"] in ("unstructured (1, 1)", "simd-4x1")), key=lambda r: r["accuracy"])
+            wide = max((r for r in at if r["config"] == "cpu-wide"), key=lambda r: r["accuracy"])
+            lines.append(f"\nAt {s:.0%}: cpu-wide's best {wide['accuracy']:.2%} ({wide['variant']}) against the best "
+                         f"fine-grained block {fine['accuracy']:.2%} ({fine['config']}, {fine['variant']}): "
+                         f"{(wide['accuracy'] - fine['accuracy']) * 100:+.2f} points; against dense "
+                         f"{(wide['accuracy'] - dense_acc) * 100:+.2f}.")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(result["dense"])
+    fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 5), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        rows = [r for r in result["rows"] if r["dataset"] == dataset]
+        for i, label in enumerate(dict.fromkeys(r["config"] for r in rows)):
+            for variant, style in (("plain", "--"), ("permute", "-."), ("permute+sensitivity", ":"),
+                                   ("all three", "-"), ("tfmot", (0, (1, 3)))):
+                pts = sorted((r["sparsity"], r["accuracy"]) for r in rows if r["config"] == label and r["variant"] == variant)
+                if pts:
+                    ax.plot([p[0] * 100 for p in pts], [p[1] * 100 for p in pts], linestyle=style, marker="o",
+                            color=f"C{i}",
+                            label=f"{label} ({variant})")
+        ax.axhline(result["dense"][dataset] * 100, color="black", lw=0.8, label="dense")
+        ax.set(title=f"{dataset}: test accuracy after pruning", xlabel="sparsity (%)", ylabel="test accuracy (%)")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated (default: all)")
+    parser.add_argument("--tfmot-python", help="python of the tfmot environment (bench/setup_tfmot_env.sh)")
+    parser.add_argument("--quick", action="store_true", help="fewer epochs, 90%% only, into a temporary folder")
+    parser.add_argument("--out", help="results folder (default: bench/results)")
+    args = parser.parse_args(argv)
+    out = results_dir(args.out, args.quick, HERE / "results")
+    sparsities = (0.9,) if args.quick else (0.8, 0.9, 0.95)
+    result = {"dense": {}, "rows": [], "epochs": {}, "quick": args.quick}
+    for dataset in args.datasets.split(","):
+        dense_acc, rows = blockprune_rows(dataset, sparsities, args.quick)
+        result["dense"][dataset] = dense_acc
+        result["rows"] += rows
+        _, _, dense_epochs, epochs, _ = DATASETS[dataset]
+        result["epochs"][dataset] = {"dense": max(2, dense_epochs // 5) if args.quick else dense_epochs,
+                                     "pruning": max(2, epochs // 5) if args.quick else epochs}
+        if args.tfmot_python:
+            result["rows"] += tfmot_rows(args.tfmot_python, dataset, sparsities, args.quick)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "accuracy.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "accuracy.md", markdown(result))
+    plot(result, out / "accuracy.png")
+    print(f"Wrote {out / 'accuracy.md'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
