@@ -1,12 +1,15 @@
 """Channel permutation before masking: regroup a layer's output channels so that the ``c``
-outputs of each wide block share their important inputs, at no cost in the exported model.
+outputs of each wide block (or channel block of a convolution) share their important inputs, at
+no cost in the exported model.
 
 A wide block ``(1, c)`` keeps or drops one input row for ``c`` consecutive outputs at once. When
 those outputs want different inputs, a block-sparse mask throws away weights that a finer block
-would keep. Which outputs sit next to each other is free to choose: permuting the output
-channels of a Dense layer (its kernel's columns and its bias) and the input rows of the one
-Dense layer that reads it (through element-wise layers only) gives the same function. The
-permuted model is an ordinary Keras model with the same layers; nothing is added to the export.
+would keep; a convolution's channel block (one input channel, all its taps, by ``c`` outputs)
+likewise. Which outputs sit next to each other is free to choose: permuting the output channels
+of a layer (its kernel's last axis and its bias) and the input channels of the one Dense layer or
+convolution that reads it (through element-wise, batch-normalization and pooling layers, whose
+per-channel weights follow) gives the same function. The permuted model is an ordinary Keras
+model with the same layers; nothing is added to the export.
 
 ``output_grouping`` finds the permutation by alternating between (a) each group's kept rows at
 the planned sparsity (the top rows by the group's summed magnitude, as the balanced mask keeps
@@ -96,7 +99,7 @@ class Permutation:
     """One layer whose outputs were regrouped.
 
     Attributes:
-        layer: the permuted layer; ``reader``: the Dense layer whose input rows follow.
+        layer: the permuted layer; ``reader``: the layer whose input channels follow.
         gain: retained magnitude at the planned sparsity against the original order.
     """
 
@@ -105,23 +108,58 @@ class Permutation:
     gain: float
 
 
-def _reader(model, layer):
-    """The Dense layer that alone reads ``layer``'s output through element-wise layers only."""
+def _is_plain_conv(layer) -> bool:
+    import keras
+
+    return (isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D)) and getattr(layer, "groups", 1) == 1
+            and not isinstance(layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose))
+            and type(layer).__name__ not in ("DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
+                                             "SeparableConv2D"))
+
+
+def _path_to_reader(model, layer):
+    """``(reader, between)``: the Dense or convolution that alone reads ``layer``'s output, through
+    layers that act on each channel alone (``between``: element-wise layers, batch normalization,
+    pooling), or ``(None, [])``."""
     import keras
 
     from .kerasgraph import sole_consumer
 
+    between = []
     node = sole_consumer(model, layer)
-    while node is not None and type(node).__name__ in _ELEMENTWISE:
+    while node is not None:
+        if type(node) is keras.layers.Dense or _is_plain_conv(node):
+            return node, between
+        per_channel = (type(node).__name__ in _ELEMENTWISE or "Pooling" in type(node).__name__
+                       or (isinstance(node, keras.layers.BatchNormalization) and node.axis in (-1, len(node.input.shape) - 1)))
+        if not per_channel:
+            return None, []
+        between.append(node)
         node = sole_consumer(model, node)
-    return node if isinstance(node, keras.layers.Dense) and type(node) is keras.layers.Dense else None
+    return None, []
+
+
+def _channel_magnitude(layer, block) -> np.ndarray | None:
+    """``[in channels, out channels]`` of summed ``|w|`` for a layer pruned in ``block`` when the
+    block is one input channel (all its taps) by several outputs, else None."""
+    import keras
+
+    kernel = np.abs(layer.kernel.numpy())
+    taps = int(np.prod(kernel.shape[:-2])) if kernel.ndim > 2 else 1
+    if block[1] < 2 or block[0] != taps:
+        return None
+    if type(layer) is keras.layers.Dense:
+        return kernel
+    return kernel.reshape(-1, *kernel.shape[-2:]).sum(axis=0)
 
 
 def permute_channels(model, plan, min_gain: float = 1.001) -> list[Permutation]:
-    """Regroups, in place, the outputs of every Dense layer that ``plan`` prunes in ``(1, c)``
-    blocks (``c > 1``) and that one Dense layer reads (through element-wise layers only), where
-    the regrouping retains at least ``min_gain`` times the magnitude. The model computes the same
-    function afterwards (up to float rounding).
+    """Regroups, in place, the output channels of every Dense layer pruned in ``(1, c)`` blocks
+    and every convolution pruned in channel blocks (``c > 1``) whose output one Dense layer or
+    convolution reads (through element-wise, batch-normalization and pooling layers only), where
+    the regrouping retains at least ``min_gain`` times the magnitude. The kernel's output axis and
+    bias, every batch normalization's per-channel weights on the way, and the reader's input axis
+    are permuted alike, so the model computes the same function (up to float rounding).
 
     Args:
         model: a functional or Sequential Keras model (its weights are changed).
@@ -135,24 +173,27 @@ def permute_channels(model, plan, min_gain: float = 1.001) -> list[Permutation]:
 
     done = []
     for lp in plan.pruned_layers:
-        if lp.weight != "kernel" or "/" in lp.layer or lp.block_shape is None or lp.block_shape[0] != 1:
+        if lp.weight != "kernel" or "/" in lp.layer or lp.block_shape is None:
             continue
         try:
             layer = model.get_layer(lp.layer)
         except ValueError:
             continue
-        if type(layer) is not keras.layers.Dense:
+        if not (type(layer) is keras.layers.Dense or _is_plain_conv(layer)):
             continue
-        reader = _reader(model, layer)
+        magnitude = _channel_magnitude(layer, lp.block_shape)
+        reader, between = _path_to_reader(model, layer) if magnitude is not None else (None, [])
         if reader is None:
             continue
-        kernel = layer.kernel.numpy()
-        order, gain = output_grouping(kernel, lp.block_shape[1], lp.sparsity)
+        order, gain = output_grouping(magnitude, lp.block_shape[1], lp.sparsity)
         if gain < min_gain:
             continue
-        layer.kernel.assign(kernel[:, order])
+        layer.kernel.assign(layer.kernel.numpy()[..., order])
         if layer.use_bias:
             layer.bias.assign(layer.bias.numpy()[order])
-        reader.kernel.assign(reader.kernel.numpy()[order, :])
+        for node in between:
+            for w in node.weights:  # batch normalization: gamma, beta, moving mean and variance
+                w.assign(w.numpy()[order])
+        reader.kernel.assign(np.take(reader.kernel.numpy(), order, axis=-2))
         done.append(Permutation(layer.name, reader.name, gain))
     return done

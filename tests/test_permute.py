@@ -109,3 +109,34 @@ def test_finetune_permutes_and_distils_and_keeps_the_planned_blocks():
     assert result.verification.ok
     np.testing.assert_array_equal(model.get_layer("a").kernel.numpy(), original)  # the caller's model is untouched
     assert result.sparse_metrics["accuracy"] > 0.5
+
+
+def test_permuting_convolution_channels_keeps_the_function_through_batch_norm_and_pooling():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 32))
+    x = keras.layers.Conv2D(128, 3, padding="same", name="c1")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Conv2D(128, 3, padding="same", activation="relu", name="c2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="out")(x), name="cnn")
+    rng = np.random.default_rng(0)
+    for name in ("c1", "c2"):  # each tap of a kernel: outputs in 2 hidden kinds of input channels
+        kernel = model.get_layer(name).kernel
+        cin, cout = kernel.shape[-2:]
+        grouped, _ = _hidden_groups(cin, cout, kinds=2, seed=len(name))
+        kernel.assign((rng.normal(size=(3, 3, 1, 1)) * grouped).astype("float32"))
+    bn = model.get_layer("bn")
+    for w in bn.weights:
+        w.assign(rng.uniform(0.5, 1.5, size=w.shape).astype("float32"))
+    plan = blockprune.plan(model, "cpu-wide", sparsity=0.5)
+    assert plan.get("c1").block_shape == (9, 64)  # one input channel (its 9 taps) x 64 outputs
+    x = rng.normal(size=(2, 12, 12, 32)).astype("float32")
+    before = model(x).numpy()
+    gamma = bn.weights[0].numpy().copy()
+    done = permute_channels(model, plan)
+    assert [(q.layer, q.reader) for q in done] == [("c1", "c2"), ("c2", "out")]
+    assert all(q.gain > 1.01 for q in done)
+    assert not np.array_equal(bn.weights[0].numpy(), gamma)  # batch norm's channels follow
+    np.testing.assert_allclose(model(x).numpy(), before, rtol=1e-4, atol=1e-4)
