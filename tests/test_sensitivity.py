@@ -27,6 +27,7 @@ def test_measured_sensitivity_rises_with_sparsity_and_leaves_the_model_as_it_was
     weights = [w.numpy().copy() for w in model.weights]
     sens = measure_sensitivity(model, plan, data, levels=(0.5, 0.95))
     assert set(sens.increase) == {"a/kernel", "b/kernel"} and sens.samples == len(data.x_test)
+    assert all(sorted(v) == [0.5, 0.9, 0.95] for v in sens.increase.values())  # and at the planned 90%
     for name in sens.increase:
         assert sens.increase[name][0.95] > sens.increase[name][0.5]
         assert sens.cost(name, 0.0) == 0.0 and sens.cost(name, 0.95) == pytest.approx(max(0, sens.increase[name][0.95]))
