@@ -80,7 +80,7 @@ def main(argv=None):
     rows = []
     for target in TARGETS:
         plan = blockprune.plan(dense, target, sparsity=s, overrides={"logits": "skip"})
-        ceiling = min(0.99, s + HEADROOM)
+        ceiling = round(s + (1 - s) * HEADROOM, 3)
         sens = measure_sensitivity(dense, blockprune.plan(dense, target, sparsity=ceiling,
                                                           overrides={"logits": "skip"}), held_out)
         allocated = blockprune.plan(dense, target, sparsity=ceiling, overrides={"logits": "skip"},
