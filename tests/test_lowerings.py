@@ -389,3 +389,14 @@ def test_openvino_runs_a_feature_major_classifier_head(tmp_path):
                          choices={"p/kernel": ("gather-matmul", "feature")})
     x = np.random.default_rng(9).normal(size=(1, 7, 7, 1280)).astype("float32")
     np.testing.assert_allclose(make_runner(record.path)(x), model.predict(x, verbose=0), rtol=1e-4, atol=1e-6)
+
+
+def test_the_planner_counts_every_rewriting_lowering_as_running_a_kind_sparse():
+    from blockprune.lower import runs_sparse
+    from blockprune.targets import load_target
+
+    wide, simd = load_target("cpu-wide"), load_target("simd-4x1")
+    # channel-gather runs KxK convolutions sparse beside gather-matmul; nothing runs recurrent cells sparse
+    assert [runs_sparse(wide, k, "tflite") for k in ("dense", "conv", "einsum_dense", "recurrent")] == [
+        True, True, True, False]
+    assert [runs_sparse(simd, k, "tflite") for k in ("dense", "conv")] == [True, False]  # builtin-sparse: Dense only

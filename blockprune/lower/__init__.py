@@ -73,20 +73,25 @@ def runs_sparse(target, kind: str, runtime: str) -> bool:
 
     An emulated target (``native = false``) is described by its cost model, so every eligible
     kind counts. On this machine's runtimes, a weight runs sparse when the target's lowering for
-    ``runtime`` (an export output: ``tflite``, ``onnx``, ``openvino``) rewrites its kind (other
-    kinds are exported dense: pruning them saves size, not time).
+    ``runtime`` (an export output: ``tflite``, ``onnx``, ``openvino``) handles its kind; when that
+    lowering rewrites layers, so does every rewriting lowering of the catalogue (export chooses
+    among them), e.g. channel-gather for KxK convolutions. Other kinds are exported dense:
+    pruning them saves size, not time.
 
     Example:
         >>> from blockprune.targets import load_target
-        >>> runs_sparse(load_target("cpu-wide"), "einsum_dense", "tflite")
-        False
+        >>> runs_sparse(load_target("cpu-wide"), "conv", "tflite"), runs_sparse(load_target("cpu-wide"), "recurrent", "tflite")
+        (True, False)
     """
     from ..convert import OUTPUTS
 
     if not target.native:
         return True
     fmt = OUTPUTS[runtime][0] if runtime in OUTPUTS else runtime
-    return kind in lowering(getattr(target.lowering, fmt)).kinds
+    entry = lowering(getattr(target.lowering, fmt))
+    if not entry.rewrites:
+        return kind in entry.kinds
+    return any(kind in e.kinds for e in LOWERINGS.values() if e.rewrites and fmt in e.formats)
 
 
 def default_choices(target, runtime: str, structure) -> dict[str, tuple[str, str]]:

@@ -161,10 +161,10 @@ def allocate(layers: list[LayerPlan], predictor: Predictor, table: LevelTable, *
                 saved = options[i][cur][0] - options[i][j][0]
                 if sensitivity is None:
                     ratio = saved / (n * (levels[j] - levels[cur]))
-                else:
+                else:  # time saved per loss; where no move saves time, zeros per loss decide
                     name = layers[i].name
-                    ratio = saved / max(sensitivity.cost(name, levels[j]) - sensitivity.cost(name, levels[cur]),
-                                        LOSS_FLOOR)
+                    ratio = (saved + 1e-9 * n * (levels[j] - levels[cur])) / max(
+                        sensitivity.cost(name, levels[j]) - sensitivity.cost(name, levels[cur]), LOSS_FLOOR)
                 # Among equal savings the lower sparsity wins, so weights that buy no time share evenly.
                 if best is None or ratio > best[0] + 1e-9 * abs(best[0]) or (
                         ratio >= best[0] - 1e-9 * abs(best[0]) and levels[j] < levels[best[2]]):
