@@ -55,3 +55,20 @@ memory_gbps = 5
 @pytest.fixture
 def valid_toml() -> str:
     return VALID_TOML
+
+
+def trained_digits_mlp(epochs: int):
+    """``(model, data)``: a 64 -> 256 (``a``) -> 256 (``b``) -> 10 MLP trained on digits for ``epochs``."""
+    import keras
+
+    from blockprune.data import digits
+
+    data = digits()
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((64,))
+    x = keras.layers.Dense(256, activation="relu", name="a")(inputs)
+    x = keras.layers.Dense(256, activation="relu", name="b")(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="out")(x), name="mlp")
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(data.x_train, data.y_train, epochs=epochs, verbose=0)
+    return model, data

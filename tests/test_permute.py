@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import blockprune
-from blockprune.data import digits
 from blockprune.permute import output_grouping, permute_channels, retained
 from blockprune.pruning.finetune import Distillation, DistillationLoss, finetune
+from conftest import trained_digits_mlp
 
 
 def _hidden_groups(n_in=64, n_out=64, kinds=8, seed=0):
@@ -94,14 +94,7 @@ def test_distillation_loss_is_the_weighted_sum_of_label_and_teacher_terms():
 
 
 def test_finetune_permutes_and_distils_and_keeps_the_planned_blocks():
-    data = digits()
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((64,))
-    x = keras.layers.Dense(256, activation="relu", name="a")(inputs)
-    x = keras.layers.Dense(256, activation="relu", name="b")(x)
-    model = keras.Model(inputs, keras.layers.Dense(10, name="out")(x), name="mlp")
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(data.x_train, data.y_train, epochs=3, verbose=0)
+    model, data = trained_digits_mlp(epochs=3)
     original = model.get_layer("a").kernel.numpy()
     plan = blockprune.plan(model, "cpu-wide", sparsity=0.9)
     result = finetune(model, plan, data, epochs=2, verbose=0, distill=Distillation())

@@ -1,24 +1,15 @@
 """Accuracy sensitivity, and the allocation it guides."""
 
-import keras
 import numpy as np
 import pytest
 
 import blockprune
-from blockprune.data import digits
 from blockprune.sensitivity import Sensitivity, measure_sensitivity
+from conftest import trained_digits_mlp
 
 
 def _trained():
-    data = digits()
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((64,))
-    x = keras.layers.Dense(256, activation="relu", name="a")(inputs)
-    x = keras.layers.Dense(256, activation="relu", name="b")(x)
-    model = keras.Model(inputs, keras.layers.Dense(10, name="out")(x), name="mlp")
-    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(data.x_train, data.y_train, epochs=5, verbose=0)
-    return model, data
+    return trained_digits_mlp(epochs=5)
 
 
 def test_measured_sensitivity_rises_with_sparsity_and_leaves_the_model_as_it_was(tmp_path):
