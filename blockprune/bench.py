@@ -260,7 +260,8 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
     interactive = progress and sys.stdout.isatty()
     bar = keras.utils.Progbar(len(jobs), unit_name="configuration") if interactive and jobs else None
     x = sample_inputs(model, max(batches), seed=1)[0]
-    references = {None: keras_outputs(model, [x])}  # once per batch: every file is compared with it
+    # inputs and Keras's outputs, once per batch (None: any batch): every file is compared with them
+    references = {None: ([x], keras_outputs(model, [x]))}
     point = manifest.get("point")
     exported_for = f"b{point['batch']} t{point['threads']}" if point else ""
     checked = set()
@@ -275,10 +276,10 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
             checked.add((name, rt))
             fixed = rec["runtime_options"].get("fixed_batch")
             if fixed not in references:
-                references[fixed] = keras_outputs(model, [sample_inputs(model, fixed, seed=1)[0]])
-            xs = [x] if fixed is None else [sample_inputs(model, fixed, seed=1)[0]]
-            err, rel = compare(references[fixed], outputs_of(make_runner(_local(export_dir, rec), runtime_name=rt),
-                                                             model, xs))
+                inputs = [sample_inputs(model, fixed, seed=1)[0]]
+                references[fixed] = (inputs, keras_outputs(model, inputs))
+            xs, reference = references[fixed]
+            err, rel = compare(reference, outputs_of(make_runner(_local(export_dir, rec), runtime_name=rt), model, xs))
             result.agreement.append({"file": name, "runtime": runtime(rt).label, "max_abs_error": err,
                                      "rel_error": rel})
     for i, (sparse, dense, batch, n_threads) in enumerate(jobs):

@@ -54,12 +54,15 @@ def digits(test_fraction: float = 0.25, seed: int = 0) -> Dataset:
     except ImportError as e:  # pragma: no cover - scikit-learn is a dependency
         raise ImportError("the built-in digits data needs scikit-learn: pip install scikit-learn") from e
     bunch = load_digits()
-    x = (bunch.data / 16.0).astype(np.float32)
-    y = bunch.target.astype(np.int64)
+    return _split((bunch.data / 16.0).astype(np.float32), bunch.target.astype(np.int64), test_fraction, seed, "digits")
+
+
+def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, name: str) -> Dataset:
+    """A ``Dataset`` of ``x``, ``y`` shuffled with ``seed`` and split, ``test_fraction`` held out."""
     order = np.random.default_rng(seed).permutation(len(x))
     n_test = int(round(len(x) * test_fraction))
     test, train = order[:n_test], order[n_test:]
-    return Dataset(x[train], y[train], x[test], y[test], name="digits")
+    return Dataset(x[train], y[train], x[test], y[test], name=name)
 
 
 #: The registry package that ships the animal-shapes images, and how to install it: its
@@ -99,11 +102,7 @@ def animal_shapes(test_fraction: float = 0.2, seed: int = 0, flat: bool = True) 
             arrays.append(np.asarray(pickle.load(f)))
     images, labels = arrays
     x = (images.astype(np.float32) / 255.0).reshape(len(images), *((-1,) if flat else (28, 28, 1)))
-    y = labels.astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_test = int(round(len(x) * test_fraction))
-    test, train = order[:n_test], order[n_test:]
-    return Dataset(x[train], y[train], x[test], y[test], name="animal-shapes")
+    return _split(x, labels.astype(np.int64), test_fraction, seed, "animal-shapes")
 
 
 #: Datasets ``--data`` accepts by name.

@@ -88,7 +88,7 @@ def output_grouping(kernel: np.ndarray, cols: int, sparsity: float, iterations: 
         if score <= best * (1 + 1e-6):
             break
         best, best_groups = score, groups
-    if best_groups is None or best <= start:
+    if best <= start:
         return np.arange(n_out), 1.0
     order = np.argsort(best_groups, kind="stable")
     return order, best / start
@@ -109,12 +109,11 @@ class Permutation:
 
 
 def _is_plain_conv(layer) -> bool:
+    """A Conv1D/Conv2D with one group (depthwise, separable and transposed convolutions are not
+    subclasses of them in Keras 3)."""
     import keras
 
-    return (isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D)) and getattr(layer, "groups", 1) == 1
-            and not isinstance(layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose))
-            and type(layer).__name__ not in ("DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
-                                             "SeparableConv2D"))
+    return isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D)) and getattr(layer, "groups", 1) == 1
 
 
 def _path_to_reader(model, layer):
