@@ -19,6 +19,8 @@ from ._text import text_table
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1  # an unexpected failure (a converter or runtime error), not bad input
+#: Subcommands that convert models (``backends.require_tensorflow``); the others run on any backend.
+TENSORFLOW_COMMANDS = frozenset({"tune", "export", "bench", "run"})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -570,6 +572,10 @@ def main(argv: list[str] | None = None) -> int:
     if not debug:
         _quiet_tensorflow()
     try:
+        if args.command in TENSORFLOW_COMMANDS:  # before any work, not after a training run
+            from .backends import require_tensorflow
+
+            require_tensorflow(f"blockprune {args.command}")
         with filtered_stderr(enabled=not debug):
             return args.func(args)
     except KeyboardInterrupt:

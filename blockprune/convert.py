@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._quiet import captured_stderr
+from .backends import require_tensorflow
 
 __all__ = ["ConversionError", "to_tflite", "to_onnx", "fixed_batch", "sparsify_initializers", "build_file", "Built", "OUTPUTS"]
 
@@ -20,6 +21,7 @@ def to_tflite(model, optimizations=(), fixed: int | None = None) -> bytes:
     """``TFLiteConverter.from_keras_model`` with ``optimizations`` (``tf.lite.Optimize`` members),
     at the static batch size ``fixed`` when given (a model with a recurrent loop needs one:
     ``fixed_batch``)."""
+    require_tensorflow("Converting to .tflite")
     import tensorflow as tf
 
     if fixed:
@@ -78,6 +80,7 @@ def fixed_batch(model, fmt: str, batch: int) -> int | None:
 
 def to_onnx(model, opset: int):
     """tf2onnx through a ``tf.function`` of the model (its ``from_keras`` fails on Sequential models)."""
+    require_tensorflow("Converting to .onnx")
     import tensorflow as tf
     import tf2onnx
 

@@ -21,12 +21,11 @@ from .api import (
 )
 from .callbacks import PruningSummaries, UpdatePruningStep
 from .schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
-from .wrapper import MaskConstraint, PruneLowMagnitude
+from .wrapper import PruneLowMagnitude
 
 __all__ = [
     "ConstantSparsity",
     "LayerCheck",
-    "MaskConstraint",
     "PolynomialDecay",
     "PruneLowMagnitude",
     "PruningSchedule",

@@ -17,10 +17,13 @@ def collect_wrappers(model) -> list[PruneLowMagnitude]:
 
 
 class UpdatePruningStep(keras.callbacks.Callback):
-    """Advances the pruning step before every train batch and updates masks on schedule.
+    """Counts pruning steps and updates masks on schedule, before the train steps that need it.
 
     Required when training a pruned model (as in tfmot). Training resumes from the step
     stored in the wrappers, so a reloaded model continues its schedule where it stopped.
+    The wrappers count steps themselves, inside the train step; this callback touches the
+    model only before a step whose schedule updates a mask (on JAX, that is when the model's
+    state is attached to its variables), and at the end of every epoch.
 
     Example:
         >>> model.fit(x, y, epochs=2, callbacks=[UpdatePruningStep()])  # doctest: +SKIP
@@ -35,10 +38,16 @@ class UpdatePruningStep(keras.callbacks.Callback):
         self.step = -1
 
     def on_train_begin(self, logs=None):
-        self.wrappers = collect_wrappers(self.model)
+        model = self.model
+        self.wrappers = collect_wrappers(model)
         if not self.wrappers:
-            raise ValueError(f"UpdatePruningStep: model '{self.model.name}' has no layer wrapped for pruning; "
+            raise ValueError(f"UpdatePruningStep: model '{model.name}' has no layer wrapped for pruning; "
                              "wrap it with blockprune.prune(...) or prune_low_magnitude(...) first")
+        steps = getattr(model, "steps_per_execution", 1) or 1
+        if int(keras.ops.convert_to_numpy(steps)) != 1:
+            raise ValueError(f"UpdatePruningStep: model '{model.name}' is compiled with "
+                             f"steps_per_execution={int(keras.ops.convert_to_numpy(steps))}; masks are updated "
+                             "between train steps, so compile it with steps_per_execution=1")
         for w in self.wrappers:
             w.step_callback_active = True
         # A fresh model starts at step 0; a reloaded one continues after its saved step.
@@ -46,13 +55,29 @@ class UpdatePruningStep(keras.callbacks.Callback):
         self.step = saved + 1 if saved >= 0 else 0
 
     def on_train_batch_begin(self, batch, logs=None):
-        for w in self.wrappers:
-            w.update_masks(self.step)
+        due = [w for w in self.wrappers if w.due(self.step)]
+        if due:
+            model = self.model  # on JAX, reading it attaches the training state to the variables
+            for w in due:
+                w.pruning_step.assign(self.step - 1)
+                w.update_masks(self.step, getattr(model, "optimizer", None))
         self.step += 1
 
+    def on_epoch_end(self, epoch, logs=None):
+        self._settle()
+
     def on_train_end(self, logs=None):
+        self._settle()
         for w in self.wrappers:
             w.step_callback_active = False
+
+    def _settle(self):
+        """Sets every wrapper's counter to the last step run (a layer called twice per step
+        counts twice in the graph; this callback's count is the one that holds)."""
+        self.model  # noqa: B018  (on JAX, attaches the training state to the variables)
+        for w in self.wrappers:
+            if int(keras.ops.convert_to_numpy(w.pruning_step)) != self.step - 1:
+                w.pruning_step.assign(self.step - 1)
 
 
 def _scalar(tf, tag: str, value: float, step: int) -> None:

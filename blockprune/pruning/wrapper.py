@@ -1,18 +1,22 @@
 """``PruneLowMagnitude``: a Keras 3 wrapper that trains a layer with block masks.
 
 The wrapper owns, as non-trainable weights created in ``build``, one mask per pruned weight
-(the kernel's shape), one threshold per pruned weight, and a step counter. It keeps pruned
-weights exactly zero in two ways:
+(the kernel's shape), one threshold per pruned weight, and a step counter. It works the same
+way on the TensorFlow, JAX and PyTorch backends, because everything it does during a train
+step is part of the layer's forward pass:
 
-- when the schedule says so, ``update_masks(step)`` (called by the ``UpdatePruningStep``
-  callback before a train step) recomputes each mask from the current weights and multiplies
-  the weight by it;
-- each pruned weight gets a variable constraint that multiplies it by its mask, which the
-  Keras optimizer applies right after every update, so momentum cannot resurrect a pruned
-  weight.
+- ``call`` runs the wrapped layer with each pruned weight multiplied by its mask (through a
+  ``keras.StatelessScope``, so any layer works unchanged), so pruned weights contribute
+  nothing and get a zero gradient;
+- in training, ``call`` adds one to the step counter (a state update that every backend's
+  trainer carries, JAX's stateless one included).
 
-The train step itself is not touched, so the wrapper works in eager mode, in compiled
-``fit`` (graph mode and XLA) and under ``tf.distribute`` strategies.
+Between train steps, when the schedule says so, ``update_masks(step)`` (called by the
+``UpdatePruningStep`` callback) recomputes each mask from the current weights, multiplies the
+weight by it and zeroes the optimizer's slots (momentum, velocity) at the pruned positions, so
+an update with a zero gradient and zero slots leaves the weight exactly zero. The train step
+itself is not touched, so the wrapper works in eager mode, in compiled ``fit`` (graph mode,
+XLA, ``jax.jit``, ``torch``) and under ``tf.distribute`` and ``keras.distribution``.
 """
 
 from __future__ import annotations
@@ -26,29 +30,10 @@ from ..kerasgraph import call_takes_training
 from ..masks import POOLING_TYPES, block_mask, block_scores
 from ..modelwalk import layer_sites
 from ..views import WeightView
+from .slots import get_stateless_scope, optimizer_slots
 from .schedules import ConstantSparsity, PruningSchedule
 
-__all__ = ["PruneLowMagnitude", "MaskConstraint"]
-
-
-@keras.saving.register_keras_serializable(package="blockprune")
-class MaskConstraint(keras.constraints.Constraint):
-    """Multiplies a weight by its mask after each optimizer update (then applies ``inner``).
-
-    Not serialized with the layer: the wrapper re-attaches it when built.
-    """
-
-    def __init__(self, mask, inner=None):
-        self.mask = mask
-        self.inner = inner
-
-    def __call__(self, w):
-        if self.inner is not None:
-            w = self.inner(w)
-        return w * keras.ops.cast(self.mask, w.dtype)
-
-    def get_config(self):
-        return {}
+__all__ = ["PruneLowMagnitude"]
 
 
 def _slug(name: str) -> str:
@@ -154,7 +139,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             raise ValueError(f"Layer '{self.layer.name}' ({type(self.layer).__name__}) has nothing to prune: "
                              "it holds no Dense, convolution or EinsumDense kernel and is not a PrunableLayer")
         # -1 until UpdatePruningStep starts training (tfmot's convention).
-        self.pruning_step = self.add_weight(name="pruning_step", shape=(), dtype="int64",
+        self.pruning_step = self.add_weight(name="pruning_step", shape=(), dtype="int32",
                                             initializer=keras.initializers.Constant(-1), trainable=False,
                                             aggregation="only_first_replica")
         self._targets = []
@@ -174,15 +159,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             threshold = self.add_weight(name=f"{_slug(name)}_threshold", shape=(), dtype="float32",
                                         initializer="zeros", trainable=False, aggregation="only_first_replica")
             self._targets.append(_Target(name, site.variable, view, block, schedule, mask, threshold))
-        self._attach_constraints()
         self.built = True
-
-    def _attach_constraints(self):
-        for t in self._targets:
-            inner = t.variable.constraint
-            if isinstance(inner, MaskConstraint):
-                inner = inner.inner
-            t.variable.constraint = MaskConstraint(t.mask, inner)
 
     # ------------------------------------------------------------------ pruning
 
@@ -191,18 +168,24 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         """The pruned weights: name, variable, view, block shape, schedule, mask, threshold."""
         return [dict(vars(t)) for t in self._targets]
 
-    def update_masks(self, step: int) -> bool:
-        """Sets the step and, where the schedule says so, recomputes masks and applies them.
+    def due(self, step: int) -> bool:
+        """True when the schedule of some pruned weight updates its mask at ``step``."""
+        return any(t.schedule(step)[0] for t in self._targets)
 
-        Runs eagerly (from ``UpdatePruningStep``), outside any compiled function.
+    def update_masks(self, step: int, optimizer=None) -> bool:
+        """Where the schedule says so, recomputes masks and applies them (eagerly, between steps).
+
+        On the JAX backend the model's state must be attached to its variables first (reading
+        ``callback.model`` does it; ``UpdatePruningStep`` takes care of it).
 
         Args:
             step: the 0-based training step about to run.
+            optimizer: the model's optimizer; its slots (momentum, velocity, ...) of each
+                updated weight are zeroed at the pruned positions.
 
         Returns:
             True when at least one mask was updated.
         """
-        self.pruning_step.assign(step)
         updated = False
         for t in self._targets:
             should_prune, sparsity = t.schedule(step)
@@ -213,8 +196,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             mask = t.view.from_2d(mask2d)
             t.mask.assign(mask)
             t.threshold.assign(self._threshold(view, mask2d, t.block_shape))
+            for slot in optimizer_slots(optimizer, t.variable):
+                slot.assign(slot * keras.ops.cast(mask, slot.dtype))
             updated = True
-        if updated:  # between updates the MaskConstraint keeps pruned weights at zero
+        if updated:
             self.apply_masks()
         return updated
 
@@ -236,7 +221,33 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                              "callback, e.g. model.fit(x, y, callbacks=[blockprune.UpdatePruningStep()])")
         if call_takes_training(self.layer):
             kwargs["training"] = training
-        return self.layer(inputs, *args, **kwargs)
+        if training:
+            self.pruning_step.assign(self.pruning_step + 1)
+        return self._call_masked(inputs, *args, **kwargs)
+
+    def _call_masked(self, *args, **kwargs):
+        """Calls the wrapped layer with every pruned weight multiplied by its mask.
+
+        The masked values replace the variables inside a ``StatelessScope`` that also carries
+        the current value of every other variable of the layer (and of an enclosing scope, as
+        in JAX's stateless train step). State the layer updates (seed generators, a stateful
+        RNN's states) and losses it adds are handed on to the enclosing context.
+        """
+        masked = {id(t.variable): t.variable.value * keras.ops.cast(t.mask.value, t.variable.dtype)
+                  for t in self._targets}
+        variables = self.layer.variables
+        current = [(v, masked.get(id(v), v.value)) for v in variables]
+        outer = get_stateless_scope()
+        collect = outer is not None and outer.collect_losses
+        with keras.StatelessScope(state_mapping=current, collect_losses=collect) as scope:
+            outputs = self.layer(*args, **kwargs)
+        for v, before in current:
+            after = scope.get_current_value(v)
+            if after is not before and id(v) not in masked:
+                v.assign(after)
+        for loss in scope.losses:
+            outer.add_loss(loss)
+        return outputs
 
     # ------------------------------------------------------------------ config
 
