@@ -26,7 +26,7 @@ import numpy as np
 
 from .checks import check_blocks_fit, n_block_cols
 
-__all__ = ["POOLING_TYPES", "block_scores", "block_mask", "kept_block_grid", "block_structure", "reachable_sparsity"]
+__all__ = ["POOLING_TYPES", "block_scores", "block_mask", "grid_mask", "kept_block_grid", "block_structure", "reachable_sparsity"]
 
 POOLING_TYPES = ("AVG", "MAX")
 
@@ -65,13 +65,22 @@ def _blocks(w: np.ndarray, block_shape) -> np.ndarray:
     return w.reshape(w.shape[0] // bh, bh, w.shape[1] // bw, bw)
 
 
-def _keep_first(order_scores: np.ndarray, n_keep: int) -> np.ndarray:
-    """Boolean mask of the ``n_keep`` highest scores of a 1-D array; equal scores: first wins."""
-    keep = np.zeros(order_scores.shape, dtype=bool)
-    if n_keep > 0:
-        # A stable sort of the negated scores lists equal scores in their original order.
-        keep[np.argsort(-order_scores, kind="stable")[:n_keep]] = True
-    return keep
+def _keep_first(scores: np.ndarray, n_keep: int, axis: int = 0) -> np.ndarray:
+    """Boolean mask of the ``n_keep`` highest scores along ``axis``; equal scores: first wins.
+
+    Linear time (a partition finds the ``n_keep``-th highest score; ties at it are taken in
+    index order), the same result as a stable sort of the negated scores.
+    """
+    n = scores.shape[axis]
+    if n_keep <= 0:
+        return np.zeros(scores.shape, dtype=bool)
+    if n_keep >= n:
+        return np.ones(scores.shape, dtype=bool)
+    cut = np.take(np.partition(scores, n - n_keep, axis=axis), [n - n_keep], axis=axis)
+    above = scores > cut
+    room = n_keep - above.sum(axis=axis, keepdims=True)  # how many scores equal to the cut are kept
+    tied = scores == cut
+    return above | (tied & (np.cumsum(tied, axis=axis) <= room))
 
 
 def kept_block_grid(scores: np.ndarray, sparsity: float, balanced: bool = False) -> np.ndarray:
@@ -90,7 +99,7 @@ def kept_block_grid(scores: np.ndarray, sparsity: float, balanced: bool = False)
     n_rows, n_cols = scores.shape
     if balanced:
         n_keep = n_rows - int(round(sparsity * n_rows))
-        return np.stack([_keep_first(scores[:, j], n_keep) for j in range(n_cols)], axis=1)
+        return _keep_first(scores, n_keep, axis=0)
     n_keep = scores.size - int(round(sparsity * scores.size))
     return _keep_first(scores.reshape(-1), n_keep).reshape(scores.shape)
 
@@ -115,8 +124,14 @@ def block_mask(weight2d: np.ndarray, block_shape: tuple[int, int], sparsity: flo
     """
     weight2d = np.asarray(weight2d)
     grid = kept_block_grid(block_scores(weight2d, block_shape, pooling), sparsity, balanced)
-    mask = np.repeat(np.repeat(grid, block_shape[0], axis=0), block_shape[1], axis=1)[:, : weight2d.shape[1]]
-    return mask.astype(weight2d.dtype if weight2d.dtype.kind == "f" else np.float32)
+    return grid_mask(grid, block_shape, weight2d.shape[1],
+                     weight2d.dtype if weight2d.dtype.kind == "f" else np.float32)
+
+
+def grid_mask(grid: np.ndarray, block_shape: tuple[int, int], width: int, dtype=np.float32) -> np.ndarray:
+    """The ``[in, width]`` weight mask of a grid of kept blocks (``kept_block_grid``)."""
+    mask = np.repeat(np.repeat(grid, block_shape[0], axis=0), block_shape[1], axis=1)[:, :width]
+    return mask.astype(dtype)
 
 
 def block_structure(weight2d: np.ndarray, block_shape: tuple[int, int]) -> dict:

@@ -121,12 +121,24 @@ def test_wrapper_contract(kind, tmp_path):
     assert verify(stripped, p).ok
 
 
-def test_optimizer_momentum_does_not_resurrect_pruned_weights():
+OPTIMIZERS = {
+    "adam": lambda: keras.optimizers.Adam(0.01),
+    "adamw": lambda: keras.optimizers.AdamW(0.01, weight_decay=0.1),
+    "sgd-momentum": lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+    "rmsprop": lambda: keras.optimizers.RMSprop(0.01, momentum=0.5),
+    "adam-ema": lambda: keras.optimizers.Adam(0.01, use_ema=True, ema_momentum=0.5),
+}
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_optimizer_state_does_not_resurrect_pruned_weights(optimizer):
     model, x, y = _model("dense")
-    # One mask update at step 0, then 7 Adam steps with no mask update.
-    pruned = _compile(prune_low_magnitude(model, ConstantSparsity(0.5, 0, end_step=0), block_size=(4, 1)))
-    pruned.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])
-    wrapper = pruned.get_layer("prune_low_magnitude_target")
+    # Train dense for a few steps so the optimizer's slots hold momentum everywhere.
+    warm = prune_low_magnitude(model, ConstantSparsity(0.5, begin_step=4, end_step=4), block_size=(4, 1))
+    warm.compile(OPTIMIZERS[optimizer](), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    # One mask update at step 4, then 12 steps with no mask update.
+    warm.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])
+    wrapper = warm.get_layer("prune_low_magnitude_target")
     kernel, mask = wrapper.layer.kernel.numpy(), wrapper.targets[0]["mask"].numpy()
     assert (mask == 0).mean() == 0.5
     assert (kernel[mask == 0] == 0).all()

@@ -5,16 +5,19 @@ The wrapper owns, as non-trainable weights created in ``build``, one mask per pr
 way on the TensorFlow, JAX and PyTorch backends, because everything it does during a train
 step is part of the layer's forward pass:
 
-- ``call`` runs the wrapped layer with each pruned weight multiplied by its mask (through a
-  ``keras.StatelessScope``, so any layer works unchanged), so pruned weights contribute
-  nothing and get a zero gradient;
+- ``call`` runs the wrapped layer on its pruned weights through an identity whose gradient
+  is multiplied by the mask (``keras.ops.custom_gradient``, substituted for the variable in
+  a ``keras.StatelessScope``, so any layer works unchanged): pruned weights get a zero
+  gradient, and the forward pass costs nothing extra;
 - in training, ``call`` adds one to the step counter (a state update that every backend's
   trainer carries, JAX's stateless one included).
 
 Between train steps, when the schedule says so, ``update_masks(step)`` (called by the
 ``UpdatePruningStep`` callback) recomputes each mask from the current weights, multiplies the
-weight by it and zeroes the optimizer's slots (momentum, velocity) at the pruned positions, so
-an update with a zero gradient and zero slots leaves the weight exactly zero. The train step
+weight by it and zeroes the optimizer's slots (momentum, velocity, EMA) at the pruned
+positions. An update with a zero gradient and zero slots leaves a weight at zero (Adam, AdamW,
+SGD with momentum, RMSprop and EMA do; the tests check them), so pruned weights stay exactly
+zero between mask updates and the forward pass needs no mask. The train step
 itself is not touched, so the wrapper works in eager mode, in compiled ``fit`` (graph mode,
 XLA, ``jax.jit``, ``torch``) and under ``tf.distribute`` and ``keras.distribution``.
 """
@@ -27,13 +30,25 @@ import keras
 
 from ..checks import check_block_shape, check_blocks_fit
 from ..kerasgraph import call_takes_training
-from ..masks import POOLING_TYPES, block_mask, block_scores
+from ..masks import POOLING_TYPES, block_scores, grid_mask, kept_block_grid
 from ..modelwalk import layer_sites
 from ..views import WeightView
 from .slots import get_stateless_scope, optimizer_slots
 from .schedules import ConstantSparsity, PruningSchedule
 
 __all__ = ["PruneLowMagnitude"]
+
+
+@keras.ops.custom_gradient
+def _masked_gradient(w, mask):
+    """``w`` itself, whose gradient is multiplied by ``mask``."""
+
+    def grad(*args, upstream=None):
+        if upstream is None:
+            (upstream,) = args
+        return upstream * mask, keras.ops.zeros_like(mask)
+
+    return w, grad
 
 
 def _slug(name: str) -> str:
@@ -191,22 +206,18 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             should_prune, sparsity = t.schedule(step)
             if not should_prune:
                 continue
-            view = t.view.to_2d(keras.ops.convert_to_numpy(t.variable))
-            mask2d = block_mask(view, t.block_shape, sparsity, self.block_pooling_type, self.balanced)
-            mask = t.view.from_2d(mask2d)
+            weight = keras.ops.convert_to_numpy(t.variable)
+            view = t.view.to_2d(weight)
+            scores = block_scores(view, t.block_shape, self.block_pooling_type)
+            grid = kept_block_grid(scores, sparsity, self.balanced)
+            mask = t.view.from_2d(grid_mask(grid, t.block_shape, view.shape[1], weight.dtype))
             t.mask.assign(mask)
-            t.threshold.assign(self._threshold(view, mask2d, t.block_shape))
+            t.threshold.assign(float(scores[grid].min()) if grid.any() else 0.0)
+            t.variable.assign(weight * mask)
             for slot in optimizer_slots(optimizer, t.variable):
-                slot.assign(slot * keras.ops.cast(mask, slot.dtype))
+                slot.assign(keras.ops.convert_to_numpy(slot) * mask.astype(slot.dtype))
             updated = True
-        if updated:
-            self.apply_masks()
         return updated
-
-    def _threshold(self, view, mask2d, block_shape) -> float:
-        scores = block_scores(view, block_shape, self.block_pooling_type)
-        kept = mask2d[:: block_shape[0], :: block_shape[1]] > 0
-        return float(scores[kept].min()) if kept.any() else 0.0
 
     def apply_masks(self):
         """Multiplies every pruned weight by its mask (eagerly)."""
@@ -226,14 +237,14 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         return self._call_masked(inputs, *args, **kwargs)
 
     def _call_masked(self, *args, **kwargs):
-        """Calls the wrapped layer with every pruned weight multiplied by its mask.
+        """Calls the wrapped layer with every pruned weight's gradient multiplied by its mask.
 
-        The masked values replace the variables inside a ``StatelessScope`` that also carries
+        The weights (``_masked_gradient`` of them) replace the variables inside a ``StatelessScope`` that also carries
         the current value of every other variable of the layer (and of an enclosing scope, as
         in JAX's stateless train step). State the layer updates (seed generators, a stateful
         RNN's states) and losses it adds are handed on to the enclosing context.
         """
-        masked = {id(t.variable): t.variable.value * keras.ops.cast(t.mask.value, t.variable.dtype)
+        masked = {id(t.variable): _masked_gradient(t.variable.value, keras.ops.cast(t.mask.value, t.variable.dtype))
                   for t in self._targets}
         variables = self.layer.variables
         current = [(v, masked.get(id(v), v.value)) for v in variables]
