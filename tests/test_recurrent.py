@@ -57,6 +57,7 @@ def test_a_recurrent_model_trains_with_block_masks_saves_and_strips(tmp_path):
         assert c.exact and c.partial_blocks == 0 and c.block_sparsity >= 0.75, c
 
 
+@pytest.mark.tensorflow
 def test_a_recurrent_model_exports_verified_with_its_cells_dense_and_says_why(tmp_path):
     plan = blockprune.plan(_model(), "dsp-1x8", sparsity=0.8)
     sparse = prune_once(_model(), plan)
@@ -79,6 +80,7 @@ def test_a_recurrent_model_exports_verified_with_its_cells_dense_and_says_why(tm
     assert "matmuls only" in result.estimate["kind"]  # the loop body is not in the file's op list
 
 
+@pytest.mark.tensorflow
 def test_a_recurrent_model_exported_for_batch_4_runs_at_batch_4(tmp_path):
     model = _model()
     export(model, "cpu-wide", tmp_path / "out", formats=("tflite",), allow_dense=True, dense_baseline=False,

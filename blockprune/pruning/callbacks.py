@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -28,12 +30,17 @@ class UpdatePruningStep(keras.callbacks.Callback):
     Example:
         >>> model.fit(x, y, epochs=2, callbacks=[UpdatePruningStep()])  # doctest: +SKIP
 
-    In a custom training loop, call ``set_model``, ``on_train_begin`` once, and
-    ``on_train_batch_begin`` before each step.
+    In a custom training loop, pass the loop's optimizer (its momentum at pruned positions is
+    zeroed with each mask update), then call ``set_model``, ``on_train_begin`` once,
+    ``on_train_batch_begin`` before each step and ``on_train_end`` after the last.
+
+    Args:
+        optimizer: the optimizer that trains the model, when it is not ``model.optimizer``.
     """
 
-    def __init__(self):
+    def __init__(self, optimizer=None):
         super().__init__()
+        self.optimizer = optimizer
         self.wrappers: list[PruneLowMagnitude] = []
         self.step = -1
 
@@ -48,6 +55,10 @@ class UpdatePruningStep(keras.callbacks.Callback):
             raise ValueError(f"UpdatePruningStep: model '{model.name}' is compiled with "
                              f"steps_per_execution={int(keras.ops.convert_to_numpy(steps))}; masks are updated "
                              "between train steps, so compile it with steps_per_execution=1")
+        if self.optimizer is None and getattr(model, "optimizer", None) is None:
+            warnings.warn(f"UpdatePruningStep: model '{model.name}' has no optimizer, so the momentum of pruned "
+                          "weights is not zeroed with their masks and can revive them; in a custom training loop "
+                          "pass it: UpdatePruningStep(optimizer)", stacklevel=2)
         for w in self.wrappers:
             w.step_callback_active = True
         # A fresh model starts at step 0; a reloaded one continues after its saved step.
@@ -60,7 +71,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
             model = self.model  # on JAX, reading it attaches the training state to the variables
             for w in due:
                 w.pruning_step.assign(self.step - 1)
-                w.update_masks(self.step, getattr(model, "optimizer", None))
+                w.update_masks(self.step, self.optimizer or getattr(model, "optimizer", None))
         self.step += 1
 
     def on_epoch_end(self, epoch, logs=None):
