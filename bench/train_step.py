@@ -1,21 +1,28 @@
-"""Training step time of a pruned model vs the same model unwrapped (issue 3's goal: <= 1.15x).
+"""Training step time of a pruned model vs the same model unwrapped, on every Keras backend.
 
-Measures, in one run, the median wall time of one `fit` step (the `UpdatePruningStep`
-callback and its scheduled mask updates included) for:
+Issue goals: the wrapper's step overhead (pruned / unwrapped) <= 1.10x on each backend, and
+the fastest backend's pruned step at or below tfmot's on the digits MLP.
 
-- a 3-layer MLP of width 1024 (1024 -> 1024 -> 1024 -> 10), target simd-4x1, block (4, 1);
-- MobileNetV2 (weights=None, 224x224), target dsp-1x8, its 1x1 convolutions in blocks (1, 8);
+Measures, in one run, per backend (TensorFlow, JAX, PyTorch: each installed one, each in its own
+interpreter since Keras fixes its backend at import), the mean step time of `fit` epochs after
+a warm-up epoch (`UpdatePruningStep` and its scheduled mask updates, every 100 steps, included),
+median over rounds that alternate unwrapped and pruned, for:
 
-and, when a tfmot environment is given (bench/setup_tfmot_env.sh), tfmot 0.8.1's ratio on the
-same models in that environment.
+- digits: the digits MLP 64-512-512-10 at batch 32, target simd-4x1, blocks (4, 1);
+- mlp1024: 1024 -> 1024 -> 1024 -> 10 at batch 64, target simd-4x1, blocks (4, 1);
+- mobilenetv2 (weights=None, 224x224) at batch 8, target dsp-1x8, its 1x1 convolutions in (1, 8);
+
+and, when a tfmot environment is given (bench/setup_tfmot_env.sh), tfmot 0.8.1 on the same
+models, timed the same way (bench/tfmot_train_step.py).
 
 Usage:
-    python bench/train_step.py [--quick] [--tfmot-python PATH] [--out bench/results]
+    python bench/train_step.py [--quick] [--backends tensorflow,jax,torch] [--tfmot-python PATH] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -25,101 +32,133 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-from _timing import results_dir, synthetic, time_fit  # noqa: E402
-from blockprune._atomic import write_text_atomic  # noqa: E402
-
 HERE = Path(__file__).resolve().parent
+BACKENDS = ("tensorflow", "jax", "torch")
 
-# model name -> (target, batch size, steps per round)
+# model name -> (target, batch size, steps per epoch)
 CASES = {
+    "digits": ("simd-4x1", 32, 160),
     "mlp1024": ("simd-4x1", 64, 120),
     "mobilenetv2": ("dsp-1x8", 8, 12),
 }
 
 
-def build(name):
+def build(keras, name):
     keras.utils.set_random_seed(0)
-    if name == "mlp1024":
-        inputs = keras.Input((1024,))
-        x = keras.layers.Dense(1024, activation="relu", name="hidden_1")(inputs)
-        x = keras.layers.Dense(1024, activation="relu", name="hidden_2")(x)
-        return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x), name="mlp1024")
+    if name in ("digits", "mlp1024"):
+        n_in, width = (64, 512) if name == "digits" else (1024, 1024)
+        inputs = keras.Input((n_in,))
+        x = keras.layers.Dense(width, activation="relu", name="hidden_1")(inputs)
+        x = keras.layers.Dense(width, activation="relu", name="hidden_2")(x)
+        return keras.Model(inputs, keras.layers.Dense(10, name="logits")(x), name=name)
     return keras.applications.MobileNetV2(weights=None, classes=10, classifier_activation=None)
 
 
-def measure(name, rounds):
+def measure(name, rounds, epochs):
+    """One case on this process's backend."""
+    import keras
+
     import blockprune
+    from _timing import synthetic, time_epochs
+    from blockprune.pruning.callbacks import collect_wrappers
 
     target, batch, steps = CASES[name]
     x, y = synthetic(name, batch, steps)
-    dense_model = build(name)
-    plan = blockprune.plan(dense_model, target, sparsity=0.9)
-    schedule = blockprune.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=1000, frequency=100)
-    dense_medians, pruned_medians, dense_means, pruned_means = [], [], [], []
+    plan = blockprune.plan(build(keras, name), target, sparsity=0.9)
+    schedule = blockprune.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=100 * steps, frequency=100)
+    dense_rounds, pruned_rounds = [], []
     for _ in range(rounds):  # alternate, so drifts in machine load hit both alike
-        dense_times = time_fit(keras, build(name), x, y, batch, [])
-        dense_medians.append(statistics.median(dense_times))
-        dense_means.append(statistics.mean(dense_times))
-        pruned = blockprune.prune(build(name), plan, schedule)
-        pruned_times = time_fit(keras, pruned, x, y, batch, [blockprune.UpdatePruningStep()])
-        pruned_medians.append(statistics.median(pruned_times))
-        pruned_means.append(statistics.mean(pruned_times))
-    # One scheduled mask update of every wrapper (it runs every `frequency` = 100 steps).
-    from blockprune.pruning.callbacks import collect_wrappers
-
+        dense_rounds.append(statistics.median(time_epochs(keras, build(keras, name), x, y, batch, [], epochs)))
+        pruned = blockprune.prune(build(keras, name), plan, schedule)
+        pruned_rounds.append(statistics.median(time_epochs(keras, pruned, x, y, batch,
+                                                           [blockprune.UpdatePruningStep()], epochs)))
+    # One scheduled mask update of every wrapper, timed alone (it is inside the epochs above too).
     t0 = time.perf_counter()
     for wrapper in collect_wrappers(pruned):
-        wrapper.update_masks(100)
+        wrapper.update_masks(100, pruned.optimizer)
     update_ms = (time.perf_counter() - t0) * 1e3
-    dense, sparse = statistics.median(dense_medians), statistics.median(pruned_medians)
+    dense, sparse = statistics.median(dense_rounds), statistics.median(pruned_rounds)
     return {
-        "model": name, "target": target, "batch": batch, "steps_per_round": steps, "rounds": rounds,
-        "pruned_weights": len(plan.pruned_layers),
+        "model": name, "target": target, "batch": batch, "steps_per_epoch": steps, "rounds": rounds,
+        "epochs_per_round": epochs, "pruned_weights": len(plan.pruned_layers),
         "dense_step_ms": dense * 1e3, "pruned_step_ms": sparse * 1e3, "ratio": sparse / dense,
-        "mean_ratio": statistics.median(pruned_means) / statistics.median(dense_means),
         "mask_update_ms": update_ms,
-        "ratio_with_updates": (sparse + update_ms / 1e3 / schedule.frequency) / dense,
-        "dense_round_medians_ms": [t * 1e3 for t in dense_medians],
-        "pruned_round_medians_ms": [t * 1e3 for t in pruned_medians],
+        "dense_round_ms": [t * 1e3 for t in dense_rounds], "pruned_round_ms": [t * 1e3 for t in pruned_rounds],
     }
 
 
-def run_tfmot(python, quick):
-    script = HERE / "tfmot_train_step.py"
-    cmd = [python, str(script), "--json"] + (["--quick"] if quick else [])
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+def worker(args) -> None:
+    """Runs every case on this interpreter's backend and prints one JSON line."""
+    import keras
+
+    rounds, epochs = (1, 2) if args.quick else (5, 3)
+    results = []
+    for name in CASES:
+        print(f"  {keras.backend.backend()}: {name} ...", file=sys.stderr, flush=True)
+        results.append(measure(name, rounds, epochs))
+    print(json.dumps({"backend": keras.backend.backend(), "version": _version(keras.backend.backend()),
+                      "results": results}))
+
+
+def _version(backend):
+    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend]
+    return __import__(module).__version__
+
+
+def _run(cmd, env) -> dict:
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=7200)
     if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+        lines = done.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit {done.returncode}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def run_backend(backend, quick) -> dict:
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return _run([sys.executable, __file__, "--worker"] + (["--quick"] if quick else []), env)
+
+
+def run_tfmot(python, quick) -> dict:
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    return _run([python, str(HERE / "tfmot_train_step.py"), "--json"] + (["--quick"] if quick else []), env)
+
+
 def machine():
-    import tensorflow as tf
+    import keras
 
     return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "tensorflow": tf.__version__, "keras": keras.__version__}
+            "keras": keras.__version__}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one round instead of three")
+    parser.add_argument("--quick", action="store_true", help="one round of two epochs instead of five of three")
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help="comma-separated Keras backends (default: every one installed)")
     parser.add_argument("--tfmot-python", help="python of a tfmot environment (bench/setup_tfmot_env.sh)")
     parser.add_argument("--out", help="results folder (default: bench/results; with --quick, a temporary folder)")
     parser.add_argument("--report-only", action="store_true", help="re-render train_step.md from train_step.json")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    sys.path.insert(0, str(HERE))
+    if args.worker:
+        worker(args)
+        return
+    from _timing import results_dir
+
+    from blockprune._atomic import write_text_atomic
+
     args.out = results_dir(args.out, args.quick and not args.report_only, HERE / "results")
     if args.report_only:
         write_report(json.loads((Path(args.out) / "train_step.json").read_text()), Path(args.out))
         return
-    rounds = 1 if args.quick else 3
-    results = {"machine": machine(), "blockprune": [], "tfmot": None}
-    for name in CASES:
-        print(f"measuring {name} ...", file=sys.stderr, flush=True)
-        results["blockprune"].append(measure(name, rounds))
+    results = {"machine": machine(), "backends": [], "tfmot": None}
+    for backend in args.backends.split(","):
+        if importlib.util.find_spec(backend) is None:
+            print(f"skipping {backend}: not installed", file=sys.stderr)
+            continue
+        print(f"measuring on {backend} ...", file=sys.stderr, flush=True)
+        results["backends"].append({"backend": backend, **run_backend(backend, args.quick)})
     if args.tfmot_python:
         print("measuring tfmot ...", file=sys.stderr, flush=True)
         results["tfmot"] = run_tfmot(args.tfmot_python, args.quick)
@@ -130,26 +169,49 @@ def main(argv=None):
 
 
 def write_report(results, out: Path) -> None:
-    lines = ["# Training step time: pruned vs unwrapped", "",
-             f"Machine: {results['machine']['platform']}, {results['machine']['cpus']} CPUs, "
-             f"TensorFlow {results['machine']['tensorflow']}, Keras {results['machine']['keras']}.",
-             "Median over rounds of the median (and mean) time of one `fit` step, the pruning callback "
-             "included, 3 warm-up steps dropped; a scheduled mask update (every 100 steps) is timed "
-             "separately and amortized in the last column. Goal: ratio <= 1.15.", "",
-             "| tool | model | target / blocks | batch | dense ms/step | pruned ms/step | ratio (median) "
-             "| ratio (mean) | mask update ms | ratio, updates amortized |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results["blockprune"]:
-        lines.append(f"| blockprune | {r['model']} | {r['target']} | {r['batch']} | {r['dense_step_ms']:.2f} | "
-                     f"{r['pruned_step_ms']:.2f} | {r['ratio']:.3f} | {r['mean_ratio']:.3f} | "
-                     f"{r['mask_update_ms']:.1f} | {r['ratio_with_updates']:.3f} |")
+    from blockprune._atomic import write_text_atomic
+
+    m = results["machine"]
+    lines = ["# Training step time: pruned vs unwrapped, per Keras backend, beside tfmot", "",
+             f"Machine: {m['platform']}, {m['cpus']} CPUs, Keras {m['keras']}.",
+             "Mean step time of `fit` epochs after a warm-up epoch (the pruning callback and its mask "
+             "updates, every 100 steps, included), median over rounds alternating unwrapped and pruned. "
+             "Goals: ratio <= 1.10 on every backend; the fastest backend's pruned digits step at or below "
+             "tfmot's.", "",
+             "| tool | backend | model | target | batch | unwrapped ms/step | pruned ms/step | ratio "
+             "| one mask update, ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    pruned_digits = {}
+    for b in results["backends"]:
+        if "error" in b:
+            lines.append(f"| blockprune | {b['backend']} | failed: {b['error']} | | | | | | |")
+            continue
+        for r in b["results"]:
+            lines.append(f"| blockprune | {b['backend']} {b['version']} | {r['model']} | {r['target']} | "
+                         f"{r['batch']} | {r['dense_step_ms']:.3f} | {r['pruned_step_ms']:.3f} | "
+                         f"{r['ratio']:.3f} | {r['mask_update_ms']:.1f} |")
+            if r["model"] == "digits":
+                pruned_digits[b["backend"]] = r["pruned_step_ms"]
     tf_res = results["tfmot"]
+    tfmot_digits = None
     if tf_res and "error" not in tf_res:
         for r in tf_res["results"]:
-            lines.append(f"| tfmot {tf_res['version']} | {r['model']} | {r['blocks']} | {r['batch']} | "
-                         f"{r['dense_step_ms']:.2f} | {r['pruned_step_ms']:.2f} | {r['ratio']:.3f} | {r['mean_ratio']:.3f} | - | - |")
+            lines.append(f"| tfmot {tf_res['version']} | tf_keras | {r['model']} | {r['blocks']} | {r['batch']} | "
+                         f"{r['dense_step_ms']:.3f} | {r['pruned_step_ms']:.3f} | {r['ratio']:.3f} | - |")
+            if r["model"] == "digits":
+                tfmot_digits = r["pruned_step_ms"]
     elif tf_res:
         lines.append(f"\ntfmot could not be measured: {tf_res['error']}")
+    ratios = [r["ratio"] for b in results["backends"] if "error" not in b for r in b["results"]]
+    if ratios:
+        lines += ["", f"Wrapper overhead: best {min(ratios):.3f}x, worst {max(ratios):.3f}x over every backend "
+                      "and model."]
+    if pruned_digits:
+        fastest = min(pruned_digits, key=pruned_digits.get)
+        line = f"Fastest backend for the pruned digits MLP: {fastest}, {pruned_digits[fastest]:.3f} ms per step"
+        if tfmot_digits:
+            line += f"; tfmot {tfmot_digits:.3f} ms ({pruned_digits[fastest] / tfmot_digits:.2f}x tfmot's time)"
+        lines.append(line + ".")
     write_text_atomic(out / "train_step.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -65,22 +65,29 @@ def _blocks(w: np.ndarray, block_shape) -> np.ndarray:
     return w.reshape(w.shape[0] // bh, bh, w.shape[1] // bw, bw)
 
 
-def _keep_first(scores: np.ndarray, n_keep: int, axis: int = 0) -> np.ndarray:
-    """Boolean mask of the ``n_keep`` highest scores along ``axis``; equal scores: first wins.
+def _keep_first(scores: np.ndarray, n_keep: int) -> np.ndarray:
+    """Boolean mask of the ``n_keep`` highest of the 1-D, non-negative ``scores``; equal scores:
+    first wins (the result of a stable sort of the negated scores).
 
-    Linear time (a partition finds the ``n_keep``-th highest score; ties at it are taken in
-    index order), the same result as a stable sort of the negated scores.
+    Linear time: a partition finds the ``n_keep``-th highest score and ties at it are taken in
+    index order. Blocks pruned earlier all score 0, and a partition slows down on so many equal
+    values, so only the positive scores are partitioned.
     """
-    n = scores.shape[axis]
+    n = scores.shape[0]
     if n_keep <= 0:
-        return np.zeros(scores.shape, dtype=bool)
+        return np.zeros(n, dtype=bool)
     if n_keep >= n:
-        return np.ones(scores.shape, dtype=bool)
-    cut = np.take(np.partition(scores, n - n_keep, axis=axis), [n - n_keep], axis=axis)
+        return np.ones(n, dtype=bool)
+    positive = scores > 0
+    n_positive = int(positive.sum())
+    if n_keep <= n_positive:
+        values = scores[positive]
+        cut = np.partition(values, n_positive - n_keep)[n_positive - n_keep]
+    else:
+        cut = 0.0
     above = scores > cut
-    room = n_keep - above.sum(axis=axis, keepdims=True)  # how many scores equal to the cut are kept
     tied = scores == cut
-    return above | (tied & (np.cumsum(tied, axis=axis) <= room))
+    return above | (tied & (np.cumsum(tied) <= n_keep - int(above.sum())))
 
 
 def kept_block_grid(scores: np.ndarray, sparsity: float, balanced: bool = False) -> np.ndarray:
@@ -99,7 +106,7 @@ def kept_block_grid(scores: np.ndarray, sparsity: float, balanced: bool = False)
     n_rows, n_cols = scores.shape
     if balanced:
         n_keep = n_rows - int(round(sparsity * n_rows))
-        return _keep_first(scores, n_keep, axis=0)
+        return np.stack([_keep_first(scores[:, j], n_keep) for j in range(n_cols)], axis=1)
     n_keep = scores.size - int(round(sparsity * scores.size))
     return _keep_first(scores.reshape(-1), n_keep).reshape(scores.shape)
 

@@ -278,13 +278,16 @@ def test_pruning_summaries_write_sparsity_scalars(tmp_path):
 
     model, x, y = _model("dense")
     pruned = _compile(prune_low_magnitude(model, ConstantSparsity(0.5, 0), block_size=(4, 1)))
-    pruned.fit(x, y, batch_size=16, epochs=2, verbose=0,
-               callbacks=[UpdatePruningStep(), blockprune.PruningSummaries(str(tmp_path))])
-    values = {}
+    pruned.fit(x, y, batch_size=16, epochs=2, verbose=0,  # 4 steps per epoch
+               callbacks=[UpdatePruningStep(), blockprune.PruningSummaries(str(tmp_path), update_freq=2)])
+    values, steps = {}, {}
     for event_file in tmp_path.rglob("events.out.tfevents.*"):
         for event in tf.compat.v1.train.summary_iterator(str(event_file)):
             for v in event.summary.value:
                 values.setdefault(v.tag, []).append(float(tf.make_ndarray(v.tensor)))
+                steps.setdefault(v.tag, []).append(event.step)
+    # every 2 batches and at each epoch's end, at the step just run
+    assert steps["pruning/target/kernel/sparsity"] == [1, 3, 3, 5, 7, 7]
     assert values["pruning/target/kernel/sparsity"][-1] == pytest.approx(0.5)
     assert values["pruning/target/kernel/threshold"][-1] > 0
     assert "pruning/head/kernel/sparsity" in values

@@ -23,9 +23,10 @@ class UpdatePruningStep(keras.callbacks.Callback):
 
     Required when training a pruned model (as in tfmot). Training resumes from the step
     stored in the wrappers, so a reloaded model continues its schedule where it stopped.
-    The wrappers count steps themselves, inside the train step; this callback touches the
-    model only before a step whose schedule updates a mask (on JAX, that is when the model's
-    state is attached to its variables), and at the end of every epoch.
+    The callback counts steps in Python and touches the model only before a step whose
+    schedule updates a mask (on JAX, that is when the model's state is attached to its
+    variables) and at the end of every epoch, when it stores the step in the wrappers; a
+    checkpoint taken in the middle of an epoch holds the step of the last of those.
 
     Example:
         >>> model.fit(x, y, epochs=2, callbacks=[UpdatePruningStep()])  # doctest: +SKIP
@@ -83,12 +84,10 @@ class UpdatePruningStep(keras.callbacks.Callback):
             w.step_callback_active = False
 
     def _settle(self):
-        """Sets every wrapper's counter to the last step run (a layer called twice per step
-        counts twice in the graph; this callback's count is the one that holds)."""
+        """Stores the last step run in every wrapper."""
         self.model  # noqa: B018  (on JAX, attaches the training state to the variables)
         for w in self.wrappers:
-            if int(keras.ops.convert_to_numpy(w.pruning_step)) != self.step - 1:
-                w.pruning_step.assign(self.step - 1)
+            w.pruning_step.assign(self.step - 1)
 
 
 def _scalar(tf, tag: str, value: float, step: int) -> None:
@@ -131,13 +130,17 @@ class PruningSummaries(keras.callbacks.Callback):
         import tensorflow as tf
 
         self._writer = tf.summary.create_file_writer(self.log_dir)
+        wrappers = collect_wrappers(self.model)
+        saved = int(keras.ops.convert_to_numpy(wrappers[0].pruning_step)) if wrappers else -1
+        self._first_step = max(saved + 1, 0)  # the step of this run's first batch
+        self._batches = 0
 
     def _write(self):
         import tensorflow as tf
 
         with self._writer.as_default():
+            step = self._first_step + max(self._batches - 1, 0)  # the last step run
             for wrapper in collect_wrappers(self.model):
-                step = max(int(keras.ops.convert_to_numpy(wrapper.pruning_step)), 0)
                 for t in wrapper.targets:
                     tag = f"pruning/{wrapper.layer.name}/{t['name']}"
                     value = keras.ops.convert_to_numpy(t["variable"])

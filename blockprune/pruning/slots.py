@@ -1,4 +1,4 @@
-"""An optimizer's per-weight slots, and the one Keras internal the wrapper needs.
+"""An optimizer's per-weight slots, and the two Keras internals the wrapper needs.
 
 Keras 3 optimizers create a weight's slots (Adam's momentum and velocity, SGD's momentum,
 gradient accumulators, EMA copies) with ``add_variable_from_reference``, which names each
@@ -8,10 +8,12 @@ link from a weight to its slots that every optimizer shares.
 
 from __future__ import annotations
 
-# Keras exports StatelessScope but not the accessor of the active scope.
+# Keras exports StatelessScope but not the accessor of the active scope, nor its test for
+# symbolic (KerasTensor) arguments.
+from keras.src.backend import any_symbolic_tensors
 from keras.src.backend.common.stateless_scope import get_stateless_scope
 
-__all__ = ["optimizer_slots", "get_stateless_scope"]
+__all__ = ["optimizer_slots", "get_stateless_scope", "any_symbolic_tensors"]
 
 
 def optimizer_slots(optimizer, variable) -> list:

@@ -1,16 +1,16 @@
 """``PruneLowMagnitude``: a Keras 3 wrapper that trains a layer with block masks.
 
 The wrapper owns, as non-trainable weights created in ``build``, one mask per pruned weight
-(the kernel's shape), one threshold per pruned weight, and a step counter. It works the same
-way on the TensorFlow, JAX and PyTorch backends, because everything it does during a train
-step is part of the layer's forward pass:
+(the kernel's shape), one threshold per pruned weight, and a step counter (written by the
+callback at each mask update and at the end of each epoch). It works the same way on the
+TensorFlow, JAX and PyTorch backends, because all it does during a train step is part of the
+layer's forward and backward pass:
 
 - ``call`` runs the wrapped layer on its pruned weights through an identity whose gradient
   is multiplied by the mask (``keras.ops.custom_gradient``, substituted for the variable in
-  a ``keras.StatelessScope``, so any layer works unchanged): pruned weights get a zero
-  gradient, and the forward pass costs nothing extra;
-- in training, ``call`` adds one to the step counter (a state update that every backend's
-  trainer carries, JAX's stateless one included).
+  a ``keras.StatelessScope``, so any layer works unchanged; on PyTorch, a gradient hook on
+  the parameter does the same): pruned weights get a zero gradient, and the forward pass
+  costs nothing extra.
 
 Between train steps, when the schedule says so, ``update_masks(step)`` (called by the
 ``UpdatePruningStep`` callback) recomputes each mask from the current weights, multiplies the
@@ -33,7 +33,7 @@ from ..kerasgraph import call_takes_training
 from ..masks import POOLING_TYPES, block_scores, grid_mask, kept_block_grid
 from ..modelwalk import layer_sites
 from ..views import WeightView
-from .slots import get_stateless_scope, optimizer_slots
+from .slots import any_symbolic_tensors, get_stateless_scope, optimizer_slots
 from .schedules import ConstantSparsity, PruningSchedule
 
 __all__ = ["PruneLowMagnitude"]
@@ -128,6 +128,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             for k, v in dict(prune_weights).items()
         }
         self._targets: list[_Target] = []
+        self._gradient_hooks = None
         #: Set by ``UpdatePruningStep`` while it drives training; training without it is an error.
         self.step_callback_active = False
 
@@ -174,6 +175,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             threshold = self.add_weight(name=f"{_slug(name)}_threshold", shape=(), dtype="float32",
                                         initializer="zeros", trainable=False, aggregation="only_first_replica")
             self._targets.append(_Target(name, site.variable, view, block, schedule, mask, threshold))
+        self._hook_gradients()
         self.built = True
 
     # ------------------------------------------------------------------ pruning
@@ -226,23 +228,41 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     # ------------------------------------------------------------------ call
 
+    def __call__(self, *args, **kwargs):
+        # On PyTorch, eager, a call needs no work of the wrapper's own (hooks mask the
+        # gradients), so it skips the Keras layer machinery a second time around the layer.
+        if (self._gradient_hooks is not None and not any_symbolic_tensors(args, kwargs)
+                and (self.step_callback_active or not kwargs.get("training"))):
+            return self.layer(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
     def call(self, inputs, *args, training=None, **kwargs):
         if training and not self.step_callback_active:
             raise ValueError(f"Layer '{self.name}': training a pruned model needs the UpdatePruningStep "
                              "callback, e.g. model.fit(x, y, callbacks=[blockprune.UpdatePruningStep()])")
         if call_takes_training(self.layer):
             kwargs["training"] = training
-        if training:
-            self.pruning_step.assign(self.pruning_step + 1)
+        if self._gradient_hooks is not None:  # PyTorch: the gradients are masked by hooks
+            return self.layer(inputs, *args, **kwargs)
         return self._call_masked(inputs, *args, **kwargs)
+
+    def _hook_gradients(self):
+        """On PyTorch, masks each pruned weight's gradient with a hook on its parameter (in
+        place of ``_call_masked``, whose per-call Python work costs more in eager mode)."""
+        self._gradient_hooks = None
+        if keras.backend.backend() != "torch":
+            return
+        self._gradient_hooks = [t.variable.value.register_hook(lambda g, mask=t.mask: g * mask.value)
+                                for t in self._targets]
 
     def _call_masked(self, *args, **kwargs):
         """Calls the wrapped layer with every pruned weight's gradient multiplied by its mask.
 
-        The weights (``_masked_gradient`` of them) replace the variables inside a ``StatelessScope`` that also carries
-        the current value of every other variable of the layer (and of an enclosing scope, as
-        in JAX's stateless train step). State the layer updates (seed generators, a stateful
-        RNN's states) and losses it adds are handed on to the enclosing context.
+        The weights (``_masked_gradient`` of them) replace the variables inside a
+        ``StatelessScope`` that also carries the current value of every other variable of the
+        layer (and of an enclosing scope, as in JAX's stateless train step). State the layer
+        updates (seed generators, a stateful RNN's states) and losses it adds are handed on
+        to the enclosing context.
         """
         masked = {id(t.variable): _masked_gradient(t.variable.value, keras.ops.cast(t.mask.value, t.variable.dtype))
                   for t in self._targets}
