@@ -2,7 +2,8 @@
 
 Keras 3 has no public API for some facts blockprune needs: a layer's direct sublayers, which
 variables a layer owns itself, the shapes a layer was built with, whether a layer's ``call``
-takes ``training``, and whether a model is functional. Each is read here, behind a public
+takes ``training``, whether a model is functional, the active ``StatelessScope``, whether
+arguments are symbolic, and which optimizer variables are a weight's slots. Each is read here, behind a public
 function, so a Keras upgrade that moves one of them breaks one module. Model surgery (an
 independent copy; a clone with some layers replaced) lives here too, for pruning, stripping
 and lowering alike.
@@ -11,8 +12,10 @@ and lowering alike.
 from __future__ import annotations
 
 import keras
+from keras.src.backend import any_symbolic_tensors
+from keras.src.backend.common.stateless_scope import get_stateless_scope
 
-__all__ = ["is_functional", "sublayers", "replace_sublayer", "sole_consumer", "input_readers", "self_attention_input", "own_variables",
+__all__ = ["any_symbolic_tensors", "get_stateless_scope", "optimizer_slots", "is_functional", "sublayers", "replace_sublayer", "sole_consumer", "input_readers", "self_attention_input", "own_variables",
            "owns", "build_shapes", "call_takes_training", "copy_model", "layer_paths", "rewrap", "recurrent_loops",
            "with_fixed_batch"]
 
@@ -169,3 +172,18 @@ def with_fixed_batch(model, batch: int):
               for t in model.inputs]
     outputs = model(inputs if len(inputs) > 1 else inputs[0])
     return keras.Model(inputs, outputs, name=model.name)
+
+
+def optimizer_slots(optimizer, variable) -> list:
+    """The variables of ``optimizer`` that hold per-element state of ``variable`` (Adam's
+    momentum and velocity, SGD's momentum, accumulators, EMA copies).
+
+    Keras 3 optimizers create them with ``add_variable_from_reference``, which names each
+    ``<weight path with '/' as '_'>_<slot>`` and gives it the weight's shape: the only link
+    from a weight to its slots that every optimizer shares.
+    """
+    if optimizer is None:
+        return []
+    prefix = variable.path.replace("/", "_") + "_"
+    shape = tuple(variable.shape)
+    return [v for v in optimizer.variables if v.name.startswith(prefix) and tuple(v.shape) == shape]

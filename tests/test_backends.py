@@ -112,6 +112,21 @@ def test_conversion_on_another_backend_says_how_to_run_it(runs, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@_needs("jax")
+def test_the_prune_command_runs_on_jax(init_model, tmp_path):
+    out = tmp_path / "sparse.keras"
+    done = subprocess.run([sys.executable, "-m", "blockprune.cli", "prune", str(init_model), "-t", "cpu-wide",
+                           "--epochs", "2", "-o", str(out)], env=_env("jax"), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import keras
+
+    import blockprune
+
+    plan = blockprune.SparsityPlan.load(tmp_path / "sparse.plan.json")
+    assert blockprune.verify(keras.models.load_model(out), plan).ok  # loads on TensorFlow, exact blocks
+
+
 @pytest.mark.torch
 @_needs("torch")
 def test_torch_prunes_like_tensorflow(runs, init_model, tmp_path):

@@ -153,7 +153,7 @@ class _EpochCheckpoint(keras.callbacks.Callback):
 def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: int = 32,
              learning_rate: float = 1e-3, checkpoint: str | os.PathLike | None = None, resume: bool = False,
              verbose: int = 1, callbacks: list | None = None, permute: bool = True,
-             distill: Distillation | None = None) -> FinetuneResult:
+             distill: Distillation | None = None, shuffle: bool = True) -> FinetuneResult:
     """Prunes ``model`` to ``plan`` while fine-tuning on ``data``, then strips and verifies it.
 
     Sparsity rises on a cubic ``PolynomialDecay`` to each layer's planned sparsity over the
@@ -175,6 +175,8 @@ def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: 
             where that keeps more weight magnitude (``blockprune.permute``); the model computes the
             same function, and the export is as fast.
         distill: learn from the dense model's outputs as well as the labels (classification).
+        shuffle: shuffle the training data every epoch (with the Keras backend's own random
+            generator, so TensorFlow, JAX and PyTorch see different orders for one seed).
 
     Returns:
         A ``FinetuneResult``.
@@ -219,7 +221,7 @@ def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: 
     callbacks = [UpdatePruningStep()] + ([_EpochCheckpoint(checkpoint)] if checkpoint else []) + list(callbacks or [])
     if initial_epoch < epochs:
         pruned.fit(data.x_train, y_train, batch_size=batch_size, epochs=epochs, initial_epoch=initial_epoch,
-                   shuffle=True, verbose=verbose, callbacks=callbacks)
+                   shuffle=shuffle, verbose=verbose, callbacks=callbacks)
     stripped = strip_pruning(pruned)
     return FinetuneResult(stripped, plan, verify(stripped, plan), dense_metrics, evaluate(stripped, data),
                           epochs - initial_epoch, permutations, distill)

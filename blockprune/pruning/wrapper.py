@@ -29,11 +29,10 @@ import re
 import keras
 
 from ..checks import check_block_shape, check_blocks_fit
-from ..kerasgraph import call_takes_training
+from ..kerasgraph import any_symbolic_tensors, call_takes_training, get_stateless_scope, optimizer_slots
 from ..masks import POOLING_TYPES, block_scores, grid_mask, kept_block_grid
 from ..modelwalk import layer_sites
 from ..views import WeightView
-from .slots import any_symbolic_tensors, get_stateless_scope, optimizer_slots
 from .schedules import ConstantSparsity, PruningSchedule
 
 __all__ = ["PruneLowMagnitude"]
