@@ -24,7 +24,9 @@ EPOCHS = 6
 
 
 def _env(backend: str, **extra) -> dict:
-    return {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+    """The environment of a worker interpreter on ``backend`` (this folder importable)."""
+    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": path, **extra}
 
 
 def _needs(module: str):
@@ -138,17 +140,13 @@ def test_torch_prunes_like_tensorflow(runs, init_model, tmp_path):
 
 DATA_PARALLEL = textwrap.dedent("""
     import keras, numpy as np, blockprune
+    from toy_pruning import pruned_toy_model, toy_data
     devices = keras.distribution.list_devices("cpu")
     assert len(devices) == 2, devices
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-    inputs = keras.Input((32,))
-    x = keras.layers.Dense(64, activation="relu", name="h")(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(4, name="out")(x))
-    plan = blockprune.plan(model, "cpu-wide", sparsity=0.75, overrides={"h": "block=1x16", "out": "skip"})
-    pruned = blockprune.prune(model, plan, blockprune.PolynomialDecay(0.0, 0.75, 0, 8, frequency=2))
+    pruned, plan = pruned_toy_model()
     pruned.compile(keras.optimizers.Adam(0.01), "mse")
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(128, 32)).astype("float32"), rng.normal(size=(128, 4)).astype("float32")
+    x, y = toy_data()
     pruned.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[blockprune.UpdatePruningStep()])
     wrapper = pruned.get_layer("prune_low_magnitude_h")
     assert int(wrapper.pruning_step.numpy()) == 15, int(wrapper.pruning_step.numpy())
@@ -178,18 +176,14 @@ MULTI_WORKER = textwrap.dedent("""
     os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
                                           "task": {"type": "worker", "index": index}})
     import tensorflow as tf, keras, numpy as np, blockprune
+    from toy_pruning import pruned_toy_model, toy_data
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        inputs = keras.Input((32,))
-        x = keras.layers.Dense(64, activation="relu", name="h")(inputs)
-        model = keras.Model(inputs, keras.layers.Dense(4, name="out")(x))
-        plan = blockprune.plan(model, "cpu-wide", sparsity=0.75, overrides={"h": "block=1x16", "out": "skip"})
-        pruned = blockprune.prune(model, plan, blockprune.PolynomialDecay(0.0, 0.75, 0, 8, frequency=2))
+        pruned, plan = pruned_toy_model()
         optimizer = keras.optimizers.Adam(0.01)
         optimizer.build(pruned.trainable_variables)
-    rng = np.random.default_rng(index)  # each worker its own data
-    x, y = rng.normal(size=(128, 32)).astype("float32"), rng.normal(size=(128, 4)).astype("float32")
+    x, y = toy_data(index)  # each worker its own data
     batches = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices((x, y)).batch(8)))
 
     @tf.function

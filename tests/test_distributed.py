@@ -4,9 +4,11 @@ Logical devices must be configured before TensorFlow initializes its runtime, so
 runs in a fresh interpreter.
 """
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 SCRIPT = textwrap.dedent("""
     import os
@@ -18,18 +20,14 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     import blockprune
     from blockprune.masks import block_structure
+    from toy_pruning import pruned_toy_model, toy_data
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
-        inputs = keras.Input((32,))
-        x = keras.layers.Dense(64, activation="relu", name="h")(inputs)
-        model = keras.Model(inputs, keras.layers.Dense(4, name="out")(x))
-        plan = blockprune.plan(model, "cpu-wide", sparsity=0.75, overrides={"h": "block=1x16", "out": "skip"})
-        pruned = blockprune.prune(model, plan, blockprune.PolynomialDecay(0.0, 0.75, 0, 8, frequency=2))
+        pruned, plan = pruned_toy_model()
         pruned.compile(keras.optimizers.Adam(0.01), "mse")
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(128, 32)).astype("float32"), rng.normal(size=(128, 4)).astype("float32")
+    x, y = toy_data()
     pruned.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[blockprune.UpdatePruningStep()])
     report = blockprune.verify(pruned, plan)
     assert report.ok, report.summary()
@@ -44,6 +42,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_mirrored_strategy_two_cpus():
-    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "MIRRORED-OK 0.75" in done.stdout
