@@ -27,15 +27,6 @@ def step_timer(keras):
     return StepTimer()
 
 
-def time_fit(keras, model, x, y, batch, callbacks, warmup=3):
-    """Per-step times of one epoch of ``fit`` (the timer runs first, so it sees the other
-    callbacks' per-batch work), without the first ``warmup`` steps."""
-    timer = step_timer(keras)
-    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[timer, *callbacks])
-    return timer.times[warmup:]
-
-
 def epoch_timer(keras):
     """A callback that records each epoch's wall time (Keras waits for the epoch's last step
     before ``on_epoch_end`` on every backend, so asynchronous dispatch cannot hide work)."""
