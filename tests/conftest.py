@@ -11,6 +11,13 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def worker_env(backend: str = "tensorflow", **extra) -> dict:
+    """The environment of a test's worker interpreter: Keras on ``backend``, TensorFlow quiet,
+    and this folder importable (its helper modules, e.g. ``toy_pruning``)."""
+    path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": path, **extra}
+
+
 def pytest_collection_modifyitems(config, items):
     """Skips tests marked ``tensorflow`` (they convert models) on another Keras backend: CI runs
     the pruning tests again with KERAS_BACKEND=jax."""

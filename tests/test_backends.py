@@ -8,7 +8,6 @@ PyTorch tests are marked ``torch`` and skipped where torch is not installed.
 
 import importlib.util
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -17,16 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import worker_env
 
 HERE = Path(__file__).resolve().parent
 JOB = HERE / "backend_job.py"
 EPOCHS = 6
-
-
-def _env(backend: str, **extra) -> dict:
-    """The environment of a worker interpreter on ``backend`` (this folder importable)."""
-    path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": path, **extra}
 
 
 def _needs(module: str):
@@ -36,7 +30,7 @@ def _needs(module: str):
 def _start(backend, init, out, target="simd-4x1"):
     out.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([sys.executable, str(JOB), str(init), str(out), target, str(EPOCHS)],
-                            env=_env(backend), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=worker_env(backend), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _finish(proc, out: Path) -> dict:
@@ -107,7 +101,7 @@ def test_a_model_pruned_on_jax_exports_under_tensorflow(runs, tmp_path):
 def test_conversion_on_another_backend_says_how_to_run_it(runs, tmp_path):
     pruned = runs["jax"]["dir"] / "pruned.keras"
     done = subprocess.run([sys.executable, "-m", "blockprune.cli", "export", str(pruned), "-o", str(tmp_path / "o")],
-                          env=_env("jax"), capture_output=True, text=True, timeout=300)
+                          env=worker_env("jax"), capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "KERAS_BACKEND=tensorflow" in lines[0] and "'jax'" in lines[0], done.stderr
@@ -118,7 +112,7 @@ def test_conversion_on_another_backend_says_how_to_run_it(runs, tmp_path):
 def test_the_prune_command_runs_on_jax(init_model, tmp_path):
     out = tmp_path / "sparse.keras"
     done = subprocess.run([sys.executable, "-m", "blockprune.cli", "prune", str(init_model), "-t", "cpu-wide",
-                           "--epochs", "2", "-o", str(out)], env=_env("jax"), capture_output=True, text=True,
+                           "--epochs", "2", "-o", str(out)], env=worker_env("jax"), capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     import keras
@@ -161,7 +155,7 @@ DATA_PARALLEL = textwrap.dedent("""
 
 @_needs("jax")
 def test_jax_data_parallel_on_two_devices():
-    env = _env("jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = worker_env("jax", XLA_FLAGS="--xla_force_host_platform_device_count=2")
     done = subprocess.run([sys.executable, "-c", DATA_PARALLEL], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "DATA-PARALLEL-OK 0.75" in done.stdout
@@ -217,7 +211,7 @@ def _free_port() -> int:
 def test_tensorflow_multi_worker_with_two_workers(tmp_path):
     ports = f"{_free_port()},{_free_port()}"
     procs = [subprocess.Popen([sys.executable, "-c", MULTI_WORKER, str(i), ports, str(tmp_path / f"w{i}.npz")],
-                              env=_env("tensorflow"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=worker_env("tensorflow"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     for proc in procs:
         _, stderr = proc.communicate(timeout=300)

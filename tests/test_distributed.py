@@ -4,11 +4,11 @@ Logical devices must be configured before TensorFlow initializes its runtime, so
 runs in a fresh interpreter.
 """
 
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
+
+from conftest import worker_env
 
 SCRIPT = textwrap.dedent("""
     import os
@@ -42,8 +42,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_mirrored_strategy_two_cpus():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent),
-                                                                     os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300,
+                          env=worker_env())
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "MIRRORED-OK 0.75" in done.stdout

@@ -51,10 +51,10 @@ class UpdatePruningStep(keras.callbacks.Callback):
         if not self.wrappers:
             raise ValueError(f"UpdatePruningStep: model '{model.name}' has no layer wrapped for pruning; "
                              "wrap it with blockprune.prune(...) or prune_low_magnitude(...) first")
-        steps = getattr(model, "steps_per_execution", 1) or 1
-        if int(keras.ops.convert_to_numpy(steps)) != 1:
+        steps = int(keras.ops.convert_to_numpy(getattr(model, "steps_per_execution", 1) or 1))
+        if steps != 1:
             raise ValueError(f"UpdatePruningStep: model '{model.name}' is compiled with "
-                             f"steps_per_execution={int(keras.ops.convert_to_numpy(steps))}; masks are updated "
+                             f"steps_per_execution={steps}; masks are updated "
                              "between train steps, so compile it with steps_per_execution=1")
         if self.optimizer is None and getattr(model, "optimizer", None) is None:
             warnings.warn(f"UpdatePruningStep: model '{model.name}' has no optimizer, so the momentum of pruned "
