@@ -5,6 +5,7 @@ Each takes the Keras module to use, since the tfmot side runs Keras 2 (tf_keras)
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import numpy as np
@@ -45,14 +46,40 @@ def epoch_timer(keras):
     return EpochTimer()
 
 
-def time_epochs(keras, model, x, y, batch, callbacks, epochs=3):
-    """Mean step time of each epoch of ``fit`` after a first, warm-up epoch (tracing and
-    compilation), every callback's per-batch work included."""
-    timer = epoch_timer(keras)
-    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(x, y, batch_size=batch, epochs=1 + epochs, verbose=0, shuffle=False, callbacks=[timer, *callbacks])
+def time_pairs(keras, dense, pruned, x, y, batch, callbacks, pairs):
+    """Mean step time of ``fit`` epochs of an unwrapped and a pruned model, alternated.
+
+    Both models are compiled (Adam, sparse cross-entropy) and run one warm-up epoch (tracing
+    and compilation); then ``pairs`` times one epoch of each, the order swapped every pair
+    (ABBA) so that a drift in machine load hits both alike. ``callbacks`` (the pruned model's,
+    kept from epoch to epoch as in one long ``fit``) and their per-batch work are timed with it.
+
+    Returns:
+        Two lists of seconds per step, unwrapped and pruned, one entry per pair.
+    """
     steps = -(-len(x) // batch)
-    return [t / steps for t in timer.times[1:]]
+
+    def epoch(model, extra):
+        timer = epoch_timer(keras)
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[timer, *extra])
+        return timer.times[0] / steps
+
+    for model in (dense, pruned):
+        model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    epoch(dense, [])
+    epoch(pruned, callbacks)
+    times = ([], [])
+    for i in range(pairs):
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        for which in order:
+            times[which].append(epoch(dense, []) if which == 0 else epoch(pruned, callbacks))
+    return times
+
+
+def paired_ratios(dense, pruned) -> dict:
+    """The median of the paired ratios pruned / unwrapped (from ``time_pairs``) and their quartiles."""
+    q1, median, q3 = statistics.quantiles([p / d for d, p in zip(dense, pruned)], n=4)
+    return {"ratio": median, "ratio_q1": q1, "ratio_q3": q3}
 
 
 def synthetic(name, batch, steps):

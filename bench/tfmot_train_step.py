@@ -17,11 +17,11 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
 import tensorflow_model_optimization as tfmot  # noqa: E402
 import tf_keras as keras  # noqa: E402
-from _timing import synthetic, time_epochs  # noqa: E402
+from _timing import paired_ratios, synthetic, time_pairs  # noqa: E402
 
 # Same shapes and steps as train_step.CASES; tfmot's block_size works on Dense kernels only,
 # so MobileNetV2's convolutions are pruned unstructured.
-CASES = {"digits": ((4, 1), 32, 160), "mlp1024": ((4, 1), 64, 120), "mobilenetv2": ((1, 1), 8, 12)}
+CASES = {"digits": ((4, 1), 32, 100), "mlp1024": ((4, 1), 64, 100), "mobilenetv2": ((1, 1), 8, 12)}
 
 
 def build(name):
@@ -35,19 +35,16 @@ def build(name):
     return keras.applications.MobileNetV2(weights=None, classes=10, classifier_activation=None)
 
 
-def measure(name, rounds, epochs):
+def measure(name, pairs):
     blocks, batch, steps = CASES[name]
     x, y = synthetic(name, batch, steps)
     schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=100 * steps, frequency=100)
-    dense, pruned = [], []
-    for _ in range(rounds):  # alternate, as train_step.py does
-        dense.append(statistics.median(time_epochs(keras, build(name), x, y, batch, [], epochs)))
-        model = tfmot.sparsity.keras.prune_low_magnitude(build(name), pruning_schedule=schedule, block_size=blocks)
-        pruned.append(statistics.median(time_epochs(keras, model, x, y, batch,
-                                                    [tfmot.sparsity.keras.UpdatePruningStep()], epochs)))
-    d, p = statistics.median(dense), statistics.median(pruned)
-    return {"model": name, "blocks": str(blocks), "batch": batch, "dense_step_ms": d * 1e3,
-            "pruned_step_ms": p * 1e3, "ratio": p / d}
+    model = tfmot.sparsity.keras.prune_low_magnitude(build(name), pruning_schedule=schedule, block_size=blocks)
+    dense, pruned = time_pairs(keras, build(name), model, x, y, batch, [tfmot.sparsity.keras.UpdatePruningStep()],
+                               pairs)
+    return {"model": name, "blocks": str(blocks), "batch": batch, "pairs": pairs,
+            "dense_step_ms": statistics.median(dense) * 1e3, "pruned_step_ms": statistics.median(pruned) * 1e3,
+            **paired_ratios(dense, pruned)}
 
 
 def main():
@@ -55,8 +52,8 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    repeats = {"digits": (7, 3), "mlp1024": (5, 3), "mobilenetv2": (3, 1)}  # as train_step.REPEATS
-    results = [measure(name, *((1, 1) if args.quick else repeats[name])) for name in CASES]
+    pairs = {"digits": 60, "mlp1024": 40, "mobilenetv2": 8}  # as train_step.PAIRS
+    results = [measure(name, 2 if args.quick else pairs[name]) for name in CASES]
     print(json.dumps({"version": tfmot.__version__, "results": results}))
 
 

@@ -6,7 +6,9 @@ the fastest backend's pruned step at or below tfmot's on the digits MLP.
 Measures, in one run, per backend (TensorFlow, JAX, PyTorch: each installed one, each in its own
 interpreter since Keras fixes its backend at import), the mean step time of `fit` epochs after
 a warm-up epoch (`UpdatePruningStep` and its scheduled mask updates, every 100 steps, included),
-median over rounds that alternate unwrapped and pruned, for:
+epochs of the unwrapped and the pruned model alternating (ABBA); the ratio is the median over
+pairs of pruned / unwrapped, so that the machine's load, which drifts on a shared machine, is
+nearly the same on both sides of each ratio. Cases:
 
 - digits: the digits MLP 64-512-512-10 at batch 32, target simd-4x1, blocks (4, 1);
 - mlp1024: 1024 -> 1024 -> 1024 -> 10 at batch 64, target simd-4x1, blocks (4, 1);
@@ -35,14 +37,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BACKENDS = ("tensorflow", "jax", "torch")
 
-# model name -> (target, batch size, steps per epoch)
+# model name -> (target, batch size, steps per epoch); the MLPs' epochs hold one mask update each
 CASES = {
-    "digits": ("simd-4x1", 32, 160),
-    "mlp1024": ("simd-4x1", 64, 120),
+    "digits": ("simd-4x1", 32, 100),
+    "mlp1024": ("simd-4x1", 64, 100),
     "mobilenetv2": ("dsp-1x8", 8, 12),
 }
-# model name -> (rounds, timed epochs per round) of a full run; --quick: one round of one epoch
-REPEATS = {"digits": (7, 3), "mlp1024": (5, 3), "mobilenetv2": (3, 1)}
+# model name -> pairs of timed epochs (unwrapped, pruned) of a full run; --quick: 2
+PAIRS = {"digits": 60, "mlp1024": 40, "mobilenetv2": 8}
 
 
 def build(keras, name):
@@ -56,36 +58,32 @@ def build(keras, name):
     return keras.applications.MobileNetV2(weights=None, classes=10, classifier_activation=None)
 
 
-def measure(name, rounds, epochs):
+def measure(name, pairs):
     """One case on this process's backend."""
     import keras
 
     import blockprune
-    from _timing import synthetic, time_epochs
+    from _timing import paired_ratios, synthetic, time_pairs
     from blockprune.pruning.callbacks import collect_wrappers
 
     target, batch, steps = CASES[name]
     x, y = synthetic(name, batch, steps)
     plan = blockprune.plan(build(keras, name), target, sparsity=0.9)
     schedule = blockprune.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=100 * steps, frequency=100)
-    dense_rounds, pruned_rounds = [], []
-    for _ in range(rounds):  # alternate, so drifts in machine load hit both alike
-        dense_rounds.append(statistics.median(time_epochs(keras, build(keras, name), x, y, batch, [], epochs)))
-        pruned = blockprune.prune(build(keras, name), plan, schedule)
-        pruned_rounds.append(statistics.median(time_epochs(keras, pruned, x, y, batch,
-                                                           [blockprune.UpdatePruningStep()], epochs)))
+    pruned = blockprune.prune(build(keras, name), plan, schedule)
+    dense, sparse = time_pairs(keras, build(keras, name), pruned, x, y, batch, [blockprune.UpdatePruningStep()],
+                               pairs)
     # One scheduled mask update of every wrapper, timed alone (it is inside the epochs above too).
     t0 = time.perf_counter()
     for wrapper in collect_wrappers(pruned):
         wrapper.update_masks(100, pruned.optimizer)
     update_ms = (time.perf_counter() - t0) * 1e3
-    dense, sparse = statistics.median(dense_rounds), statistics.median(pruned_rounds)
     return {
-        "model": name, "target": target, "batch": batch, "steps_per_epoch": steps, "rounds": rounds,
-        "epochs_per_round": epochs, "pruned_weights": len(plan.pruned_layers),
-        "dense_step_ms": dense * 1e3, "pruned_step_ms": sparse * 1e3, "ratio": sparse / dense,
-        "mask_update_ms": update_ms,
-        "dense_round_ms": [t * 1e3 for t in dense_rounds], "pruned_round_ms": [t * 1e3 for t in pruned_rounds],
+        "model": name, "target": target, "batch": batch, "steps_per_epoch": steps, "pairs": pairs,
+        "pruned_weights": len(plan.pruned_layers),
+        "dense_step_ms": statistics.median(dense) * 1e3, "pruned_step_ms": statistics.median(sparse) * 1e3,
+        **paired_ratios(dense, sparse), "mask_update_ms": update_ms,
+        "dense_epoch_ms": [t * 1e3 for t in dense], "pruned_epoch_ms": [t * 1e3 for t in sparse],
     }
 
 
@@ -96,7 +94,7 @@ def worker(args) -> None:
     results = []
     for name in CASES:
         print(f"  {keras.backend.backend()}: {name} ...", file=sys.stderr, flush=True)
-        results.append(measure(name, *((1, 1) if args.quick else REPEATS[name])))
+        results.append(measure(name, 2 if args.quick else PAIRS[name]))
     print(json.dumps({"backend": keras.backend.backend(), "version": _version(keras.backend.backend()),
                       "results": results}))
 
@@ -133,7 +131,7 @@ def machine():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one round of one timed epoch per model")
+    parser.add_argument("--quick", action="store_true", help="two pairs of timed epochs per model")
     parser.add_argument("--backends", default=",".join(BACKENDS),
                         help="comma-separated Keras backends (default: every one installed)")
     parser.add_argument("--tfmot-python", help="python of a tfmot environment (bench/setup_tfmot_env.sh)")
@@ -176,21 +174,23 @@ def write_report(results, out: Path) -> None:
     lines = ["# Training step time: pruned vs unwrapped, per Keras backend, beside tfmot", "",
              f"Machine: {m['platform']}, {m['cpus']} CPUs, Keras {m['keras']}.",
              "Mean step time of `fit` epochs after a warm-up epoch (the pruning callback and its mask "
-             "updates, every 100 steps, included), median over rounds alternating unwrapped and pruned. "
+             "updates, every 100 steps, included), epochs of the unwrapped and the pruned model alternating "
+             "(ABBA); step times are medians over epochs, the ratio is the median over pairs of pruned / "
+             "unwrapped. "
              "Goals: ratio <= 1.10 on every backend; the fastest backend's pruned digits step at or below "
              "tfmot's.", "",
              "| tool | backend | model | target | batch | unwrapped ms/step | pruned ms/step | ratio "
-             "| one mask update, ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| ratio's quartiles | one mask update, ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     pruned_digits = {}
     for b in results["backends"]:
         if "error" in b:
-            lines.append(f"| blockprune | {b['backend']} | failed: {b['error']} | | | | | | |")
+            lines.append(f"| blockprune | {b['backend']} | failed: {b['error']} | | | | | | | |")
             continue
         for r in b["results"]:
             lines.append(f"| blockprune | {b['backend']} {b['version']} | {r['model']} | {r['target']} | "
                          f"{r['batch']} | {r['dense_step_ms']:.3f} | {r['pruned_step_ms']:.3f} | "
-                         f"{r['ratio']:.3f} | {r['mask_update_ms']:.1f} |")
+                         f"{r['ratio']:.3f} | {r['ratio_q1']:.3f}-{r['ratio_q3']:.3f} | {r['mask_update_ms']:.1f} |")
             if r["model"] == "digits":
                 pruned_digits[b["backend"]] = r["pruned_step_ms"]
     tf_res = results["tfmot"]
@@ -198,7 +198,8 @@ def write_report(results, out: Path) -> None:
     if tf_res and "error" not in tf_res:
         for r in tf_res["results"]:
             lines.append(f"| tfmot {tf_res['version']} | tf_keras | {r['model']} | {r['blocks']} | {r['batch']} | "
-                         f"{r['dense_step_ms']:.3f} | {r['pruned_step_ms']:.3f} | {r['ratio']:.3f} | - |")
+                         f"{r['dense_step_ms']:.3f} | {r['pruned_step_ms']:.3f} | {r['ratio']:.3f} | "
+                         f"{r['ratio_q1']:.3f}-{r['ratio_q3']:.3f} | - |")
             if r["model"] == "digits":
                 tfmot_digits = r["pruned_step_ms"]
     elif tf_res:
