@@ -22,7 +22,7 @@ import numpy as np
 from ._atomic import atomic_path
 from .targets import parse_target
 
-__all__ = ["BenchConfig", "BenchResult", "bench", "estimate_export", "merge_results", "write_reports", "plot_latency", "plot_speedup_vs_sparsity"]
+__all__ = ["BenchConfig", "BenchResult", "bench", "compare_across", "estimate_export", "merge_results", "write_reports", "plot_latency", "plot_speedup_vs_sparsity"]
 
 
 @dataclass
@@ -30,9 +30,11 @@ class BenchConfig:
     """One measured configuration (a sparse file and its dense baseline in one runtime).
 
     ``lowering`` says how the file's layers run (e.g. ``gather-matmul x2, dense x1``);
-    ``exported_for`` the deployment point the file was chosen for; ``vs_fastest_dense`` the
-    sparse file against the fastest dense file measured at the same batch and threads in any
-    runtime of this run (``fastest_dense`` names it).
+    ``exported_for`` the deployment point the file was chosen for; ``precision`` its weights'
+    (``float32``, ``float16``, ``dynamic``, ``int8``: ``blockprune.quantize``), its dense
+    baseline's alike; ``vs_fastest_dense`` the sparse file against the fastest dense file
+    measured at the same batch and threads in any runtime and precision of this run
+    (``fastest_dense`` names it).
     """
 
     runtime: str
@@ -50,6 +52,7 @@ class BenchConfig:
     exported_for: str = ""
     vs_fastest_dense: float | None = None
     fastest_dense: str = ""
+    precision: str = "float32"
 
 
 @dataclass
@@ -110,6 +113,14 @@ def _layout(record: dict, same_bytes: bool = False) -> str:
         text = f"kept dense ({text})"
     # the same file timed twice: its "speedup" is the measurement's noise
     return f"{text}; same bytes as the dense file" if same_bytes else text
+
+
+def _precision(record: dict) -> str:
+    """The precision of an exported file's weights (exports before ``--quantize``: float32, or
+    dynamic-range int8 for an int8 target)."""
+    options = record["runtime_options"]
+    mode = options.get("quantize") or ("dynamic" if options.get("dtype") == "int8" else "none")
+    return "float32" if mode == "none" else mode
 
 
 def _local(export_dir: Path, record: dict) -> Path:
@@ -291,7 +302,7 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
         (dm, d10, d90), (sm, s10, s90) = stats["dense"], stats["sparse"]
         same = _local(export_dir, sparse).read_bytes() == _local(export_dir, dense).read_bytes()
         result.configs.append(BenchConfig(label, sparse["format"], batch, n_threads, dm, sm, dm / sm, d10, d90, s10,
-                                          s90, _layout(sparse, same), exported_for))
+                                          s90, _layout(sparse, same), exported_for, precision=_precision(sparse)))
         if bar:
             bar.update(i + 1)
         elif progress:  # a log, not a terminal: one line per configuration
@@ -302,11 +313,20 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
 
 def _against_fastest_dense(configs: list[BenchConfig]) -> None:
     """Sets each configuration's speedup over the fastest dense file measured at its batch and
-    threads, in any runtime."""
+    threads, in any runtime and precision."""
     for c in configs:
         same = [o for o in configs if (o.batch, o.threads) == (c.batch, c.threads)]
         fastest = min(same, key=lambda o: o.dense_median_us)
-        c.vs_fastest_dense, c.fastest_dense = fastest.dense_median_us / c.sparse_median_us, fastest.runtime
+        c.vs_fastest_dense = fastest.dense_median_us / c.sparse_median_us
+        c.fastest_dense = f"{fastest.runtime} {fastest.precision}"
+
+
+def compare_across(results: list[BenchResult]) -> None:
+    """Compares every configuration with the fastest dense file of its model measured at its
+    batch and threads in any of ``results`` (export folders of one model: float and quantized
+    exports, or one per deployment point)."""
+    for model in {r.model for r in results}:
+        _against_fastest_dense([c for r in results if r.model == model for c in r.configs])
 
 
 def merge_results(results: list[BenchResult]) -> BenchResult:
@@ -328,11 +348,11 @@ def table(result: BenchResult) -> str:
     where = "this machine's CPU" if result.native else "this machine's CPU, emulating the target"
     lines = [f"Model '{result.model}', target '{result.target}', {result.sparsity:.1%} of its matmul weights zero; "
              f"ideal speedup 1/(1-s) = {result.ideal_speedup:.2f}x. Measured on {where}.", "",
-             "| runtime | exported for | layers run as | batch | threads | dense median us (p10-p90) "
+             "| runtime | weights | exported for | layers run as | batch | threads | dense median us (p10-p90) "
              "| sparse median us (p10-p90) | speedup | vs fastest dense here | ideal |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in result.configs:
-        lines.append(f"| {c.runtime} | {c.exported_for or '-'} | {c.lowering} | {c.batch} | {c.threads} | "
+        lines.append(f"| {c.runtime} | {c.precision} | {c.exported_for or '-'} | {c.lowering} | {c.batch} | {c.threads} | "
                      f"{c.dense_median_us:.0f} ({c.dense_p10_us:.0f}-{c.dense_p90_us:.0f}) | {c.sparse_median_us:.0f} "
                      f"({c.sparse_p10_us:.0f}-{c.sparse_p90_us:.0f}) | {c.speedup:.2f}x | "
                      f"{c.vs_fastest_dense:.2f}x ({c.fastest_dense}) | {result.ideal_speedup:.2f}x |")
@@ -421,7 +441,8 @@ def write_reports(results: list[BenchResult], out_dir) -> dict[str, Path]:
             "configurations": [{"model": r.model, "target": r.target, "sparsity": r.sparsity, "runtime": c.runtime,
                                 "batch": c.batch, "threads": c.threads, "dense_median_us": c.dense_median_us,
                                 "sparse_median_us": c.sparse_median_us, "speedup": c.speedup,
-                                "vs_fastest_dense": c.vs_fastest_dense, "exported_for": c.exported_for}
+                                "vs_fastest_dense": c.vs_fastest_dense, "exported_for": c.exported_for,
+                                "precision": c.precision, "fastest_dense": c.fastest_dense}
                                for r in results for c in r.configs]}
     with atomic_path(out / "bench.json") as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import __version__
 from ._quiet import filtered_stderr
 from ._text import text_table
+from .quantize import QUANTIZE_MODES
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1  # an unexpected failure (a converter or runtime error), not bad input
@@ -298,6 +299,21 @@ def _formats(text: str) -> list[str]:
     return formats
 
 
+def _quantization(args, model, target):
+    """The ``Quantization`` of ``--quantize``; ``int8`` calibrates on ``--data`` (default: the
+    built-in digits), which must fit the model's input."""
+    from .quantize import Quantization, calibration_samples
+
+    if args.quantize != "int8":
+        if args.data:
+            raise ValueError(f"--data {args.data!r} is used only by --quantize int8 (got --quantize {args.quantize})")
+        return Quantization(args.quantize)
+    from .data import load_data
+
+    data = load_data(args.data)
+    return Quantization("int8", calibration_samples(model, data, getattr(target, "name", str(target))))
+
+
 def cmd_export(args) -> int:
     from .export import export
     from .plan import SparsityPlan
@@ -312,9 +328,10 @@ def cmd_export(args) -> int:
         from .profile import Profile
 
         profile = Profile.load(args.profile)
+    quantization = _quantization(args, model, target)
     records = export(model, target, args.output, formats, plan=plan, allow_dense=args.allow_dense,
                      dense_baseline=not args.no_dense_baseline, batch=args.batch, threads=args.threads,
-                     select=args.select, progress=not args.json, profile=profile)
+                     select=args.select, progress=not args.json, profile=profile, quantize=quantization)
     if args.json:
         print(json.dumps([r.to_dict() for r in records], indent=2))
         return 0
@@ -322,7 +339,8 @@ def cmd_export(args) -> int:
     for r in records:
         for w in r.warnings:
             print(f"warning: {Path(r.path).name}: {w}", file=sys.stderr)
-    print(f"\nExported for batch {args.batch}, {args.threads} thread(s). Each file was run in its runtime and matched "
+    precision = "" if quantization.mode == "none" else f", {quantization.label} weights (the dense baselines too)"
+    print(f"\nExported for batch {args.batch}, {args.threads} thread(s){precision}. Each file was run in its runtime and matched "
           f"Keras; run options are in <file>.runtime.json, and why each layer runs as it does is in "
           f"{args.output}/export.json")
     return 0
@@ -341,7 +359,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench, default_threads, table, write_reports
+    from .bench import bench, compare_across, default_threads, table, write_reports
 
     dirs = []
     for source in args.source:
@@ -360,6 +378,7 @@ def cmd_bench(args) -> int:
             raise ValueError(f"{source!r} is neither an export folder nor a .keras model")
     threads = args.threads or list(default_threads())
     results = [bench(d, batches=args.batch, threads=threads, rounds=args.rounds, reps=args.reps) for d in dirs]
+    compare_across(results)  # float and quantized exports of one model: against the fastest dense of any
     written = write_reports(results, args.output)
     for r in results:
         print("\n" + table(r))
@@ -523,6 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-dense", action="store_true",
                    help="write files even when a block-sparse layer would run dense (a warning, not an error)")
     p.add_argument("--no-dense-baseline", action="store_true", help="skip the dense baseline files")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES, default="none",
+                   help="quantize every file, its dense baseline alike: float16 weights, dynamic (int8 weights), or "
+                        "int8 (int8 weights and activations, calibrated on --data) (default: none)")
+    p.add_argument("--data", help="with --quantize int8: representative inputs (.npz with x_train, or digits, "
+                                  "animal-shapes; default: digits), shaped like the model's input")
     _add_import(p)
     p.add_argument("--json", action="store_true", help="print the export records as JSON")
     p.add_argument("-o", "--output", required=True, help="folder to write into")

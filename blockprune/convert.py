@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,10 +18,10 @@ from .backends import require_tensorflow
 __all__ = ["ConversionError", "to_tflite", "to_onnx", "fixed_batch", "sparsify_initializers", "build_file", "Built", "OUTPUTS"]
 
 
-def to_tflite(model, optimizations=(), fixed: int | None = None) -> bytes:
+def to_tflite(model, optimizations=(), fixed: int | None = None, quantization=None) -> bytes:
     """``TFLiteConverter.from_keras_model`` with ``optimizations`` (``tf.lite.Optimize`` members),
     at the static batch size ``fixed`` when given (a model with a recurrent loop needs one:
-    ``fixed_batch``)."""
+    ``fixed_batch``), quantized as ``quantization`` (a ``blockprune.quantize.Quantization``) says."""
     require_tensorflow("Converting to .tflite")
     import tensorflow as tf
 
@@ -30,8 +31,14 @@ def to_tflite(model, optimizations=(), fixed: int | None = None) -> bytes:
         model = with_fixed_batch(model, fixed)
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = list(optimizations)
-    # Keras prints the exported signature; the converter reports a failure at length on fd 2
-    with contextlib.redirect_stdout(io.StringIO()), captured_stderr():
+    if quantization is not None:
+        from .quantize import tflite_settings
+
+        tflite_settings(converter, quantization, model)
+    # Keras prints the exported signature; the converter reports a failure at length on fd 2,
+    # and warns, when quantizing, about input statistics a float-input file does not need
+    with contextlib.redirect_stdout(io.StringIO()), captured_stderr(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
         return converter.convert()
 
 
@@ -160,7 +167,7 @@ class Built:
 
 
 def build_file(model, target, output: str, structure, choices=None, dense: bool = False, fuse: bool = True,
-               batch: int = 1) -> Built:
+               batch: int = 1, quantization=None) -> Built:
     """Converts ``model`` for ``target`` into the file of export output ``output`` (see ``OUTPUTS``).
 
     Args:
@@ -175,8 +182,13 @@ def build_file(model, target, output: str, structure, choices=None, dense: bool 
         fuse: let ``lower`` fuse attention layers whose projections are all feature-major.
         batch: the deployment batch; a ``.tflite`` of a model with a recurrent loop runs only at
             it (``options["fixed_batch"]``).
+        quantization: a ``blockprune.quantize.Quantization`` (default: float32, or dynamic-range
+            int8 for a target whose dtype is int8); the dense baseline is quantized the same way.
     """
     from .lower import lower, lowering
+    from .quantize import Quantization
+
+    quantization = (quantization or Quantization()).for_target(target)
 
     fmt, runtime = OUTPUTS[output]
     entry = lowering("dense" if dense else getattr(target.lowering, fmt))
@@ -185,14 +197,12 @@ def build_file(model, target, output: str, structure, choices=None, dense: bool 
         source, rewritten = lower(model, target, fmt, structure=structure, choices=choices, fuse=fuse)
         lowered = {lw.weight_name: lw.format for lw in rewritten}
     options = {"runtime": runtime, "target": target.name, "variant": "dense" if dense else "sparse",
-               "lowering": entry.name, "dtype": target.dtype}
+               "lowering": entry.name, "dtype": target.dtype, "quantize": quantization.mode}
     if fmt == "tflite":
-        import tensorflow as tf
-
-        optimizations = ([tf.lite.Optimize.DEFAULT] if target.dtype == "int8" else []) + entry.converter_optimizations()
+        optimizations = entry.converter_optimizations()
         fixed = fixed_batch(source, fmt, batch)
         try:
-            data = to_tflite(source, optimizations, fixed)
+            data = to_tflite(source, optimizations, fixed, quantization)
         except Exception as e:  # noqa: BLE001 - the converter raises its own types; the user needs one line
             raise conversion_error(fmt, model, target.name, e) from e
         if fixed:
@@ -210,8 +220,17 @@ def build_file(model, target, output: str, structure, choices=None, dense: bool 
     if unknown:  # tf2onnx logs an op it cannot convert and leaves it in the graph
         raise conversion_error(fmt, model, target.name, " ".join(n.name for n in unknown),
                                ops=dict.fromkeys(n.op_type for n in unknown))
+    if quantization.mode != "none":
+        from .quantize import quantize_onnx
+
+        try:
+            proto = quantize_onnx(proto, quantization, source)
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime's quantizer raises its own types
+            raise conversion_error(fmt, model, target.name, f"{quantization.mode} quantization failed: {e}") from e
     # Mostly-zero weights that run dense are stored sparse for ONNX Runtime (a size win only).
-    moved = set() if dense or runtime != "onnxruntime" else set(sparsify_initializers(proto))
+    # (Quantized weights are not: ONNX Runtime densifies them at load, and they are small already.)
+    moved = (set() if dense or runtime != "onnxruntime" or quantization.mode != "none"
+             else set(sparsify_initializers(proto)))
     formats = entry.file_formats(b"", structure, lowered)
     if moved:
         formats = {n: "sparse-initializer" if f == "dense" and structure.get(n).blocked else f for n, f in formats.items()}

@@ -128,7 +128,7 @@ def _from_profile(profile, output: str, ws, options, batch: int, threads: int) -
 
 
 def choose(model, target, output: str, structure, batch: int = 1, threads: int = 1, rounds: int = 3,
-           reps: int = 20, progress: bool = False, profile=None) -> dict[str, Choice]:
+           reps: int = 20, progress: bool = False, profile=None, quantization=None) -> dict[str, Choice]:
     """Chooses, per blocked weight, the fastest lowering for export output ``output`` by probes.
 
     Args:
@@ -142,6 +142,8 @@ def choose(model, target, output: str, structure, batch: int = 1, threads: int =
         profile: a ``blockprune.profile.Profile`` for this target: a weight whose every candidate
             it measured (same view, rows, threads, block; sparsity interpolated) is chosen from
             it, without a probe.
+        quantization: a ``blockprune.quantize.Quantization``: every probe (dense included) is
+            quantized so (int8 calibrated on random inputs, which changes no kernel choice).
 
     Returns:
         ``{weight: Choice}`` for every blocked weight (dense ones included, with the reason).
@@ -173,7 +175,8 @@ def choose(model, target, output: str, structure, batch: int = 1, threads: int =
             for lowering, variant in options:
                 pw = probe_structure.weights[0]
                 built = build_file(probe, target, output, probe_structure, choices={pw.name: (lowering, variant)},
-                                   dense=lowering == "dense")
+                                   dense=lowering == "dense",
+                                   quantization=quantization and type(quantization)(quantization.mode))
                 runners[(lowering, variant)] = rt.runner(built.data, built.options, threads)
             x = sample_inputs(probe, batch)
             cache[key] = ({k: v[0] for k, v in interleaved_latencies(runners, x, rounds, reps, warmup=3).items()},
@@ -182,7 +185,8 @@ def choose(model, target, output: str, structure, batch: int = 1, threads: int =
         best = min(timed, key=timed.get)
         tried = tuple((_label(*k), round(v, 1)) for k, v in timed.items())
         dense_us = timed[("dense", "")]
-        where = f"at batch {batch}, {threads} thread{'s' if threads > 1 else ''} in {rt.label} ({source})"
+        precision = "" if quantization is None or quantization.mode == "none" else f", {quantization.label} weights"
+        where = f"at batch {batch}, {threads} thread{'s' if threads > 1 else ''} in {rt.label} ({source}{precision})"
         if best == ("dense", ""):
             reason = (f"kept dense: dense {dense_us:.0f} us beats every lowering "
                       f"({', '.join(f'{n} {t:.0f} us' for n, t in tried if n != 'dense')}) {where}")
