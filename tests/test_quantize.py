@@ -43,8 +43,8 @@ def quantized(tmp_path_factory):
     for mode in ("float16", "dynamic", "int8"):
         folder = tmp_path_factory.mktemp(mode)
         q = Quantization(mode, _calibration() if mode == "int8" else None)
-        out[mode] = folder, export(_mlp((1, 64)), "cpu-wide", folder, formats=("tflite", "onnx"), select="target",
-                                   check=False, quantize=q)
+        out[mode] = folder, export(_mlp((1, 64)), "cpu-wide", folder, formats=("tflite", "onnx", "openvino"),
+                                   select="target", check=False, quantize=q)
     return out
 
 
@@ -62,7 +62,8 @@ def test_quantized_files_match_keras_within_their_tolerance(quantized, mode):
         assert np.abs(got - expected).max() / scale <= TOLERANCE[mode]
         assert np.abs(got - expected).max() / scale > 1e-6  # really quantized: not the float file
     assert json.loads((folder / "export.json").read_text())["quantize"] == mode
-    sparse, dense = records[0], records[2]
+    assert [r.runtime_options["runtime"] for r in records[:3]] == ["litert", "onnxruntime", "openvino"]
+    sparse, dense = records[0], records[3]
     assert [lay["format"] for lay in sparse.layers][:2] == ["gather-matmul", "gather-matmul"]
     assert sparse.bytes < dense.bytes
 
@@ -140,7 +141,7 @@ def test_bench_compares_with_the_fastest_dense_file_of_any_precision(quantized, 
                for d in (float_dir, quantized["dynamic"][0])]
     compare_across(results)
     configs = [c for r in results for c in r.configs]
-    assert sorted(c.precision for c in configs) == ["dynamic", "dynamic", "float32"]
+    assert sorted(c.precision for c in configs) == ["dynamic"] * 3 + ["float32"]
     fastest = min(configs, key=lambda c: c.dense_median_us)
     for c in configs:
         assert c.fastest_dense == f"{fastest.runtime} {fastest.precision}"
