@@ -4,8 +4,17 @@ cpu-wide within 0.5 points across backends).
 Trains the digits MLP 64-512-512-10 densely once (on TensorFlow, 30 epochs), then, on every
 installed backend (TensorFlow, JAX, PyTorch, each in its own interpreter), prunes that same
 model to 90% with `blockprune.pruning.finetune` (the pipeline of `blockprune prune`: channel
-permutation where it helps, 30 epochs of cubic pruning and fine-tuning) for simd-4x1 (4, 1)
-and cpu-wide (1, 128), over five seeds, and reports the test accuracy of the stripped model.
+permutation where it helps, 30 epochs of cubic pruning and fine-tuning), over five seeds, and
+reports the test accuracy of the stripped model, for three plans, each made once (on
+TensorFlow) and used by every backend:
+
+- simd-4x1: every weight in (4, 1) blocks at 90%;
+- cpu-wide: every weight in (1, 128) blocks at 90%, the logits too;
+- cpu-wide, sensitivity-aware: the plan `blockprune plan --overall-sparsity 0.9
+  --sensitivity-data` makes (90% of the prunable weights zero, each weight at most 95%, spent
+  where the held-out loss rises least per microsecond saved; sensitivity measured on the last
+  1,000 training samples), the logits dense, as bench/accuracy.py's best cpu-wide variant.
+
 Twice: with the data in one fixed order (the backend alone differs) and shuffled every epoch
 (each backend shuffles with its own random generator, so one seed gives different orders).
 The masks are compared with TensorFlow's for the same seed and order.
@@ -27,27 +36,42 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TARGETS = ("simd-4x1", "cpu-wide")
-
-
+#: the plans compared, each saved as <name>.json beside the dense model
+PLANS = ("simd-4x1", "cpu-wide", "cpu-wide sensitivity-aware")
 ORDERS = ("fixed", "shuffled")
 
 
-def worker(init: str, out: str, epochs: int, seeds: int) -> None:
+def make_plans(dense, data, work: Path) -> None:
+    """Saves every plan of PLANS for the dense model in ``work``."""
+    import blockprune
+    from blockprune.data import Dataset
+    from blockprune.sensitivity import measure_sensitivity
+
+    blockprune.plan(dense, "simd-4x1", sparsity=0.9).save(work / "simd-4x1.json")
+    blockprune.plan(dense, "cpu-wide", sparsity=0.9).save(work / "cpu-wide.json")
+    held_out = Dataset(data.x_train[:-1000], data.y_train[:-1000], data.x_train[-1000:], data.y_train[-1000:],
+                       name="digits (last 1000 training samples)")
+    ceiling = blockprune.plan(dense, "cpu-wide", sparsity=0.95, overrides={"logits": "skip"})
+    allocated = blockprune.plan(dense, "cpu-wide", sparsity=0.95, overrides={"logits": "skip"}, overall_sparsity=0.9,
+                                sensitivity=measure_sensitivity(dense, ceiling, held_out))
+    allocated.save(work / "cpu-wide sensitivity-aware.json")
+
+
+def worker(work: str, out: str, epochs: int, seeds: int) -> None:
     import keras
     import numpy as np
 
-    import blockprune
     from blockprune.data import load_data
+    from blockprune.plan import SparsityPlan
     from blockprune.pruning.finetune import finetune
 
     data = load_data("digits")
     results = []
     for order in ORDERS:
-        for target in TARGETS:
+        for target in PLANS:
             for seed in range(seeds):
-                model = keras.models.load_model(init)
-                plan = blockprune.plan(model, target, sparsity=0.9)
+                model = keras.models.load_model(Path(work) / "init.keras")
+                plan = SparsityPlan.load(Path(work) / f"{target}.json")
                 keras.utils.set_random_seed(seed)
                 result = finetune(model, plan, data, epochs=epochs, verbose=0, shuffle=order == "shuffled")
                 kernels = {f"{lp.layer}/{lp.weight}": keras.ops.convert_to_numpy(
@@ -63,7 +87,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="one seed, 5 epochs")
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--out", help="results folder (default: bench/results; with --quick, a temporary folder)")
-    parser.add_argument("--worker", nargs=2, metavar=("INIT", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=2, metavar=("WORK", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     epochs, seeds = (5, 1) if args.quick else (30, 5)
     if args.worker:
@@ -82,6 +106,7 @@ def main(argv=None):
     data = load_data("digits")
     dense = train_dense(example_model("mlp"), data, epochs=30)
     dense.save(work / "init.keras")
+    make_plans(dense, data, work)
     logits = np.asarray(dense.predict(data.x_test, verbose=0))
     dense_accuracy = float(np.mean(logits.argmax(1) == data.y_test))
     runs = {}
@@ -92,14 +117,14 @@ def main(argv=None):
         print(f"pruning on {backend} ...", file=sys.stderr, flush=True)
         (work / backend).mkdir()
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        done = subprocess.run([sys.executable, __file__, "--worker", str(work / "init.keras"), str(work / backend)]
+        done = subprocess.run([sys.executable, __file__, "--worker", str(work), str(work / backend)]
                               + (["--quick"] if args.quick else []), env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{backend} failed: {done.stderr.strip().splitlines()[-1]}")
         runs[backend] = json.loads(done.stdout.strip().splitlines()[-1])["results"]
     rows = []
     for order in ORDERS:
-        for target in TARGETS:
+        for target in PLANS:
             medians = {}
             for backend, results in runs.items():
                 mine = [r for r in results if r["order"] == order and r["target"] == target]
@@ -123,7 +148,7 @@ def main(argv=None):
              f"One dense model (test accuracy {dense_accuracy:.2%}), pruned on each backend with "
              f"`finetune` ({epochs} epochs, channel permutation on), {seeds} seed(s); median test accuracy. "
              "Goal: within 0.5 points across backends.", "",
-             "| data order | target | backend | accuracy per seed | median | exact blocks "
+             "| data order | plan | backend | accuracy per seed | median | exact blocks "
              "| masks equal to TensorFlow's |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
