@@ -311,7 +311,7 @@ def _quantization(args, model, target):
     from .data import load_data
 
     data = load_data(args.data)
-    return Quantization("int8", calibration_samples(model, data, getattr(target, "name", str(target))))
+    return Quantization("int8", calibration_samples(model, data, target.name))
 
 
 def cmd_export(args) -> int:

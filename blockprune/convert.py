@@ -186,9 +186,9 @@ def build_file(model, target, output: str, structure, choices=None, dense: bool 
             int8 for a target whose dtype is int8); the dense baseline is quantized the same way.
     """
     from .lower import lower, lowering
-    from .quantize import Quantization
+    from .quantize import for_target
 
-    quantization = (quantization or Quantization()).for_target(target)
+    quantization = for_target(quantization, target)
 
     fmt, runtime = OUTPUTS[output]
     entry = lowering("dense" if dense else getattr(target.lowering, fmt))

@@ -34,7 +34,7 @@ import numpy as np
 from ._atomic import atomic_dir, atomic_path
 from .convert import OUTPUTS, build_file, fixed_batch
 from .plan import SparsityPlan
-from .quantize import Quantization
+from .quantize import Quantization, for_target
 from .runtimes import available, compare, keras_outputs, outputs_of, runtime, sample_inputs
 from .structure import StructureError, read_structure
 from .targets import TargetDescriptor, load_target
@@ -163,7 +163,7 @@ def _verify(model, samples, run, target: TargetDescriptor, what: str, reference=
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise ExportError(f"{what} for target '{target.name}' fails when run: {first[:300]}; nothing was written") from e
     err, rel = compare(reference, got)
-    q = (quantization or Quantization()).for_target(target)
+    q = for_target(quantization, target)
     if not rel <= q.tolerance():
         raise ExportError(f"{what} for target '{target.name}' disagrees with Keras: relative error {rel:.3g} > "
                           f"{q.tolerance():g} ({q.label} weights); nothing was written")
@@ -273,7 +273,7 @@ def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan 
     if select not in SELECT_MODES:
         raise ValueError(f"select={select!r} is not one of: {', '.join(SELECT_MODES)}")
     path = Path(path)
-    q = (quantize if isinstance(quantize, Quantization) else Quantization(quantize)).for_target(target)
+    q = for_target(quantize, target)
     structure = _check_structure(model, target, plan, structure)
     fmt, runtime_name = OUTPUTS[output]
     rt = runtime(runtime_name)
@@ -432,7 +432,7 @@ def export(model, target, out_dir, formats=None, plan: SparsityPlan | None = Non
     for name, value in (("batch", batch), ("threads", threads)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive integer (exporting for target '{target.name}')")
-    q = (quantize if isinstance(quantize, Quantization) else Quantization(quantize)).for_target(target)
+    q = for_target(quantize, target)
     missing = [f for f in formats if not available(OUTPUTS[f][1])]
     if missing:
         raise ValueError(f"format {missing[0]!r} needs {runtime(OUTPUTS[missing[0]][1]).package}, which is not "

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["QUANTIZE_MODES", "TOLERANCE", "Quantization", "calibration_samples", "quantize_onnx", "tflite_settings"]
+__all__ = ["QUANTIZE_MODES", "TOLERANCE", "Quantization", "for_target", "calibration_samples", "quantize_onnx",
+           "tflite_settings"]
 
 QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
 #: Largest relative error a file of each mode may have against Keras (measured on the example
@@ -72,6 +73,14 @@ class Quantization:
         from .runtimes import sample_inputs
 
         return sample_inputs(model, 32, seed=3)
+
+
+def for_target(quantize, target) -> Quantization:
+    """The ``Quantization`` a file for ``target`` gets from ``quantize`` (a mode name, a
+    ``Quantization`` or None for float32): an int8 target's weights are at least dynamic-range."""
+    if not isinstance(quantize, Quantization):
+        quantize = Quantization(quantize or "none")
+    return quantize.for_target(target)
 
 
 def calibration_samples(model, data, target_name: str, limit: int = CALIBRATION_SAMPLES) -> tuple:

@@ -150,11 +150,14 @@ def choose(model, target, output: str, structure, batch: int = 1, threads: int =
     """
     from .convert import OUTPUTS, build_file
     from .lower import candidates, format_name, rewritable
+    from .quantize import Quantization
     from .runtimes import runtime, sample_inputs
     from .timing import interleaved_latencies
 
     fmt, runtime_name = OUTPUTS[output]
     rt = runtime(runtime_name)
+    # probes of full-integer files calibrate on random inputs: ranges change no kernel choice
+    probe_quantization = None if quantization is None else Quantization(quantization.mode)
     cache: dict[tuple, dict] = {}
     out: dict[str, Choice] = {}
     blocked = [ws for ws in structure if ws.blocked]
@@ -175,8 +178,7 @@ def choose(model, target, output: str, structure, batch: int = 1, threads: int =
             for lowering, variant in options:
                 pw = probe_structure.weights[0]
                 built = build_file(probe, target, output, probe_structure, choices={pw.name: (lowering, variant)},
-                                   dense=lowering == "dense",
-                                   quantization=quantization and type(quantization)(quantization.mode))
+                                   dense=lowering == "dense", quantization=probe_quantization)
                 runners[(lowering, variant)] = rt.runner(built.data, built.options, threads)
             x = sample_inputs(probe, batch)
             cache[key] = ({k: v[0] for k, v in interleaved_latencies(runners, x, rounds, reps, warmup=3).items()},
