@@ -128,10 +128,14 @@ def _check_structure(model, target, plan, structure):
         raise ExportError(str(e)) from None
 
 
-def _samples(model, batch: int) -> list[np.ndarray]:
+def _samples(model, batch: int, q: Quantization) -> list[np.ndarray]:
     """The inputs every file is verified on: 4 samples, or the deployment batch for a model whose
-    ``.tflite`` runs only at it (a recurrent loop)."""
-    return sample_inputs(model, batch if fixed_batch(model, "tflite", batch) else 4)
+    ``.tflite`` runs only at it (a recurrent loop). Random normal ones, except for a full-integer
+    file calibrated on given data: its ranges fit that data only, so it is checked on it."""
+    n = batch if fixed_batch(model, "tflite", batch) else 4
+    if q.mode == "int8" and q.calibration is not None and all(len(c) >= n for c in q.calibration):
+        return [np.asarray(c[-n:], dtype="float32") for c in q.calibration]
+    return sample_inputs(model, n)
 
 
 def _load(rt, built, target: TargetDescriptor, what: str):
@@ -277,7 +281,7 @@ def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan 
     structure = _check_structure(model, target, plan, structure)
     fmt, runtime_name = OUTPUTS[output]
     rt = runtime(runtime_name)
-    samples = samples or _samples(model, batch)
+    samples = samples or _samples(model, batch, q)
     point = {"batch": batch, "threads": threads}
     if dense:
         built = dense_built or build_file(model, target, output, structure, dense=True, batch=batch, quantization=q)
@@ -455,7 +459,7 @@ def export(model, target, out_dir, formats=None, plan: SparsityPlan | None = Non
 def _export_into(work: Path, model, target, formats, plan, allow_dense, dense_baseline, batch, threads, select, check,
                  progress, profile, q: Quantization) -> list[ExportRecord]:
     """Writes the files of ``export`` (all but ``export.json``) into the folder ``work``."""
-    samples = _samples(model, batch)
+    samples = _samples(model, batch, q)
     reference = keras_outputs(model, samples)
     structure = _check_structure(model, target, plan, None)  # once, for every file
     dense_built = {}

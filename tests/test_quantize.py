@@ -92,12 +92,26 @@ def test_onnx_files_are_quantized_by_onnx_runtime(quantized):
     assert half.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 in and out
 
 
-def test_a_badly_calibrated_int8_file_is_refused_and_nothing_written(tmp_path):
-    # Ranges calibrated on near-zero inputs clip every real activation.
-    q = Quantization("int8", (np.full((16, 256), 1e-4, "float32"),))
-    with pytest.raises(ExportError, match=r"disagrees with Keras: relative error .* > 0.1 \(int8 weights\)"):
+def test_an_int8_file_is_checked_on_the_data_it_was_calibrated_for(tmp_path):
+    # Image-like inputs in [0, 1]: random normal check inputs (negative, wider) fall outside
+    # the calibrated ranges, so the file must be checked on its own data.
+    images = (np.random.default_rng(3).random(size=(64, 256)) > 0.7).astype("float32")
+    records = export(_mlp((1, 64)), "cpu-wide", tmp_path / "out", formats=("tflite", "onnx"), select="target",
+                     check=False, quantize=Quantization("int8", (images,)))
+    assert all(r.rel_error <= TOLERANCE["int8"] for r in records)
+    model = _mlp((1, 64))
+    expected = model.predict(images[:16], verbose=0)
+    got = make_runner(records[0].path)(images[:16])
+    assert np.abs(got - expected).max() / np.abs(expected).max() <= TOLERANCE["int8"]
+
+
+def test_a_file_beyond_its_modes_tolerance_is_refused_and_nothing_written(tmp_path, monkeypatch):
+    import blockprune.quantize
+
+    monkeypatch.setitem(blockprune.quantize.TOLERANCE, "int8", 1e-6)
+    with pytest.raises(ExportError, match=r"disagrees with Keras: relative error .* > 1e-06 \(int8 weights\)"):
         export(_mlp((1, 64)), "cpu-wide", tmp_path / "out", formats=("tflite",), select="target", check=False,
-               quantize=q)
+               quantize=Quantization("int8", _calibration()))
     assert not (tmp_path / "out").exists()
 
 
