@@ -215,8 +215,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             t.mask.assign(mask)
             t.threshold.assign(float(scores[grid].min()) if grid.any() else 0.0)
             t.variable.assign(weight * mask)
-            for slot in optimizer_slots(optimizer, t.variable):
-                slot.assign(keras.ops.convert_to_numpy(slot) * mask.astype(slot.dtype))
+            for slot in optimizer_slots(optimizer, t.variable):  # on the device, no copy to the host
+                slot.assign(slot.value * keras.ops.cast(t.mask.value, slot.dtype))
             updated = True
         return updated
 
