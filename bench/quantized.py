@@ -116,17 +116,17 @@ def report(data) -> str:
                      f"{r['dense_us']:.0f} | {r['sparse_us']:.0f} | {r['speedup']:.2f}x | {vs_int8} | "
                      f"{r['vs_fastest_dense']:.2f}x ({r['fastest_dense']}) | {r['layers']} |")
     lines += ["", "Goals (quantized sparse vs int8 dense, batch 1, 1 thread; the best quantized file per model):", ""]
+    at_b1t1 = {model: [r for r in data["rows"] if r["model"] == model and (r["batch"], r["threads"]) == (1, 1)]
+               for model in GOALS}
     for model, goal in GOALS.items():
-        best = [r for r in data["rows"] if r["model"] == model and (r["batch"], r["threads"]) == (1, 1)
-                and r["precision"] != "float32" and r["vs_int8_dense"] is not None]
+        best = [r for r in at_b1t1[model] if r["precision"] != "float32" and r["vs_int8_dense"] is not None]
         if best:
             top = max(best, key=lambda r: r["vs_int8_dense"])
             lines.append(f"- {model}: {top['vs_int8_dense']:.2f}x ({top['runtime']} {top['precision']}; goal "
                          f">= {goal}x): {'met' if top['vs_int8_dense'] >= goal else 'NOT met'}")
-    for model in GOALS:
-        best = [r for r in data["rows"] if r["model"] == model and (r["batch"], r["threads"]) == (1, 1)]
-        if best:
-            top = max(best, key=lambda r: r["vs_fastest_dense"])
+    for model, rows in at_b1t1.items():
+        if rows:
+            top = max(rows, key=lambda r: r["vs_fastest_dense"])
             lines.append(f"- {model} against the fastest dense file of any runtime and precision here: "
                          f"{top['vs_fastest_dense']:.2f}x ({top['runtime']} {top['precision']} vs {top['fastest_dense']})")
     quantized = [r for r in data["rows"] if r["precision"] != "float32"]

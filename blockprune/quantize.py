@@ -56,13 +56,6 @@ class Quantization:
     def label(self) -> str:
         return "float32" if self.mode == "none" else self.mode
 
-    def for_target(self, target) -> Quantization:
-        """This quantization as a file for ``target`` gets it: an int8 target's weights are at
-        least dynamic-range int8."""
-        if self.mode in ("none", "float16") and target.dtype == "int8":
-            return Quantization("dynamic", self.calibration)
-        return self
-
     def tolerance(self) -> float:
         return TOLERANCE[self.mode]
 
@@ -80,7 +73,9 @@ def for_target(quantize, target) -> Quantization:
     ``Quantization`` or None for float32): an int8 target's weights are at least dynamic-range."""
     if not isinstance(quantize, Quantization):
         quantize = Quantization(quantize or "none")
-    return quantize.for_target(target)
+    if quantize.mode in ("none", "float16") and target.dtype == "int8":
+        return Quantization("dynamic", quantize.calibration)
+    return quantize
 
 
 def calibration_samples(model, data, target_name: str, limit: int = CALIBRATION_SAMPLES) -> tuple:
