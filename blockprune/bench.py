@@ -278,7 +278,8 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
     checked = set()
     for sparse, dense in pairs:
         rt = sparse["runtime_options"]["runtime"]
-        result.sizes.append({"format": sparse["format"], "dense_bytes": dense["bytes"], "sparse_bytes": sparse["bytes"],
+        result.sizes.append({"format": sparse["format"], "weights": _precision(sparse),
+                             "dense_bytes": dense["bytes"], "sparse_bytes": sparse["bytes"],
                              "dense_gzip_bytes": dense["gzip_bytes"], "sparse_gzip_bytes": sparse["gzip_bytes"]})
         for rec in (sparse, dense):
             name = Path(rec["path"]).name
@@ -330,13 +331,19 @@ def compare_across(results: list[BenchResult]) -> None:
 
 
 def merge_results(results: list[BenchResult]) -> BenchResult:
-    """One result from several export folders of the same model (e.g. one per deployment point):
-    every configuration, the first folder's sizes and agreement, and each configuration compared
-    with the fastest dense file measured at its batch and threads."""
+    """One result from several export folders of the same model (e.g. one per deployment point
+    and precision): every configuration, the sizes and agreement of the first folder of each
+    precision, and each configuration compared with the fastest dense file measured at its
+    batch and threads."""
     import dataclasses
 
     first = results[0]
-    merged = dataclasses.replace(first, configs=[c for r in results for c in r.configs])
+    by_precision = {}
+    for r in results:
+        by_precision.setdefault(r.configs[0].precision if r.configs else "", r)
+    merged = dataclasses.replace(first, configs=[c for r in results for c in r.configs],
+                                 sizes=[s for r in by_precision.values() for s in r.sizes],
+                                 agreement=[a for r in by_precision.values() for a in r.agreement])
     _against_fastest_dense(merged.configs)
     return merged
 
@@ -369,10 +376,10 @@ def table(result: BenchResult) -> str:
         e = result.estimate
         lines += ["", f"Target hardware ({e['hardware']}): {e['speedup']:.2f}x ({e['dense_us']:.0f} -> "
                       f"{e['sparse_us']:.0f} us; its matmuls alone {e['matmul_speedup']:.2f}x), {e['kind']}."]
-    lines += ["", "| file | dense bytes | sparse bytes | dense gzip | sparse gzip |", "|---|---|---|---|---|"]
+    lines += ["", "| file | weights | dense bytes | sparse bytes | dense gzip | sparse gzip |", "|---|---|---|---|---|---|"]
     for s in result.sizes:
-        lines.append(f"| .{s['format']} | {s['dense_bytes']:,} | {s['sparse_bytes']:,} | {s['dense_gzip_bytes']:,} | "
-                     f"{s['sparse_gzip_bytes']:,} |")
+        lines.append(f"| .{s['format']} | {s.get('weights', 'float32')} | {s['dense_bytes']:,} | {s['sparse_bytes']:,} | "
+                     f"{s['dense_gzip_bytes']:,} | {s['sparse_gzip_bytes']:,} |")
     lines += ["", "| file | runtime | max abs error vs Keras | relative |", "|---|---|---|---|"]
     for a in result.agreement:
         lines.append(f"| {a['file']} | {a.get('runtime', '-')} | {a['max_abs_error']:.3g} | {a['rel_error']:.3g} |")

@@ -184,6 +184,9 @@ def _add_training_options(p) -> None:
     p.add_argument("--distill-temperature", type=_float, default=4.0, help="distillation temperature (default: 4)")
     p.add_argument("--distill-alpha", type=_float, default=0.7,
                    help="weight of the dense model's soft targets against the labels (default: 0.7)")
+    p.add_argument("--quantize-aware", action="store_true",
+                   help="fine-tune with simulated int8 weights and outputs (fake-quant; the masks are kept), for "
+                        "files exported with --quantize int8 or dynamic")
 
 
 def cmd_prune(args) -> int:
@@ -217,7 +220,7 @@ def cmd_prune(args) -> int:
         result = finetune(model, p, data, epochs=args.epochs, batch_size=args.batch_size,
                           learning_rate=args.learning_rate, checkpoint=checkpoint, resume=args.resume,
                           verbose=1 if sys.stdout.isatty() else 2, permute=not args.no_permute,
-                          distill=_distillation(args))
+                          distill=_distillation(args), quantize_aware=args.quantize_aware)
     except KeyboardInterrupt:
         hint = f"; rerun with --resume to continue from {checkpoint}" if checkpoint.is_file() else ""
         print(f"blockprune prune: interrupted{hint}", file=sys.stderr)
@@ -391,7 +394,7 @@ def cmd_run(args) -> int:
 
     result = run(args.out, model=args.model, data=args.data, target=args.target, sparsity=args.sparsity,
                  epochs=args.epochs, dense_epochs=args.dense_epochs, seed=args.seed, permute=not args.no_permute,
-                 distill=_distillation(args))
+                 distill=_distillation(args), quantize=args.quantize, quantize_aware=args.quantize_aware)
     if result.dense_accuracy is not None:
         print(f"\nTest accuracy: dense {result.dense_accuracy:.2%}, block-sparse {result.sparse_accuracy:.2%}")
     for key, value in result.speedups.items():
@@ -580,6 +583,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-epochs", type=int, default=30, help="dense training epochs of the built-in model")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     _add_training_options(p)
+    p.add_argument("--quantize", default="",
+                   help="quantized exports beside the float32 ones, comma-separated: float16, dynamic, int8 (full "
+                        "integer, calibrated on the training data); each is measured against its own-precision dense "
+                        "file and the fastest dense file of any precision, and run on the test data")
     p.add_argument("--out", default="blockprune-out", help="report folder (default: blockprune-out)")
     p.set_defaults(func=cmd_run)
     return parser

@@ -52,7 +52,8 @@ def _narrow_overrides(p, sparsity: float) -> dict:
 
 def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", sparsity: float = 0.9,
         epochs: int = 30, dense_epochs: int = 30, batch_size: int = 32, seed: int = 0, bench_rounds: int = 5,
-        bench_reps: int = 100, verbose: bool = True, points=None, permute: bool = True, distill=None) -> RunResult:
+        bench_reps: int = 100, verbose: bool = True, points=None, permute: bool = True, distill=None,
+        quantize=(), quantize_aware: bool = False) -> RunResult:
     """Runs the whole pipeline and writes a report folder.
 
     Args:
@@ -72,7 +73,11 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
         verbose: print progress.
         points: deployment points ``[(batch, threads), ...]`` to export and measure (default:
             batch 1 and 8, 1 thread and all cores).
-        permute, distill: as for ``blockprune.pruning.finetune``.
+        permute, distill, quantize_aware: as for ``blockprune.pruning.finetune``.
+        quantize: quantized exports to make beside the float32 ones: any of ``float16``,
+            ``dynamic``, ``int8`` (full-integer, calibrated on the first training samples), as a
+            list or comma-separated. Each is benchmarked against its own-precision dense file and
+            the fastest dense file of any precision, and its test accuracy is reported.
 
     Returns:
         A ``RunResult``.
@@ -85,12 +90,14 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
     from .export import export
     from .packfile import inspect_table, pack_model, save_packed
     from .plan import plan as make_plan
+    from .quantize import Quantization, calibration_samples
     from .pruning.api import save_model_atomic
     from .pruning.finetune import finetune
     from .targets import load_target
 
     started = time.time()
     target = load_target(target)
+    modes = _quantize_modes(quantize)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a folder")
@@ -120,7 +127,7 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
 
         _say(f"[4/7] pruning and fine-tuning for {epochs} epochs", verbose)
         result = finetune(dense, p, dataset, epochs=epochs, batch_size=batch_size, verbose=2 if verbose else 0,
-                          permute=permute, distill=distill)
+                          permute=permute, distill=distill, quantize_aware=quantize_aware)
         for q in result.permutations:
             _say(f"      regrouped the outputs of '{q.layer}' (and the inputs of '{q.reader}'): {q.gain:.3f}x the "
                  "weight magnitude kept, same function", verbose)
@@ -135,25 +142,32 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
         packed = pack_model(sparse, target)
         save_packed(work / "weights.safetensors", packed, {"target": target.name, "model": sparse.name})
         points = points or [(b, t) for b in (1, 8) for t in default_threads()]
-        records, results = [], []
+        quantizations = [Quantization(m, calibration_samples(sparse, dataset, target.name) if m == "int8" else None)
+                         for m in modes]
+        records, results, folders = [], [], {}
         for b, t in points:
-            folder = work / "export" / f"b{b}-t{t}"
-            records += export(sparse, target, folder, plan=p, batch=b, threads=t, progress=verbose)
-            _say(f"[6/7] benchmarking the files exported for batch {b}, {t} thread(s) (dense vs sparse)", verbose)
-            results.append(bench(folder, batches=(b,), threads=(t,), rounds=bench_rounds, reps=bench_reps,
-                                 progress=verbose))
+            for q in quantizations:
+                folder = work / "export" / (f"b{b}-t{t}" + ("" if q.mode == "none" else f"-{q.mode}"))
+                folders.setdefault(q.label, folder)
+                records += export(sparse, target, folder, plan=p, batch=b, threads=t, progress=verbose, quantize=q)
+                _say(f"[6/7] benchmarking the {q.label} files exported for batch {b}, {t} thread(s) (dense vs "
+                     "sparse)", verbose)
+                results.append(bench(folder, batches=(b,), threads=(t,), rounds=bench_rounds, reps=bench_reps,
+                                     progress=verbose))
         measured = merge_results(results)
+        file_accuracy = _file_accuracy(folders, dataset) if len(modes) > 1 else []
         write_reports([measured], work / "bench")
 
         dense_acc = (result.dense_metrics or {}).get("accuracy")
         sparse_acc = (result.sparse_metrics or {}).get("accuracy")
         report = _report(p, result, records, measured, inspect_table(packed), narrow, dataset, dense, time.time() - started,
-                         table(measured))
+                         table(measured), file_accuracy)
         with atomic_path(work / "report.md") as tmp:
             tmp.write_text(report)
         summary = {"target": target.name, "sparsity": sparsity, "dense_accuracy": dense_acc,
-                   "sparse_accuracy": sparse_acc,
-                   "speedups": {f"{c.runtime} b{c.batch} t{c.threads}": c.speedup for c in measured.configs}}
+                   "sparse_accuracy": sparse_acc, "file_accuracy": file_accuracy,
+                   "speedups": {f"{c.runtime} {c.precision} b{c.batch} t{c.threads}" if len(modes) > 1
+                                else f"{c.runtime} b{c.batch} t{c.threads}": c.speedup for c in measured.configs}}
         with atomic_path(work / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -172,7 +186,39 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
     return RunResult(out, out / "report.md", dense_acc, sparse_acc, summary["speedups"])
 
 
-def _report(p, result, records, measured, packed_table, narrow, dataset, dense, seconds, bench_table) -> str:
+def _quantize_modes(quantize) -> tuple[str, ...]:
+    """``("none", ...)``: float32 first, then the quantized exports asked for (each once)."""
+    from .quantize import QUANTIZE_MODES
+
+    asked = [m.strip() for m in quantize.split(",")] if isinstance(quantize, str) else list(quantize or ())
+    bad = [m for m in asked if m not in QUANTIZE_MODES]
+    if bad:
+        raise ValueError(f"quantize={bad[0]!r} is not one of: {', '.join(QUANTIZE_MODES[1:])}")
+    return tuple(dict.fromkeys(["none"] + [m for m in asked if m != "none"]))
+
+
+def _file_accuracy(folders: dict, dataset) -> list[dict]:
+    """Test accuracy (or error) of every sparse file of the first deployment point's folder of
+    each precision, run in its runtime."""
+    from .runtimes import evaluate_file
+
+    if dataset.x_test is None:
+        return []
+    rows = []
+    for precision, folder in folders.items():
+        manifest = json.loads((folder / "export.json").read_text())
+        for r in manifest["records"]:
+            if r["variant"] != "sparse":
+                continue
+            path = folder / Path(r["path"]).name
+            metrics = evaluate_file(path, dataset.x_test, dataset.y_test, dataset.n_classes)
+            rows.append({"file": f"{folder.name}/{path.name}", "runtime": r["runtime_options"]["runtime"],
+                         "weights": precision, **metrics})
+    return rows
+
+
+def _report(p, result, records, measured, packed_table, narrow, dataset, dense, seconds, bench_table,
+            file_accuracy=()) -> str:
     t = p.target
     dense_acc = (result.dense_metrics or {}).get("accuracy")
     sparse_acc = (result.sparse_metrics or {}).get("accuracy")
@@ -182,9 +228,19 @@ def _report(p, result, records, measured, packed_table, narrow, dataset, dense, 
         lines += ["## Accuracy", "", "| model | test accuracy |", "|---|---|",
                   f"| dense | {dense_acc:.2%} |", f"| block-sparse | {sparse_acc:.2%} ({(sparse_acc - dense_acc) * 100:+.2f} points) |",
                   "", f"Data: {dataset.name}, {len(dataset.x_train)} training / {len(dataset.x_test)} test samples.", ""]
+        if file_accuracy:
+            lines += ["The exported sparse files, each run in its runtime on the test split:", "",
+                      "| file | runtime | weights | test accuracy | vs the float Keras model |", "|---|---|---|---|---|"]
+            for a in file_accuracy:
+                lines.append(f"| `{a['file']}` | {a['runtime']} | {a['weights']} | {a['accuracy']:.2%} | "
+                             f"{(a['accuracy'] - sparse_acc) * 100:+.2f} points |")
+            lines.append("")
     if measured.configs:
+        several = len({c.precision for c in measured.configs}) > 1
+
         def where(c):
-            return f"{c.runtime}, batch {c.batch}, {c.threads} thread{'s' if c.threads > 1 else ''}"
+            weights = f" {c.precision}" if several else ""
+            return f"{c.runtime}{weights}, batch {c.batch}, {c.threads} thread{'s' if c.threads > 1 else ''}"
 
         best = max(measured.configs, key=lambda c: c.speedup)
         worst = min(measured.configs, key=lambda c: c.speedup)
@@ -193,7 +249,7 @@ def _report(p, result, records, measured, packed_table, narrow, dataset, dense, 
                   f"Each file was exported for the batch and threads it is timed at. Best speedup over its own "
                   f"runtime's dense file {best.speedup:.2f}x ({where(best)}); worst {worst.speedup:.2f}x "
                   f"({where(worst)}). Against the fastest dense file on this machine at the same batch and threads "
-                  f"(any runtime), the worst is {fastest.vs_fastest_dense:.2f}x ({where(fastest)}, fastest dense: "
+                  f"(any runtime and precision measured), the worst is {fastest.vs_fastest_dense:.2f}x ({where(fastest)}, fastest dense: "
                   f"{fastest.fastest_dense}). {measured.sparsity:.1%} of the matmul weights are zero "
                   f"(ideal {measured.ideal_speedup:.2f}x).", ""]
     lines += ["## Plan", "", "```", p.summary(), "```", ""]
@@ -211,7 +267,7 @@ def _report(p, result, records, measured, packed_table, narrow, dataset, dense, 
               "| `weights.safetensors` | packed weights (`blockprune inspect`) |",
               "| `export/bB-tT/` | per deployment point (batch B, T threads): `.tflite`, `.onnx` and `.openvino.onnx`, "
               "sparse and dense, each with `<file>.runtime.json` run options; `export.json` says how each layer runs "
-              "and why |",
+              "and why; `export/bB-tT-MODE/` the same quantized (`--quantize`), dense baselines alike |",
               "| `bench/` | `bench.json`, `bench.md`, plots |",
               "| `data.npz` | the data used |", "",
               f"Run time: {seconds:.0f} s."]

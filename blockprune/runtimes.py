@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["Runtime", "LiteRT", "OnnxRuntime", "OpenVINO", "RUNTIMES", "available", "runtime", "runtimes_for", "make_runner",
-           "read_options", "sample_inputs", "compare", "keras_outputs", "outputs_of"]
+           "read_options", "sample_inputs", "compare", "keras_outputs", "outputs_of", "evaluate_file"]
 
 
 def sample_inputs(model, batch: int = 4, seed: int = 0) -> list[np.ndarray]:
@@ -314,3 +314,27 @@ def make_runner(path, num_threads: int | None = None, runtime_name: str | None =
     if fmt not in chosen.formats:
         raise ValueError(f"{path}: {chosen.label} does not read .{fmt} files")
     return chosen.runner(Path(path).read_bytes(), options, num_threads)
+
+
+def evaluate_file(path, x, y, n_classes: int | None = None, batch: int = 256, runtime_name: str | None = None) -> dict:
+    """Accuracy (``n_classes`` given: integer labels) or mean squared error of an exported file
+    on ``(x, y)``, run in its recorded runtime (or ``runtime_name``) in chunks of ``batch``.
+
+    A file that runs at one fixed batch only (a recurrent loop) runs at that batch, the last
+    chunk padded.
+    """
+    run = make_runner(path, runtime_name=runtime_name)
+    x = np.asarray(x, dtype=np.float32)
+    step = getattr(run, "fixed_batch", None) or batch
+    outputs = []
+    for start in range(0, len(x), step):
+        chunk = x[start:start + step]
+        n = len(chunk)
+        if getattr(run, "fixed_batch", None) and n < step:
+            chunk = np.concatenate([chunk, np.zeros((step - n, *chunk.shape[1:]), chunk.dtype)])
+        outputs.append(np.asarray(run(chunk))[:n])
+    pred = np.concatenate(outputs)
+    if n_classes is not None:
+        return {"accuracy": float(np.mean(np.argmax(pred, axis=-1) == np.asarray(y)))}
+    return {"mse": float(np.mean((pred - np.asarray(y)) ** 2))}
+

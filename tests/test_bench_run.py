@@ -155,3 +155,23 @@ def test_run_with_a_model_of_attention_and_3x3_convolutions(tmp_path, write_toml
             assert lay["format"] == "dense" or lay["format"].startswith(("gather-matmul", "channel-gather"))
             assert not lay["block_shape"] or lay["why"]
     assert set(result.speedups) == {"LiteRT b1 t1", "ONNX Runtime b1 t1", "OpenVINO b1 t1"}
+
+
+def test_run_with_quantized_exports_reports_their_accuracy_and_every_dense_baseline(tmp_path):
+    result = _small_run(tmp_path / "report", points=[(1, 1)], quantize="dynamic,int8", quantize_aware=True)
+    out = result.out
+    for mode in ("dynamic", "int8"):
+        manifest = json.loads((out / "export" / f"b1-t1-{mode}" / "export.json").read_text())
+        assert manifest["quantize"] == mode
+    measured = json.loads((out / "bench" / "bench.json").read_text())["results"][0]["configs"]
+    assert {c["precision"] for c in measured} == {"float32", "dynamic", "int8"}
+    fastest = min(c["dense_median_us"] for c in measured)
+    for c in measured:  # each file against the fastest dense file of any runtime and precision
+        assert c["vs_fastest_dense"] == pytest.approx(fastest / c["sparse_median_us"])
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["file_accuracy"]
+    assert {(r["runtime"], r["weights"]) for r in rows} >= {("litert", "int8"), ("onnxruntime", "dynamic")}
+    for r in rows:  # a quantized MLP keeps its accuracy on digits within a few points
+        assert abs(r["accuracy"] - result.sparse_accuracy) < 0.05, r
+    text = result.report.read_text()
+    assert "b1-t1-int8/" in text and "| int8 |" in text and "any runtime and precision" in text

@@ -304,3 +304,45 @@ def test_prune_once_reaches_the_plan_without_training():
     assert verify(once, p).ok
     assert not any(isinstance(layer, PruneLowMagnitude) for layer in once.layers)
     assert not (model.get_layer("target").kernel.numpy() == 0).any()  # the input model is untouched
+
+
+def _fake_quant_reference(a, lo, hi, levels):
+    """NumPy reference of fake quantization to ``levels`` steps over ``[lo, hi]`` (TensorFlow's
+    nudging: the range is shifted so that zero is exactly a level)."""
+    scale = (hi - lo) / (levels - 1)
+    zero = np.clip(np.round(-lo / scale), 0, levels - 1)
+    lo, hi = -zero * scale, (levels - 1 - zero) * scale
+    return np.round((np.clip(a, lo, hi) - lo) / scale) * scale + lo
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv2d"])
+def test_quantize_aware_training_keeps_masks_and_simulates_int8(kind, tmp_path):
+    model, x, y = _model(kind)
+    pruned = _compile(prune_low_magnitude(model, ConstantSparsity(0.75, 0, frequency=2), block_size=(4, 1),
+                                          quantize_aware=True))
+    pruned.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])  # 8 steps
+    wrapper = pruned.get_layer("prune_low_magnitude_target")
+    kernel = wrapper.layer.kernel.numpy()
+    mask = wrapper.targets[0]["mask"].numpy()
+    assert (mask == 0).mean() == 0.75 and (kernel[mask == 0] == 0).all()
+    lo, hi, seen = wrapper.output_range.numpy()
+    assert seen == 8 and lo < hi
+
+    # In inference the layer runs on its int8-rounded weight and rounds its output to 256 levels.
+    bound = np.abs(kernel).max()
+    rounded = _fake_quant_reference(kernel, -bound, bound, 255)
+    assert (rounded[mask == 0] == 0).all()
+    plain = strip_pruning(pruned).get_layer("target")
+    float_out = keras.ops.convert_to_numpy(plain(x))
+    plain.kernel.assign(rounded)
+    want = _fake_quant_reference(keras.ops.convert_to_numpy(plain(x)), min(lo, 0.0), max(hi, 0.0), 256)
+    got = keras.ops.convert_to_numpy(wrapper(x))
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+    assert np.abs(got - float_out).max() > 1e-3 * np.abs(float_out).max()  # really quantized
+
+    path = tmp_path / "qat.keras"
+    pruned.save(path)
+    again = keras.models.load_model(path).get_layer("prune_low_magnitude_target")
+    assert again.quantize_aware
+    np.testing.assert_allclose(again.output_range.numpy(), wrapper.output_range.numpy())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(again(x)), got, rtol=1e-5, atol=1e-6)

@@ -31,7 +31,8 @@ def _require_graph_model(model, what: str) -> None:
                          "with keras.Input to prune it)")
 
 
-def prune(model, plan: SparsityPlan, schedule: PruningSchedule | None = None, block_pooling_type: str = "AVG"):
+def prune(model, plan: SparsityPlan, schedule: PruningSchedule | None = None, block_pooling_type: str = "AVG",
+          quantize_aware: bool = False):
     """Wraps exactly the weights a plan selects, on a copy of ``model``.
 
     Args:
@@ -40,6 +41,8 @@ def prune(model, plan: SparsityPlan, schedule: PruningSchedule | None = None, bl
         schedule: the pruning schedule; it is retargeted to each weight's planned sparsity
             with ``schedule.for_sparsity``. Default: ``ConstantSparsity`` from step 0.
         block_pooling_type: ``"AVG"`` or ``"MAX"``.
+        quantize_aware: train with simulated int8 weights and outputs (``PruneLowMagnitude``'s
+            ``quantize_aware``), for files exported with ``quantize="int8"`` or ``"dynamic"``.
 
     Returns:
         A new model in which every layer with planned weights is a ``PruneLowMagnitude``
@@ -87,7 +90,8 @@ def prune(model, plan: SparsityPlan, schedule: PruningSchedule | None = None, bl
             raise ValueError(f"Layer '{layer.name}' is already wrapped for pruning; strip_pruning() it first")
         if path in groups:
             return PruneLowMagnitude(layer, schedule, block_pooling_type=block_pooling_type,
-                                     balanced=plan.target.balanced, prune_weights=groups[path])
+                                     balanced=plan.target.balanced, prune_weights=groups[path],
+                                     quantize_aware=quantize_aware)
         return layer
 
     return rewrap(copy_model(model), wrap)

@@ -153,7 +153,7 @@ class _EpochCheckpoint(keras.callbacks.Callback):
 def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: int = 32,
              learning_rate: float = 1e-3, checkpoint: str | os.PathLike | None = None, resume: bool = False,
              verbose: int = 1, callbacks: list | None = None, permute: bool = True,
-             distill: Distillation | None = None, shuffle: bool = True) -> FinetuneResult:
+             distill: Distillation | None = None, shuffle: bool = True, quantize_aware: bool = False) -> FinetuneResult:
     """Prunes ``model`` to ``plan`` while fine-tuning on ``data``, then strips and verifies it.
 
     Sparsity rises on a cubic ``PolynomialDecay`` to each layer's planned sparsity over the
@@ -177,6 +177,9 @@ def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: 
         distill: learn from the dense model's outputs as well as the labels (classification).
         shuffle: shuffle the training data every epoch (with the Keras backend's own random
             generator, so TensorFlow, JAX and PyTorch see different orders for one seed).
+        quantize_aware: fine-tune with simulated int8 weights and outputs (fake-quant), so that
+            files exported with ``quantize="int8"`` or ``"dynamic"`` lose less accuracy; the masks
+            are kept, and the stripped model is plain float.
 
     Returns:
         A ``FinetuneResult``.
@@ -214,7 +217,7 @@ def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: 
 
             model = copy_model(model)  # the caller's model stays as it was
             permutations = permute_channels(model, plan)
-        pruned = prune(model, plan, schedule)
+        pruned = prune(model, plan, schedule, quantize_aware=quantize_aware)
         loss = (DistillationLoss(distill.temperature, distill.alpha, from_logits=not _outputs_softmax(model))
                 if distill is not None else default_loss(model, data))
         pruned.compile(keras.optimizers.Adam(learning_rate), loss)

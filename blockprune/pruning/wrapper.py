@@ -20,6 +20,13 @@ SGD with momentum, RMSprop and EMA do; the tests check them), so pruned weights 
 zero between mask updates and the forward pass needs no mask. The train step
 itself is not touched, so the wrapper works in eager mode, in compiled ``fit`` (graph mode,
 XLA, ``jax.jit``, ``torch``) and under ``tf.distribute`` and ``keras.distribution``.
+
+With ``quantize_aware=True`` the forward pass also simulates int8 quantization (fake-quant,
+straight-through gradients), so fine-tuning learns weights that survive an int8 export:
+each pruned weight is rounded to 255 symmetric levels of its largest magnitude (per tensor,
+the coarsest grid a runtime here uses: ONNX Runtime's static QDQ; zero stays exactly zero,
+so the masks are kept), and the layer's output to 256 levels of a moving-average range (the
+calibrated activations of a full-integer file).
 """
 
 from __future__ import annotations
@@ -36,6 +43,17 @@ from ..views import WeightView
 from .schedules import ConstantSparsity, PruningSchedule
 
 __all__ = ["PruneLowMagnitude"]
+
+
+#: Momentum of the moving-average activation range of quantization-aware training.
+RANGE_MOMENTUM = 0.99
+
+
+def _fake_quant_weight(w):
+    """``w`` rounded to 255 symmetric int8 levels of its largest magnitude (per tensor), with a
+    straight-through gradient; zero stays exactly zero."""
+    bound = keras.ops.maximum(keras.ops.stop_gradient(keras.ops.max(keras.ops.abs(w))), 1e-8)
+    return keras.quantizers.fake_quant_with_min_max_vars(w, -bound, bound, num_bits=8, narrow_range=True)
 
 
 @keras.ops.custom_gradient
@@ -86,6 +104,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             ``for_sparsity``). ``view_perm`` and ``view_in_axes`` give another ``[in, out]``
             view than the layer's own (a convolution's channel-major view for channel blocks).
             Default: every prunable weight of the layer.
+        quantize_aware: simulate int8 quantization of the pruned weights and of the layer's
+            output while training (fake-quant; see the module's notes), for files exported with
+            ``--quantize int8`` or ``dynamic``. Inference after ``strip_pruning`` is plain float.
         **kwargs: passed to ``keras.layers.Layer``.
 
     Example:
@@ -97,7 +118,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     def __init__(self, layer, pruning_schedule: PruningSchedule | None = None, block_size=(1, 1),
                  block_pooling_type: str = "AVG", balanced: bool = False, prune_weights: dict | None = None,
-                 **kwargs):
+                 quantize_aware: bool = False, **kwargs):
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(f"PruneLowMagnitude wraps a Keras layer, got {type(layer).__name__}")
         if isinstance(layer, PruneLowMagnitude):
@@ -126,8 +147,10 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                         if v.get("view_perm") is not None else {})}
             for k, v in dict(prune_weights).items()
         }
+        self.quantize_aware = bool(quantize_aware)
         self._targets: list[_Target] = []
         self._gradient_hooks = None
+        self.output_range = None
         #: Set by ``UpdatePruningStep`` while it drives training; training without it is an error.
         self.step_callback_active = False
 
@@ -174,6 +197,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             threshold = self.add_weight(name=f"{_slug(name)}_threshold", shape=(), dtype="float32",
                                         initializer="zeros", trainable=False, aggregation="only_first_replica")
             self._targets.append(_Target(name, site.variable, view, block, schedule, mask, threshold))
+        if self.quantize_aware:  # [min, max, batches seen] of the layer's output, like BatchNormalization's moving stats
+            self.output_range = self.add_weight(name="output_range", shape=(3,), dtype="float32",
+                                                initializer="zeros", trainable=False)
         self._hook_gradients()
         self.built = True
 
@@ -230,7 +256,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def __call__(self, *args, **kwargs):
         # On PyTorch, eager, a call needs no work of the wrapper's own (hooks mask the
         # gradients), so it skips the Keras layer machinery a second time around the layer.
-        if (self._gradient_hooks is not None and not any_symbolic_tensors(args, kwargs)
+        if (self._gradient_hooks is not None and not self.quantize_aware and not any_symbolic_tensors(args, kwargs)
                 and (self.step_callback_active or not kwargs.get("training"))):
             return self.layer(*args, **kwargs)
         return super().__call__(*args, **kwargs)
@@ -241,9 +267,29 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                              "callback, e.g. model.fit(x, y, callbacks=[blockprune.UpdatePruningStep()])")
         if call_takes_training(self.layer):
             kwargs["training"] = training
-        if self._gradient_hooks is not None:  # PyTorch: the gradients are masked by hooks
+        if self._gradient_hooks is not None and not self.quantize_aware:  # PyTorch: hooks mask the gradients
             return self.layer(inputs, *args, **kwargs)
-        return self._call_masked(inputs, *args, **kwargs)
+        outputs = self._call_masked(inputs, *args, **kwargs)
+        if self.quantize_aware and not isinstance(outputs, (list, tuple, dict)):
+            outputs = self._fake_quant_output(outputs, training)
+        return outputs
+
+    def _fake_quant_output(self, outputs, training):
+        """The output rounded to 256 levels of its moving-average range (updated while training;
+        untouched before the first training batch)."""
+        lo, hi, seen = (self.output_range[i] for i in range(3))
+        if training:
+            batch_lo = keras.ops.stop_gradient(keras.ops.cast(keras.ops.min(outputs), "float32"))
+            batch_hi = keras.ops.stop_gradient(keras.ops.cast(keras.ops.max(outputs), "float32"))
+            first = keras.ops.equal(seen, 0.0)
+            lo = keras.ops.where(first, batch_lo, RANGE_MOMENTUM * lo + (1 - RANGE_MOMENTUM) * batch_lo)
+            hi = keras.ops.where(first, batch_hi, RANGE_MOMENTUM * hi + (1 - RANGE_MOMENTUM) * batch_hi)
+            seen = seen + 1.0
+            self.output_range.assign(keras.ops.stack([lo, hi, seen]))
+        lo, hi = keras.ops.minimum(lo, 0.0), keras.ops.maximum(hi, 0.0)  # zero is representable
+        quantized = keras.quantizers.fake_quant_with_min_max_vars(outputs, lo, keras.ops.maximum(hi, lo + 1e-6),
+                                                                  num_bits=8)
+        return keras.ops.where(keras.ops.greater(seen, 0.0), quantized, outputs)
 
     def _hook_gradients(self):
         """On PyTorch, masks each pruned weight's gradient with a hook on its parameter (in
@@ -265,6 +311,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         """
         masked = {id(t.variable): _masked_gradient(t.variable.value, keras.ops.cast(t.mask.value, t.variable.dtype))
                   for t in self._targets}
+        if self.quantize_aware:
+            masked = {k: _fake_quant_weight(w) for k, w in masked.items()}
         variables = self.layer.variables
         current = [(v, masked.get(id(v), v.value)) for v in variables]
         outer = get_stateless_scope()
@@ -289,6 +337,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             "block_pooling_type": self.block_pooling_type,
             "balanced": self.balanced,
             "prune_weights": self.prune_weights,
+            "quantize_aware": self.quantize_aware,
         })
         return config
 
