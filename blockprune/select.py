@@ -161,8 +161,9 @@ def choose(model, target, output: str, structure, batch: int = 1, threads: int =
     cache: dict[tuple, dict] = {}
     out: dict[str, Choice] = {}
     blocked = [ws for ws in structure if ws.blocked]
+    int_weights = quantization is not None and quantization.mode in ("dynamic", "int8")
     for i, ws in enumerate(blocked):
-        options = [c for c in candidates(ws, fmt) if c[0] == "dense" or rewritable(model, ws, c[0])]
+        options = [c for c in candidates(ws, fmt, int_weights) if c[0] == "dense" or rewritable(model, ws, c[0])]
         if len(options) == 1:
             out[ws.name] = Choice(ws.name, "dense", "", reason=f"kept dense: no lowering rewrites this {ws.kind} "
                                                                   f"layer in {tuple(ws.block_shape)} blocks for .{fmt} "

@@ -400,3 +400,43 @@ def test_the_planner_counts_every_rewriting_lowering_as_running_a_kind_sparse():
     assert [runs_sparse(wide, k, "tflite") for k in ("dense", "conv", "einsum_dense", "recurrent")] == [
         True, True, True, False]
     assert [runs_sparse(simd, k, "tflite") for k in ("dense", "conv")] == [True, False]  # builtin-sparse: Dense only
+
+
+# --------------------------------------------------------------------------- Dense as a grouped convolution
+
+@pytest.mark.parametrize("shape", [(40,), (5, 40)])
+def test_a_dense_layer_runs_as_a_grouped_convolution_in_files_with_int8_weights(small_blocks, shape):
+    from blockprune.convert import build_file
+    from blockprune.quantize import Quantization
+    from blockprune.runtimes import RUNTIMES, compare
+
+    keras.utils.set_random_seed(13)
+    inputs = keras.Input(shape)
+    model = keras.Model(inputs, keras.layers.Dense(44, activation="relu", name="fc")(inputs), name="fc44")
+    plan = blockprune.plan(model, small_blocks, sparsity=0.75)
+    sparse = prune_once(model, plan)
+    structure = read_structure(sparse, small_blocks, plan)
+    ws = structure.get("fc/kernel")
+    assert ws.kind == "dense" and ws.block_shape == (1, 8)  # 44 outputs: 5 groups of 8 and a last one of 4
+    # a candidate of .tflite files with int8 weights only (it ties or loses in float32 and in ONNX)
+    assert ("channel-gather", "grouped") in candidates(ws, "tflite", quantized=True)
+    assert not [c for c in candidates(ws, "tflite") + candidates(ws, "onnx", quantized=True) if c[0] == "channel-gather"]
+
+    x = np.random.default_rng(7).normal(size=(3, *shape)).astype("float32")
+    expected = sparse.predict(x, verbose=0)
+    packed = BlockedELL.from_dense(ws.matrix, ws.block_shape)
+    fc = sparse.get_layer("fc")
+    ref = ell_matmul(x.reshape(-1, shape[-1]), ws.matrix.shape, packed.block_rows, packed.data)
+    np.testing.assert_allclose(np.maximum(ref + _np(fc.bias), 0).reshape(expected.shape), expected, rtol=1e-4, atol=1e-5)
+    choices = {"fc/kernel": ("channel-gather", "grouped")}
+    lowered, report = lower(sparse, small_blocks, "tflite", structure=structure, choices=choices)
+    assert [(r.name, r.lowering) for r in report] == [("fc", "channel-gather")]
+    np.testing.assert_allclose(lowered.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-5)
+
+    for mode in ("dynamic", "int8"):
+        q = Quantization(mode, (np.random.default_rng(8).normal(size=(64, *shape)).astype("float32"),))
+        built = build_file(sparse, small_blocks, "tflite", structure, choices=choices, quantization=q)
+        ops = [op["op_name"] for op in RUNTIMES["litert"].ops(built.data)[0]]
+        assert "CONV_2D" in ops and "BATCH_MATMUL" not in ops and "FULLY_CONNECTED" not in ops, ops
+        _, rel = compare(expected, RUNTIMES["litert"].runner(built.data, built.options)(x))
+        assert rel < q.tolerance(), (mode, rel)

@@ -6,6 +6,8 @@ rewrites a layer (see ``base.Lowering``):
 
 - ``gather-matmul`` (``gather_matmul.GatherMatmul``): Dense and 1x1 convolutions with
   balanced blocks become ``BlockSparseDense`` (Gather -> BatchMatMul -> Reshape).
+- ``channel-gather`` (``channel_gather.ChannelGather``): convolutions in channel blocks, and Dense
+  layers in ``(1, c)`` blocks, become a Gather and one grouped convolution.
 - ``builtin-sparse`` (``builtin_sparse.BuiltinSparse``): no rewrite; the TFLite converter
   encodes (4, 1) / (16, 1) blocks that ``FULLY_CONNECTED`` reads.
 - ``dense``: nothing runs sparse (the baseline, and runtimes a target cannot speed up).
@@ -21,7 +23,8 @@ from .builtin_sparse import BuiltinSparse
 from .channel_gather import ChannelGather
 from .gather_matmul import GatherMatmul
 
-__all__ = ["ATTENTION_PROJECTIONS", "FUSED_ATTENTION", "BlockSparseDense", "ChannelGatherConv", "FeatureMajorAttention",
+__all__ = ["ATTENTION_PROJECTIONS", "FUSED_ATTENTION", "BlockSparseDense", "ChannelGatherConv", "ChannelGatherDense",
+           "FeatureMajorAttention",
            "Lowering", "LoweredLayer", "LOWERINGS", "lowering", "lower",
            "runs_sparse", "default_choices", "candidates", "format_name", "held_by", "rewritable"]
 
@@ -45,18 +48,19 @@ LOWERINGS: dict[str, Lowering] = {entry.name: entry for entry in (GatherMatmul()
 
 def __getattr__(name):
     # The Keras layers load with Keras, only when asked for: the catalogue itself is TF-free.
-    if name in ("BlockSparseDense", "ChannelGatherConv", "FeatureMajorAttention"):
+    if name in ("BlockSparseDense", "ChannelGatherConv", "ChannelGatherDense", "FeatureMajorAttention"):
         from . import layers
 
         return getattr(layers, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def candidates(ws, fmt: str) -> list[tuple[str, str]]:
+def candidates(ws, fmt: str, quantized: bool = False) -> list[tuple[str, str]]:
     """Every ``(lowering, variant)`` that can make weight ``ws`` run sparse in a file of format
-    ``fmt`` and rewrites a layer to do it, plus ``("dense", "")``: what export chooses among."""
+    ``fmt`` (with int8 weights when ``quantized``) and rewrites a layer to do it, plus
+    ``("dense", "")``: what export chooses among."""
     out = [(e.name, v) for e in LOWERINGS.values() if e.rewrites and fmt in e.formats and e.handles(ws)
-           for v in e.variants_for(fmt)]
+           for v in e.variants_for(fmt, ws, quantized)]
     return out + [("dense", "")]
 
 

@@ -62,8 +62,9 @@ class Lowering:
     rewrites = True  # False: the converter carries it out from the weights, no layer is replaced
     summary = ""
 
-    def variants_for(self, fmt: str) -> tuple[str, ...]:
-        """The variants that apply to files of format ``fmt`` (the first is the default)."""
+    def variants_for(self, fmt: str, ws=None, quantized: bool = False) -> tuple[str, ...]:
+        """The variants that apply to files of format ``fmt`` (the first is the default), for
+        weight ``ws`` when given, in a file with int8 weights when ``quantized``."""
         return self.variants
 
     def handles(self, ws) -> bool:

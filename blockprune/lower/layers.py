@@ -23,7 +23,7 @@ import numpy as np
 from ..checks import fits, n_block_cols
 from ..formats import BlockedELL
 
-__all__ = ["BlockSparseDense", "ChannelGatherConv", "FeatureMajorAttention", "LAYOUTS", "elementwise"]
+__all__ = ["BlockSparseDense", "ChannelGatherConv", "ChannelGatherDense", "FeatureMajorAttention", "LAYOUTS", "elementwise"]
 
 #: Layouts of ``BlockSparseDense``.
 LAYOUTS = ("batch", "feature")
@@ -308,6 +308,46 @@ class ChannelGatherConv(keras.layers.Layer):
                 "groups": self.groups, "channels_per_group": self.channels_per_group,
                 "activation": keras.activations.serialize(c.activation), "use_bias": c.use_bias, "split": self.split,
                 "group_width": self.group_width}
+
+
+@keras.saving.register_keras_serializable(package="blockprune")
+class ChannelGatherDense(ChannelGatherConv):
+    """A Dense layer in ``(1, c)`` blocks as ``ChannelGatherConv``: its input ``[..., in]`` is
+    viewed as ``[rows, 1, in]`` and runs through the Gather and one grouped 1x1 convolution, a
+    form whose full-integer int8 convolution XNNPACK runs (its int8 BATCH_MATMUL it does not)."""
+
+    def __init__(self, filters, groups, channels_per_group, activation=None, use_bias=True, split=False,
+                 group_width=None, **kwargs):
+        for key in ("rank", "kernel_size", "strides", "padding", "dilation_rate"):
+            kwargs.pop(key, None)  # fixed: a 1x1 Conv1D (get_config of the parent lists them)
+        super().__init__(1, filters, 1, 1, "valid", 1, groups, channels_per_group, activation, use_bias, split,
+                         group_width, **kwargs)
+
+    def build(self, input_shape):
+        super().build((None, 1, input_shape[-1]))
+
+    def call(self, x):
+        lead = tuple(-1 if d is None else int(d) for d in x.shape[1:-1])
+        y = super().call(keras.ops.reshape(x, (-1, 1, x.shape[-1])))
+        return keras.ops.reshape(y, (-1, *lead, self.filters))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.filters)
+
+    @classmethod
+    def from_dense(cls, layer, indices: np.ndarray, kernel: np.ndarray, split: bool = False) -> "ChannelGatherDense":
+        """A built layer replacing the (built) Dense ``layer``; ``indices`` and ``kernel`` (``[1, k,
+        groups * c]``) as for ``ChannelGatherConv.from_conv``."""
+        groups, k = indices.shape
+        new = cls(layer.units, groups, k, layer.activation, layer.use_bias, split, kernel.shape[-1] // groups,
+                  name=layer.name)
+        new.build((None, int(layer.kernel.shape[0])))
+        new.gather_indices.assign(indices.reshape(-1).astype("int32"))
+        new.conv.kernel.assign(kernel)
+        if layer.use_bias:
+            bias = keras.ops.convert_to_numpy(layer.bias)
+            new.conv.bias.assign(np.pad(bias, (0, new.conv.filters - len(bias))))
+        return new
 
 
 @keras.saving.register_keras_serializable(package="blockprune")
