@@ -97,7 +97,7 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
 
     started = time.time()
     target = load_target(target)
-    modes = _quantize_modes(quantize)
+    modes = _quantize_modes(quantize, target.name)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a folder")
@@ -186,14 +186,15 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
     return RunResult(out, out / "report.md", dense_acc, sparse_acc, summary["speedups"])
 
 
-def _quantize_modes(quantize) -> tuple[str, ...]:
+def _quantize_modes(quantize, target_name: str) -> tuple[str, ...]:
     """``("none", ...)``: float32 first, then the quantized exports asked for (each once)."""
     from .quantize import QUANTIZE_MODES
 
     asked = [m.strip() for m in quantize.split(",")] if isinstance(quantize, str) else list(quantize or ())
     bad = [m for m in asked if m not in QUANTIZE_MODES]
     if bad:
-        raise ValueError(f"quantize={bad[0]!r} is not one of: {', '.join(QUANTIZE_MODES[1:])}")
+        raise ValueError(f"quantize={bad[0]!r} is not one of: {', '.join(QUANTIZE_MODES[1:])} "
+                         f"(run for target '{target_name}'; nothing was trained)")
     return tuple(dict.fromkeys(["none"] + [m for m in asked if m != "none"]))
 
 

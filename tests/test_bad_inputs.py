@@ -216,3 +216,11 @@ def test_a_file_the_runtime_cannot_load_is_one_line_and_nothing_is_written(tmp_p
                                          "nothing was written$"):
         export(_mlp(), "cpu-wide", tmp_path / "out", formats=("onnx",), allow_dense=True, check=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_quantization_stops_a_run_before_any_training(tmp_path):
+    from blockprune.run import run
+
+    with pytest.raises(ValueError, match=r"'int4'.*target 'cpu-wide'"):
+        run(tmp_path / "report", quantize="dynamic,int4", verbose=False)
+    assert list(tmp_path.iterdir()) == []
