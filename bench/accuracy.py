@@ -66,13 +66,20 @@ def configs() -> list[tuple[str, object, dict]]:
     return out + [("unstructured (1, 1)", unstructured, {"logits": "skip"})]
 
 
-def blockprune_rows(dataset: str, sparsities, quick: bool) -> tuple[float, list[dict]]:
+def trained_dense(dataset: str, quick: bool) -> tuple:
+    """``(data, dense model trained on it, pruning epochs, batch size)`` of one of ``DATASETS``
+    (fewer epochs with ``quick``)."""
     data = BUILTIN_DATA[dataset]()
     model_name, _, dense_epochs, epochs, batch = DATASETS[dataset]
     if quick:
         dense_epochs, epochs = max(2, dense_epochs // 5), max(2, epochs // 5)
     dense = example_model(model_name, seed=0)
     train_dense(dense, data, epochs=dense_epochs, batch_size=batch, seed=0)
+    return data, dense, epochs, batch
+
+
+def blockprune_rows(dataset: str, sparsities, quick: bool) -> tuple[float, list[dict]]:
+    data, dense, epochs, batch = trained_dense(dataset, quick)
     dense_acc = float(np.mean(np.argmax(dense.predict(data.x_test, verbose=0), -1) == data.y_test))
     print(f"{dataset}: dense {dense_acc:.4f}", flush=True)
     # The sensitivity is measured on held-out training samples, never on the test split.

@@ -34,10 +34,8 @@ import numpy as np  # noqa: E402
 
 import blockprune  # noqa: E402
 from _timing import results_dir  # noqa: E402
-from accuracy import DATASETS  # noqa: E402
+from accuracy import trained_dense  # noqa: E402
 from blockprune._atomic import write_text_atomic  # noqa: E402
-from blockprune.data import BUILTIN_DATA  # noqa: E402
-from blockprune.examples import example_model, train_dense  # noqa: E402
 from blockprune.export import export  # noqa: E402
 from blockprune.pruning.finetune import finetune  # noqa: E402
 from blockprune.quantize import CALIBRATION_SAMPLES, Quantization  # noqa: E402
@@ -52,12 +50,7 @@ GOAL_POINTS = 0.5
 
 
 def rows_for(dataset: str, quick: bool) -> list[dict]:
-    data = BUILTIN_DATA[dataset]()
-    model_name, _, dense_epochs, epochs, batch = DATASETS[dataset]
-    if quick:
-        dense_epochs, epochs = max(2, dense_epochs // 5), max(2, epochs // 5)
-    dense = example_model(model_name, seed=0)
-    train_dense(dense, data, epochs=dense_epochs, batch_size=batch, seed=0)
+    data, dense, epochs, batch = trained_dense(dataset, quick)
     plan = blockprune.plan(dense, TARGET, sparsity=SPARSITY, overrides={"logits": "skip"})
     calibration = (data.x_train[:CALIBRATION_SAMPLES].astype(np.float32),)
     rows, float_sparse = [], None
