@@ -190,7 +190,7 @@ def _quantize_modes(quantize, target_name: str) -> tuple[str, ...]:
     """``("none", ...)``: float32 first, then the quantized exports asked for (each once)."""
     from .quantize import QUANTIZE_MODES
 
-    asked = [m.strip() for m in quantize.split(",")] if isinstance(quantize, str) else list(quantize or ())
+    asked = [m.strip() for m in quantize.split(",") if m.strip()] if isinstance(quantize, str) else list(quantize or ())
     bad = [m for m in asked if m not in QUANTIZE_MODES]
     if bad:
         raise ValueError(f"quantize={bad[0]!r} is not one of: {', '.join(QUANTIZE_MODES[1:])} "
