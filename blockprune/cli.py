@@ -583,10 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dense-epochs", type=int, default=30, help="dense training epochs of the built-in model")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     _add_training_options(p)
-    p.add_argument("--quantize", default="",
+    p.add_argument("--quantize", default="auto",
                    help="quantized exports beside the float32 ones, comma-separated: float16, dynamic, int8 (full "
                         "integer, calibrated on the training data); each is measured against its own-precision dense "
-                        "file and the fastest dense file of any precision, and run on the test data")
+                        "file and the fastest dense file of any precision, and run on the test data. Default auto: "
+                        "dynamic and int8, a mode that fails to export is reported instead of stopping the run; "
+                        "none: float32 only")
     p.add_argument("--out", default="blockprune-out", help="report folder (default: blockprune-out)")
     p.set_defaults(func=cmd_run)
     return parser

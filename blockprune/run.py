@@ -50,6 +50,11 @@ def _narrow_overrides(p, sparsity: float) -> dict:
             if lp.view_shape and lp.view_shape[0] < NARROW_INPUTS and lp.sparsity > NARROW_SPARSITY}
 
 
+# What ``quantize="auto"`` exports beside float32: the int8 dense files are the baselines users try
+# first, and on CPUs often the fastest dense files (full-int8 and dynamic-range each win somewhere).
+AUTO_QUANTIZE = ("dynamic", "int8")
+
+
 def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", sparsity: float = 0.9,
         epochs: int = 30, dense_epochs: int = 30, batch_size: int = 32, seed: int = 0, bench_rounds: int = 5,
         bench_reps: int = 100, verbose: bool = True, points=None, permute: bool = True, distill=None,
@@ -77,7 +82,9 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
         quantize: quantized exports to make beside the float32 ones: any of ``float16``,
             ``dynamic``, ``int8`` (full-integer, calibrated on the first training samples), as a
             list or comma-separated. Each is benchmarked against its own-precision dense file and
-            the fastest dense file of any precision, and its test accuracy is reported.
+            the fastest dense file of any precision, and its test accuracy is reported. A mode
+            asked for by name that fails to export stops the run; ``"auto"`` (the CLI's default)
+            asks for ``AUTO_QUANTIZE`` and reports a mode that fails instead of stopping.
 
     Returns:
         A ``RunResult``.
@@ -87,7 +94,7 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
     from .bench import bench, default_threads, merge_results, table, write_reports
     from .data import Dataset, load_data, save_npz
     from .examples import example_model, train_dense
-    from .export import export
+    from .export import ExportError, export
     from .packfile import inspect_table, pack_model, save_packed
     from .plan import plan as make_plan
     from .quantize import Quantization, calibration_samples
@@ -98,6 +105,7 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
     started = time.time()
     target = load_target(target)
     modes = _quantize_modes(quantize, target.name)
+    tolerant = _is_auto(quantize)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a folder")
@@ -144,12 +152,22 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
         points = points or [(b, t) for b in (1, 8) for t in default_threads()]
         quantizations = [Quantization(m, calibration_samples(sparse, dataset, target.name) if m == "int8" else None)
                          for m in modes]
-        records, results, folders = [], [], {}
+        records, results, folders, not_exported = [], [], {}, {}
         for b, t in points:
             for q in quantizations:
+                if q.mode in not_exported:
+                    continue
                 folder = work / "export" / (f"b{b}-t{t}" + ("" if q.mode == "none" else f"-{q.mode}"))
+                try:
+                    records += export(sparse, target, folder, plan=p, batch=b, threads=t, progress=verbose, quantize=q)
+                except ExportError as e:
+                    if not tolerant or q.mode == "none":
+                        raise
+                    not_exported[q.mode] = str(e)
+                    shutil.rmtree(folder, ignore_errors=True)
+                    _say(f"      no {q.label} files: {e}", verbose)
+                    continue
                 folders.setdefault(q.label, folder)
-                records += export(sparse, target, folder, plan=p, batch=b, threads=t, progress=verbose, quantize=q)
                 _say(f"[6/7] benchmarking the {q.label} files exported for batch {b}, {t} thread(s) (dense vs "
                      "sparse)", verbose)
                 results.append(bench(folder, batches=(b,), threads=(t,), rounds=bench_rounds, reps=bench_reps,
@@ -161,11 +179,11 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
         dense_acc = (result.dense_metrics or {}).get("accuracy")
         sparse_acc = (result.sparse_metrics or {}).get("accuracy")
         report = _report(p, result, records, measured, inspect_table(packed), narrow, dataset, dense, time.time() - started,
-                         table(measured), file_accuracy)
+                         table(measured), file_accuracy, not_exported)
         with atomic_path(work / "report.md") as tmp:
             tmp.write_text(report)
         summary = {"target": target.name, "sparsity": sparsity, "dense_accuracy": dense_acc,
-                   "sparse_accuracy": sparse_acc, "file_accuracy": file_accuracy,
+                   "sparse_accuracy": sparse_acc, "file_accuracy": file_accuracy, "not_exported": not_exported,
                    "speedups": {f"{c.runtime} {c.precision} b{c.batch} t{c.threads}" if len(modes) > 1
                                 else f"{c.runtime} b{c.batch} t{c.threads}": c.speedup for c in measured.configs}}
         with atomic_path(work / "summary.json") as tmp:
@@ -186,10 +204,16 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
     return RunResult(out, out / "report.md", dense_acc, sparse_acc, summary["speedups"])
 
 
+def _is_auto(quantize) -> bool:
+    return isinstance(quantize, str) and quantize.strip() == "auto"
+
+
 def _quantize_modes(quantize, target_name: str) -> tuple[str, ...]:
     """``("none", ...)``: float32 first, then the quantized exports asked for (each once)."""
     from .quantize import QUANTIZE_MODES
 
+    if _is_auto(quantize):
+        quantize = AUTO_QUANTIZE
     asked = [m.strip() for m in quantize.split(",") if m.strip()] if isinstance(quantize, str) else list(quantize or ())
     bad = [m for m in asked if m not in QUANTIZE_MODES]
     if bad:
@@ -219,7 +243,7 @@ def _file_accuracy(folders: dict, dataset) -> list[dict]:
 
 
 def _report(p, result, records, measured, packed_table, narrow, dataset, dense, seconds, bench_table,
-            file_accuracy=()) -> str:
+            file_accuracy=(), not_exported=None) -> str:
     t = p.target
     dense_acc = (result.dense_metrics or {}).get("accuracy")
     sparse_acc = (result.sparse_metrics or {}).get("accuracy")
@@ -245,14 +269,20 @@ def _report(p, result, records, measured, packed_table, narrow, dataset, dense, 
 
         best = max(measured.configs, key=lambda c: c.speedup)
         worst = min(measured.configs, key=lambda c: c.speedup)
-        fastest = min(measured.configs, key=lambda c: c.vs_fastest_dense)
+        top = max(measured.configs, key=lambda c: c.vs_fastest_dense)
+        bottom = min(measured.configs, key=lambda c: c.vs_fastest_dense)
         lines += ["## Headline", "",
                   f"Each file was exported for the batch and threads it is timed at. Best speedup over its own "
                   f"runtime's dense file {best.speedup:.2f}x ({where(best)}); worst {worst.speedup:.2f}x "
                   f"({where(worst)}). Against the fastest dense file on this machine at the same batch and threads "
-                  f"(any runtime and precision measured), the worst is {fastest.vs_fastest_dense:.2f}x ({where(fastest)}, fastest dense: "
-                  f"{fastest.fastest_dense}). {measured.sparsity:.1%} of the matmul weights are zero "
-                  f"(ideal {measured.ideal_speedup:.2f}x).", ""]
+                  f"(any runtime and precision measured), the best is {top.vs_fastest_dense:.2f}x ({where(top)}, "
+                  f"fastest dense: {top.fastest_dense}) and the worst {bottom.vs_fastest_dense:.2f}x "
+                  f"({where(bottom)}, fastest dense: {bottom.fastest_dense}). {measured.sparsity:.1%} of the matmul "
+                  f"weights are zero (ideal {measured.ideal_speedup:.2f}x).", ""]
+    if not_exported:
+        lines += ["Not exported (`--quantize auto` reports a quantization that fails instead of stopping):", ""]
+        lines += [f"- {mode}: {why}" for mode, why in not_exported.items()]
+        lines.append("")
     lines += ["## Plan", "", "```", p.summary(), "```", ""]
     if narrow:
         lines += [f"Layers reading fewer than {NARROW_INPUTS} input features were capped at "

@@ -175,3 +175,26 @@ def test_run_with_quantized_exports_reports_their_accuracy_and_every_dense_basel
         assert abs(r["accuracy"] - result.sparse_accuracy) < 0.05, r
     text = result.report.read_text()
     assert "b1-t1-int8/" in text and "| int8 |" in text and "any runtime and precision" in text
+
+
+def test_run_auto_quantize_reports_a_mode_that_fails_and_a_named_mode_stops_the_run(tmp_path, monkeypatch):
+    import blockprune.export as export_module
+
+    real_export = export_module.export
+
+    def int8_fails(*args, quantize=None, **kwargs):  # e.g. a model whose int8 file misses its tolerance
+        if getattr(quantize, "mode", None) == "int8":
+            raise export_module.ExportError("int8 file disagrees with Keras (injected)")
+        return real_export(*args, quantize=quantize, **kwargs)
+
+    monkeypatch.setattr(export_module, "export", int8_fails)
+    result = _small_run(tmp_path / "report", points=[(1, 1)], quantize="auto")
+    summary = json.loads((result.out / "summary.json").read_text())
+    assert summary["not_exported"] == {"int8": "int8 file disagrees with Keras (injected)"}
+    assert (result.out / "export" / "b1-t1-dynamic" / "export.json").is_file()
+    assert not (result.out / "export" / "b1-t1-int8").exists()
+    assert {k.split()[-3] for k in result.speedups} == {"float32", "dynamic"}
+    assert "- int8: int8 file disagrees with Keras (injected)" in result.report.read_text()
+    with pytest.raises(export_module.ExportError, match="injected"):
+        _small_run(tmp_path / "named", points=[(1, 1)], quantize="dynamic,int8")
+    assert not (tmp_path / "named").exists()
