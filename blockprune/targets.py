@@ -134,7 +134,10 @@ class TargetDescriptor:
             channel, all its taps), most preferred first; empty when the target prunes KxK
             convolutions in ``block_shapes`` (or not at all).
         balanced: every block-column must keep the same number of blocks.
-        min_weights: layers with fewer weights stay dense.
+        min_weights: layers with fewer weights stay dense, unless ``min_macs`` lets them in.
+        min_macs: a layer under ``min_weights`` is still pruned when its multiply-adds per
+            sample (weights x output positions: a 1x1 convolution over a large feature map)
+            reach this many; 0 (the default) turns the exception off.
         layer_kinds: which layer kinds (see ``LAYER_KINDS``) the target can speed up.
         native: True when the runtimes on this machine execute the target's lowering as the
             real hardware would (CPU targets); False for emulated targets (DSP, tensor cores),
@@ -163,7 +166,14 @@ class TargetDescriptor:
     runtime: RuntimeOptions
     cost_model: CostModel
     channel_blocks: tuple[int, ...] = ()
+    min_macs: int = 0
     source: str = field(default="", compare=False)
+
+    def large_enough(self, ref) -> bool:
+        """Whether a weight (any ``WeightRef``) is big enough to prune: ``min_weights`` weights,
+        or ``min_macs`` multiply-adds per sample when the target sets it."""
+        n = ref.n_weights
+        return n >= self.min_weights or bool(self.min_macs and n * ref.positions >= self.min_macs)
 
     def pattern(self, ref) -> tuple[Any, list[tuple[int, int]]]:
         """``(view, block shapes)`` this target prunes the weight ``ref`` (a ``WeightRef``) in:
@@ -201,6 +211,7 @@ class TargetDescriptor:
             **({"channel_blocks": list(self.channel_blocks)} if self.channel_blocks else {}),
             "balanced": self.balanced,
             "min_weights": self.min_weights,
+            **({"min_macs": self.min_macs} if self.min_macs else {}),
             "layer_kinds": list(self.layer_kinds),
             "native": self.native,
             "lowering": dataclasses.asdict(self.lowering),
@@ -224,6 +235,7 @@ _TOP_FIELDS = {
     "channel_blocks": False,
     "balanced": True,
     "min_weights": True,
+    "min_macs": False,
     "layer_kinds": True,
     "native": True,
     "lowering": True,
@@ -382,6 +394,9 @@ def parse_target(data: Mapping[str, Any], source: str) -> TargetDescriptor:
     min_weights = r.get("min_weights", int)
     if min_weights < 0:
         raise r.error("min_weights", f"expected 0 or more, got {min_weights}")
+    min_macs = r.get("min_macs", int, 0)
+    if min_macs < 0:
+        raise r.error("min_macs", f"expected 0 or more, got {min_macs}")
     return TargetDescriptor(
         name=name,
         description=r.get("description", str),
@@ -391,6 +406,7 @@ def parse_target(data: Mapping[str, Any], source: str) -> TargetDescriptor:
         channel_blocks=_parse_channel_blocks(r),
         balanced=balanced,
         min_weights=min_weights,
+        min_macs=min_macs,
         layer_kinds=_parse_layer_kinds(r),
         native=r.get("native", bool),
         lowering=lowering,

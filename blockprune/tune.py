@@ -42,7 +42,7 @@ def layer_shapes(model, target, batch: int = 1) -> list[tuple[tuple[int, int], i
     target = load_target(target)
     seen = []
     for site in target_sites(model, target):
-        if site.kind not in PROBED_KINDS or site.weight != "kernel" or site.n_weights < target.min_weights:
+        if site.kind not in PROBED_KINDS or site.weight != "kernel" or not target.large_enough(site):
             continue
         key = (tuple(site.view.view_shape), batch * site.positions)
         if key not in seen:

@@ -63,6 +63,35 @@ def test_falls_back_to_a_narrower_block_that_divides_or_fits(write_toml, valid_t
     assert "(1, 64), (1, 32), (1, 16)" in r.get("d0").skip_reason and "(2048, 12)" in r.get("d0").skip_reason
 
 
+def test_min_macs_lets_a_small_convolution_over_a_large_map_in_and_a_small_dense_layer_stays_out():
+    inputs = keras.Input((64, 64, 32))
+    x = keras.layers.Conv2D(96, 1, name="expand")(inputs)  # 3072 weights x 4096 positions
+    y = keras.layers.Dense(96, name="dense")(keras.layers.GlobalAveragePooling2D()(x))  # 9216 weights x 1
+    p = plan(keras.Model(inputs, y), "cpu-wide", sparsity=0.75)
+    assert p.target.min_macs == 2_000_000 and p.target.min_weights > 9216
+    assert p.get("expand").pruned and p.get("expand").block_shape == (1, 32)
+    d = p.get("dense")
+    assert d.skip_code == "too_small"
+    assert "9216 weights < min_weights=16384 and 9216 multiply-adds per sample < min_macs=2000000" in d.skip_reason
+    # without min_macs (dsp-1x8 sets none) the convolution is judged by its weights alone
+    q = plan(keras.Model(inputs, y), "simd-4x1", sparsity=0.75)
+    assert q.get("expand").skip_code in ("too_small", "kind_not_eligible")
+    assert load_target("dsp-1x8").min_macs == 0
+
+
+def test_a_sparsity_that_keeps_no_block_of_a_column_is_skipped_or_refused():
+    inputs = keras.Input((64, 64, 3))
+    x = keras.layers.Conv2D(64, 3, padding="same", name="stem")(inputs)  # 3 input channels: 3 channel blocks
+    m = keras.Model(inputs, keras.layers.Conv2D(64, 3, name="body")(x))
+    p = plan(m, "cpu-wide", sparsity=0.9)
+    stem = p.get("stem")
+    assert stem.skip_code == "too_few_blocks" and "keeps none of the 3 blocks" in stem.skip_reason
+    assert p.get("body").pruned
+    assert plan(m, "cpu-wide", sparsity=0.5).get("stem").pruned  # 3 - round(1.5) = 1 block kept
+    with pytest.raises(ValueError, match=r"Layer 'stem'.*sparsity=0.9 keeps none.*cpu-wide.*lower the sparsity"):
+        plan(m, "cpu-wide", sparsity=0.5, overrides={"stem": {"sparsity": 0.9}})
+
+
 def test_conv2d_view_is_kh_kw_cin_by_cout():
     inputs = keras.Input((16, 16, 32))
     x = keras.layers.Conv2D(64, 3, name="k3")(inputs)

@@ -337,7 +337,11 @@ def test_quantize_aware_training_keeps_masks_and_simulates_int8(kind, tmp_path):
     plain.kernel.assign(rounded)
     want = _fake_quant_reference(keras.ops.convert_to_numpy(plain(x)), min(lo, 0.0), max(hi, 0.0), 256)
     got = keras.ops.convert_to_numpy(wrapper(x))
-    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+    # A value within float rounding of a level boundary may land one level apart (the matmul's
+    # summation order depends on the thread pool): allow that for a few outputs, never more.
+    step = (max(hi, 0.0) - min(lo, 0.0)) / 255
+    off = np.abs(got - want) > 1e-4 * np.abs(want).max()
+    assert off.mean() <= 0.02 and (np.abs(got - want)[off] <= step * 1.01).all()
     assert np.abs(got - float_out).max() > 1e-3 * np.abs(float_out).max()  # really quantized
 
     path = tmp_path / "qat.keras"

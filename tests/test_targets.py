@@ -124,6 +124,8 @@ def _edit(text: str, old: str, new: str) -> str:
         ('min_weights = 64', 'min_weights = "64"', "min_weights", "expected an integer"),
         ('min_weights = 64', 'min_weights = true', "min_weights", "expected an integer, got boolean"),
         ('min_weights = 64', 'min_weights = -1', "min_weights", "expected 0 or more"),
+        ('min_weights = 64', 'min_weights = 64\nmin_macs = -5', "min_macs", "expected 0 or more"),
+        ('min_weights = 64', 'min_weights = 64\nmin_macs = 1.5', "min_macs", "expected an integer"),
         ('balanced = false', 'balanced = "no"', "balanced", "expected a boolean"),
         ('vector_lanes = 4', 'vector_lanes = 0', "cost_model.vector_lanes", "positive"),
         ('lane_axis = "in"', 'lane_axis = "diagonal"', "cost_model.lane_axis", "unknown value"),

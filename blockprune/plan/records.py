@@ -26,7 +26,8 @@ SKIP_CODES = {
     "not_prunable": "the weight is not a matmul over an [in, out] view",
     "excluded": "excluded by the user",
     "kind_not_eligible": "the layer kind is not eligible for this target",
-    "too_small": "fewer weights than the target's min_weights",
+    "too_small": "fewer weights than the target's min_weights (and fewer multiply-adds than its min_macs)",
+    "too_few_blocks": "the sparsity would zero every block of a block-column",
     "no_block_divides": "no allowed block shape divides the [in, out] view",
     "budget_dense": "the latency budget or the overall sparsity is met without pruning it",
 }

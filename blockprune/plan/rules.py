@@ -164,9 +164,10 @@ def _plan_one(site, target: TargetDescriptor, sparsity: float, match, predictor:
             return _skip("kind_not_eligible",
                          f"{site.kind} layers are not eligible for target '{target.name}' "
                          f"(it speeds up: {', '.join(target.layer_kinds)})")
-        n = site.n_weights
-        if n < target.min_weights:
-            return _skip("too_small", f"{n} weights < min_weights={target.min_weights} of target '{target.name}'")
+        if not target.large_enough(site):
+            n, macs = site.n_weights, site.n_weights * site.positions
+            also = f" and {macs} multiply-adds per sample < min_macs={target.min_macs}" if target.min_macs else ""
+            return _skip("too_small", f"{n} weights < min_weights={target.min_weights}{also} of target '{target.name}'")
         view, dividing = target.pattern(site)
         if not dividing:
             tried = ", ".join(f"({b[0]}, {b[1]})" for b in target.block_shapes)
@@ -181,6 +182,13 @@ def _plan_one(site, target: TargetDescriptor, sparsity: float, match, predictor:
             _, fastest = predictor.fastest(site, dividing, s)
             if predictor.measured.latency(site, fastest, s) is not None:  # ties go to the target's order
                 block, source = fastest, "profile"
+    rows = -(-site.view.view_shape[0] // block[0])
+    if target.balanced and rows - int(round(s * rows)) < 1:  # as masks.kept_block_grid counts
+        why = (f"sparsity={s:g} keeps none of the {rows} blocks of a block-column of its view "
+               f"{site.view.view_shape} in ({block[0]}, {block[1]}) blocks")
+        if source == "override":
+            raise ValueError(f"{where}: {why} for target '{target.name}' (override {match[0]!r}); lower the sparsity")
+        return _skip("too_few_blocks", f"{why} for target '{target.name}'")
     lp = LayerPlan.of(site, block_shape=block, sparsity=s, skip_code=None, skip_reason=None, source=source)
     return predictor.layer_plan(lp, block, s)
 
