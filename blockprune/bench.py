@@ -34,7 +34,8 @@ class BenchConfig:
     (``float32``, ``float16``, ``dynamic``, ``int8``: ``blockprune.quantize``), its dense
     baseline's alike; ``vs_fastest_dense`` the sparse file against the fastest dense file
     measured at the same batch and threads in any runtime and precision of this run
-    (``fastest_dense`` names it).
+    (``fastest_dense`` names it); ``same_bytes`` that the "sparse" file is its dense baseline
+    (kept dense), so its speedup is the noise of timing one file twice.
     """
 
     runtime: str
@@ -53,6 +54,7 @@ class BenchConfig:
     vs_fastest_dense: float | None = None
     fastest_dense: str = ""
     precision: str = "float32"
+    same_bytes: bool = False
 
 
 @dataclass
@@ -303,7 +305,8 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
         (dm, d10, d90), (sm, s10, s90) = stats["dense"], stats["sparse"]
         same = _local(export_dir, sparse).read_bytes() == _local(export_dir, dense).read_bytes()
         result.configs.append(BenchConfig(label, sparse["format"], batch, n_threads, dm, sm, dm / sm, d10, d90, s10,
-                                          s90, _layout(sparse, same), exported_for, precision=_precision(sparse)))
+                                          s90, _layout(sparse, same), exported_for, precision=_precision(sparse),
+                                          same_bytes=same))
         if bar:
             bar.update(i + 1)
         elif progress:  # a log, not a terminal: one line per configuration
@@ -363,14 +366,20 @@ def table(result: BenchResult) -> str:
                      f"{c.dense_median_us:.0f} ({c.dense_p10_us:.0f}-{c.dense_p90_us:.0f}) | {c.sparse_median_us:.0f} "
                      f"({c.sparse_p10_us:.0f}-{c.sparse_p90_us:.0f}) | {c.speedup:.2f}x | "
                      f"{c.vs_fastest_dense:.2f}x ({c.fastest_dense}) | {result.ideal_speedup:.2f}x |")
-    if result.configs:
-        best = max(result.configs, key=lambda c: c.speedup)
-        worst = min(result.configs, key=lambda c: c.speedup)
+    lowered = [c for c in result.configs if not c.same_bytes]
+    if lowered:
+        best = max(lowered, key=lambda c: c.speedup)
+        worst = min(lowered, key=lambda c: c.speedup)
         worst_any = min(result.configs, key=lambda c: c.vs_fastest_dense)
         lines += ["", f"Best {best.speedup:.2f}x ({best.runtime}, batch {best.batch}, {best.threads} thread(s)); "
                       f"worst {worst.speedup:.2f}x ({worst.runtime}, batch {worst.batch}, {worst.threads} thread(s)); "
                       f"worst against the fastest dense file here {worst_any.vs_fastest_dense:.2f}x "
                       f"({worst_any.runtime}, batch {worst_any.batch}, {worst_any.threads} thread(s))."]
+    copies = [c for c in result.configs if c.same_bytes]
+    if copies:
+        lines += ["", f"{len(copies)} file(s) kept dense (the same bytes as the dense file; speedups "
+                      f"{min(c.speedup for c in copies):.2f}-{max(c.speedup for c in copies):.2f}x are the noise of "
+                      "timing one file twice)."]
     lines += [f"Not measured: {note}." for note in result.skipped]
     if result.estimate:
         e = result.estimate

@@ -31,13 +31,15 @@ NARROW_SPARSITY = 0.5
 
 @dataclass
 class RunResult:
-    """Where the report is and the headline numbers."""
+    """Where the report is and the headline numbers; ``kept_dense`` lists the ``speedups`` keys
+    whose file is its dense baseline (no lowering won there)."""
 
     out: Path
     report: Path
     dense_accuracy: float | None
     sparse_accuracy: float | None
     speedups: dict
+    kept_dense: list = ()
 
 
 def _say(message: str, verbose: bool) -> None:
@@ -182,10 +184,12 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
                          table(measured), file_accuracy, not_exported)
         with atomic_path(work / "report.md") as tmp:
             tmp.write_text(report)
+        key = (lambda c: f"{c.runtime} {c.precision} b{c.batch} t{c.threads}") if len(modes) > 1 else \
+            (lambda c: f"{c.runtime} b{c.batch} t{c.threads}")
         summary = {"target": target.name, "sparsity": sparsity, "dense_accuracy": dense_acc,
                    "sparse_accuracy": sparse_acc, "file_accuracy": file_accuracy, "not_exported": not_exported,
-                   "speedups": {f"{c.runtime} {c.precision} b{c.batch} t{c.threads}" if len(modes) > 1
-                                else f"{c.runtime} b{c.batch} t{c.threads}": c.speedup for c in measured.configs}}
+                   "speedups": {key(c): c.speedup for c in measured.configs},
+                   "kept_dense": [key(c) for c in measured.configs if c.same_bytes]}
         with atomic_path(work / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2) + "\n")
 
@@ -201,7 +205,7 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return RunResult(out, out / "report.md", dense_acc, sparse_acc, summary["speedups"])
+    return RunResult(out, out / "report.md", dense_acc, sparse_acc, summary["speedups"], summary["kept_dense"])
 
 
 def _is_auto(quantize) -> bool:
@@ -267,18 +271,30 @@ def _report(p, result, records, measured, packed_table, narrow, dataset, dense, 
             weights = f" {c.precision}" if several else ""
             return f"{c.runtime}{weights}, batch {c.batch}, {c.threads} thread{'s' if c.threads > 1 else ''}"
 
-        best = max(measured.configs, key=lambda c: c.speedup)
-        worst = min(measured.configs, key=lambda c: c.speedup)
+        lowered = [c for c in measured.configs if not c.same_bytes]
+        copies = [c for c in measured.configs if c.same_bytes]
+        lines += ["## Headline", "", "Each file was exported for the batch and threads it is timed at."]
+        if lowered:
+            best = max(lowered, key=lambda c: c.speedup)
+            worst = min(lowered, key=lambda c: c.speedup)
+            lines[-1] += (f" Best speedup over its own runtime's dense file {best.speedup:.2f}x ({where(best)}); "
+                          f"worst {worst.speedup:.2f}x ({where(worst)}).")
         top = max(measured.configs, key=lambda c: c.vs_fastest_dense)
         bottom = min(measured.configs, key=lambda c: c.vs_fastest_dense)
-        lines += ["## Headline", "",
-                  f"Each file was exported for the batch and threads it is timed at. Best speedup over its own "
-                  f"runtime's dense file {best.speedup:.2f}x ({where(best)}); worst {worst.speedup:.2f}x "
-                  f"({where(worst)}). Against the fastest dense file on this machine at the same batch and threads "
-                  f"(any runtime and precision measured), the best is {top.vs_fastest_dense:.2f}x ({where(top)}, "
-                  f"fastest dense: {top.fastest_dense}) and the worst {bottom.vs_fastest_dense:.2f}x "
-                  f"({where(bottom)}, fastest dense: {bottom.fastest_dense}). {measured.sparsity:.1%} of the matmul "
-                  f"weights are zero (ideal {measured.ideal_speedup:.2f}x).", ""]
+        lines[-1] += (f" Against the fastest dense file on this machine at the same batch and threads "
+                      f"(any runtime and precision measured), the best is {top.vs_fastest_dense:.2f}x ({where(top)}, "
+                      f"fastest dense: {top.fastest_dense}) and the worst {bottom.vs_fastest_dense:.2f}x "
+                      f"({where(bottom)}, fastest dense: {bottom.fastest_dense}). {measured.sparsity:.1%} of the "
+                      f"matmul weights are zero (ideal {measured.ideal_speedup:.2f}x).")
+        if copies:
+            from .export import CHECK_MARGIN
+
+            lo, hi = min(c.speedup for c in copies), max(c.speedup for c in copies)
+            lines[-1] += (f" {len(copies)} configuration{'s' if len(copies) > 1 else ''} kept the dense file (no "
+                          f"lowering was {CHECK_MARGIN - 1:.0%} faster there): {', '.join(where(c) for c in copies)}. "
+                          f"Each is its dense baseline, byte for byte; timed against it, it read {lo:.2f}-{hi:.2f}x, "
+                          "the noise of timing one file twice.")
+        lines.append("")
     if not_exported:
         lines += ["Not exported (`--quantize auto` reports a quantization that fails instead of stopping):", ""]
         lines += [f"- {mode}: {why}" for mode, why in not_exported.items()]

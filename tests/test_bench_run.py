@@ -198,3 +198,16 @@ def test_run_auto_quantize_reports_a_mode_that_fails_and_a_named_mode_stops_the_
     with pytest.raises(export_module.ExportError, match="injected"):
         _small_run(tmp_path / "named", points=[(1, 1)], quantize="dynamic,int8")
     assert not (tmp_path / "named").exists()
+
+
+def test_run_names_the_configurations_that_kept_the_dense_file(tmp_path, monkeypatch):
+    import blockprune.export as export_module
+
+    monkeypatch.setattr(export_module, "CHECK_MARGIN", 50.0)  # no lowering is 50x faster: every file kept dense
+    result = _small_run(tmp_path / "report", points=[(1, 1)])
+    assert set(result.kept_dense) == set(result.speedups) == {"LiteRT b1 t1", "ONNX Runtime b1 t1", "OpenVINO b1 t1"}
+    configs = json.loads((result.out / "bench" / "bench.json").read_text())["results"][0]["configs"]
+    assert all(c["same_bytes"] for c in configs)
+    text = result.report.read_text()
+    assert "3 configurations kept the dense file" in text and "Best speedup" not in text
+    assert json.loads((result.out / "summary.json").read_text())["kept_dense"] == result.kept_dense
