@@ -44,6 +44,9 @@ __all__ = ["ExportError", "ExportRecord", "export", "export_file", "export_tflit
 
 #: A lowered file is kept only if it beats its dense baseline by this factor at the export's point.
 CHECK_MARGIN = 1.05
+#: A lowered file that beats its dense baseline by less than this is timed a second time, and
+#: the worse of the two measurements decides.
+CONFIRM_BELOW = 1.3
 #: Record formats of weights that run at dense speed.
 DENSE_FORMATS = ("dense", "densify", "csr", "sparse-initializer")
 #: How each weight's lowering is chosen: measured by probes, or unmeasured (the first catalogue
@@ -351,6 +354,13 @@ def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan 
             timing.update(attention_fused=fused_us < plain_us, fused_us=fused_us, per_layer_us=plain_us)
         # a lowered file must win by a margin: files that tie with dense at export time measured
         # down to 0.87x at 2 threads in later runs (bench/RESULTS.md); dense is the safe choice then
+        if CHECK_MARGIN <= timing["speedup"] < CONFIRM_BELOW:
+            # a narrow win is timed again and the worse of the two counts: one check let through a
+            # file (MLP 2048, dsp-1x8, LiteRT b1 t2) that then measured 0.91-0.93x three times
+            again = _whole_file_check(built, dense_built, model, output, batch, threads, check_rounds, check_reps)
+            timing["first_speedup"] = timing["speedup"]
+            if again["speedup"] < timing["speedup"]:
+                timing.update(dense_us=again["dense_us"], sparse_us=again["sparse_us"], speedup=again["speedup"])
         timing["kept_dense"] = timing["sparse_us"] * CHECK_MARGIN > timing["dense_us"]
         if progress:
             print(f"  {path.name}: {timing['sparse_us']:.0f} us vs dense {timing['dense_us']:.0f} us "

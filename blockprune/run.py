@@ -221,8 +221,8 @@ def _quantize_modes(quantize, target_name: str) -> tuple[str, ...]:
     asked = [m.strip() for m in quantize.split(",") if m.strip()] if isinstance(quantize, str) else list(quantize or ())
     bad = [m for m in asked if m not in QUANTIZE_MODES]
     if bad:
-        raise ValueError(f"quantize={bad[0]!r} is not one of: {', '.join(QUANTIZE_MODES[1:])} "
-                         f"(run for target '{target_name}'; nothing was trained)")
+        raise ValueError(f"quantize={bad[0]!r} is not one of: {', '.join(QUANTIZE_MODES[1:])} (or none, or auto alone); "
+                         f"run for target '{target_name}', nothing was trained")
     return tuple(dict.fromkeys(["none"] + [m for m in asked if m != "none"]))
 
 

@@ -280,6 +280,25 @@ def test_selection_lowers_a_layer_where_it_pays(tmp_path):
     assert record.check["speedup"] > 1 and not record.check["kept_dense"]
 
 
+@pytest.mark.parametrize("second, kept", [(0.9, True), (1.25, False)])
+def test_a_narrow_win_is_timed_again_and_the_worse_measurement_decides(tmp_path, monkeypatch, second, kept):
+    import blockprune.export as export_module
+
+    speedups = iter([1.2, second])
+
+    def timed(*args, **kwargs):  # the whole-file check, measuring 1.2x and then `second`
+        s = next(speedups)
+        return {"runtime": "LiteRT", "batch": 1, "threads": 1, "dense_us": 100.0 * s, "sparse_us": 100.0,
+                "speedup": s}
+
+    monkeypatch.setattr(export_module, "_whole_file_check", timed)
+    model = _one_dense(512, (1, 64), 0.9, 8, "narrow_win")
+    record = export_file(model, "cpu-wide", tmp_path / "m.tflite", "tflite", select="target")
+    assert record.check["first_speedup"] == 1.2
+    assert record.check["speedup"] == min(1.2, second) and record.check["kept_dense"] is kept
+    assert (record.layers[0]["format"] == "dense") is kept
+
+
 def test_selection_reads_a_tuning_profile_where_it_measured_every_candidate(tmp_path):
     from blockprune.profile import Measurement, Profile
 
