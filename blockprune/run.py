@@ -291,7 +291,7 @@ def _report(p, result, records, measured, packed_table, narrow, dataset, dense, 
 
             lo, hi = min(c.speedup for c in copies), max(c.speedup for c in copies)
             lines[-1] += (f" {len(copies)} configuration{'s' if len(copies) > 1 else ''} kept the dense file (no "
-                          f"lowering was {CHECK_MARGIN - 1:.0%} faster there): {', '.join(where(c) for c in copies)}. "
+                          f"lowering was {CHECK_MARGIN - 1:.0%} faster there): {'; '.join(where(c) for c in copies)}. "
                           f"Each is its dense baseline, byte for byte; timed against it, it read {lo:.2f}-{hi:.2f}x, "
                           "the noise of timing one file twice.")
         lines.append("")
