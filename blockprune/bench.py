@@ -22,7 +22,7 @@ import numpy as np
 from ._atomic import atomic_path
 from .targets import parse_target
 
-__all__ = ["BenchConfig", "BenchResult", "bench", "compare_across", "estimate_export", "merge_results", "write_reports", "plot_latency", "plot_speedup_vs_sparsity"]
+__all__ = ["BenchConfig", "BenchResult", "bench", "compare_across", "estimate_export", "merge_results", "split_kept_dense", "write_reports", "plot_latency", "plot_speedup_vs_sparsity"]
 
 
 @dataclass
@@ -55,6 +55,12 @@ class BenchConfig:
     fastest_dense: str = ""
     precision: str = "float32"
     same_bytes: bool = False
+
+
+def split_kept_dense(configs) -> tuple[list[BenchConfig], list[BenchConfig]]:
+    """``(lowered, copies)``: the configurations whose sparse file differs from its dense baseline,
+    and those whose file is the baseline itself (kept dense; their speedup is timing noise)."""
+    return [c for c in configs if not c.same_bytes], [c for c in configs if c.same_bytes]
 
 
 @dataclass
@@ -366,7 +372,7 @@ def table(result: BenchResult) -> str:
                      f"{c.dense_median_us:.0f} ({c.dense_p10_us:.0f}-{c.dense_p90_us:.0f}) | {c.sparse_median_us:.0f} "
                      f"({c.sparse_p10_us:.0f}-{c.sparse_p90_us:.0f}) | {c.speedup:.2f}x | "
                      f"{c.vs_fastest_dense:.2f}x ({c.fastest_dense}) | {result.ideal_speedup:.2f}x |")
-    lowered = [c for c in result.configs if not c.same_bytes]
+    lowered, copies = split_kept_dense(result.configs)
     if lowered:
         best = max(lowered, key=lambda c: c.speedup)
         worst = min(lowered, key=lambda c: c.speedup)
@@ -375,7 +381,6 @@ def table(result: BenchResult) -> str:
                       f"worst {worst.speedup:.2f}x ({worst.runtime}, batch {worst.batch}, {worst.threads} thread(s)); "
                       f"worst against the fastest dense file here {worst_any.vs_fastest_dense:.2f}x "
                       f"({worst_any.runtime}, batch {worst_any.batch}, {worst_any.threads} thread(s))."]
-    copies = [c for c in result.configs if c.same_bytes]
     if copies:
         lines += ["", f"{len(copies)} file(s) kept dense (the same bytes as the dense file; speedups "
                       f"{min(c.speedup for c in copies):.2f}-{max(c.speedup for c in copies):.2f}x are the noise of "

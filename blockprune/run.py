@@ -248,6 +248,9 @@ def _file_accuracy(folders: dict, dataset) -> list[dict]:
 
 def _report(p, result, records, measured, packed_table, narrow, dataset, dense, seconds, bench_table,
             file_accuracy=(), not_exported=None) -> str:
+    from .bench import split_kept_dense
+    from .export import CHECK_MARGIN
+
     t = p.target
     dense_acc = (result.dense_metrics or {}).get("accuracy")
     sparse_acc = (result.sparse_metrics or {}).get("accuracy")
@@ -271,8 +274,7 @@ def _report(p, result, records, measured, packed_table, narrow, dataset, dense, 
             weights = f" {c.precision}" if several else ""
             return f"{c.runtime}{weights}, batch {c.batch}, {c.threads} thread{'s' if c.threads > 1 else ''}"
 
-        lowered = [c for c in measured.configs if not c.same_bytes]
-        copies = [c for c in measured.configs if c.same_bytes]
+        lowered, copies = split_kept_dense(measured.configs)
         lines += ["## Headline", "", "Each file was exported for the batch and threads it is timed at."]
         if lowered:
             best = max(lowered, key=lambda c: c.speedup)
@@ -287,7 +289,6 @@ def _report(p, result, records, measured, packed_table, narrow, dataset, dense, 
                       f"({where(bottom)}, fastest dense: {bottom.fastest_dense}). {measured.sparsity:.1%} of the "
                       f"matmul weights are zero (ideal {measured.ideal_speedup:.2f}x).")
         if copies:
-            from .export import CHECK_MARGIN
 
             lo, hi = min(c.speedup for c in copies), max(c.speedup for c in copies)
             lines[-1] += (f" {len(copies)} configuration{'s' if len(copies) > 1 else ''} kept the dense file (no "

@@ -173,7 +173,8 @@ def tune(model, target, sparsities=SPARSITY_LADDER, batch: int = 1, threads: int
     shapes = layer_shapes(model, target, batch)
     if not shapes:
         raise ValueError(f"model '{model.name}' has no layer that target '{target.name}' can lower "
-                         f"({', '.join(PROBED_KINDS)} of at least {target.min_weights} weights)")
+                         f"({', '.join(PROBED_KINDS)} of at least {target.min_weights} weights"
+                         + (f" or {target.min_macs} multiply-adds per sample" if target.min_macs else "") + ")")
     jobs = []
     for view, rows in shapes:
         for rt in runtimes:
