@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SPARSITY_LADDER", "check_sparsity", "check_block_shape", "divides", "fits", "check_blocks_divide",
+__all__ = ["SPARSITY_LADDER", "check_sparsity", "check_block_shape", "divides", "fits", "check_blocks_divide", "kept_blocks",
            "check_blocks_fit", "n_block_cols"]
 
 #: Sparsities ``blockprune tune`` measures by default, and the levels a latency budget
@@ -100,6 +100,11 @@ def check_blocks_fit(view_shape: tuple[int, int], block_shape: tuple[int, int], 
         raise ValueError(f"{prefix}block_shape={tuple(block_shape)} does not divide the [in, out] view "
                          f"{tuple(view_shape)} (its rows must divide {view_shape[0]}; its columns may leave a narrower "
                          f"last block-column but must be at most {view_shape[1]})")
+
+
+def kept_blocks(n: int, sparsity: float) -> int:
+    """How many of ``n`` blocks a sparsity keeps (``masks.kept_block_grid`` zeroes the rest)."""
+    return n - int(round(sparsity * n))
 
 
 def n_block_cols(out: int, cols: int) -> int:

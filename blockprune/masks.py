@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks import check_blocks_fit, n_block_cols
+from .checks import check_blocks_fit, kept_blocks, n_block_cols
 
 __all__ = ["POOLING_TYPES", "block_scores", "block_mask", "grid_mask", "kept_block_grid", "block_structure", "reachable_sparsity"]
 
@@ -105,9 +105,9 @@ def kept_block_grid(scores: np.ndarray, sparsity: float, balanced: bool = False)
         raise ValueError(f"sparsity={sparsity!r} is outside [0, 1)")
     n_rows, n_cols = scores.shape
     if balanced:
-        n_keep = n_rows - int(round(sparsity * n_rows))
+        n_keep = kept_blocks(n_rows, sparsity)
         return np.stack([_keep_first(scores[:, j], n_keep) for j in range(n_cols)], axis=1)
-    n_keep = scores.size - int(round(sparsity * scores.size))
+    n_keep = kept_blocks(scores.size, sparsity)
     return _keep_first(scores.reshape(-1), n_keep).reshape(scores.shape)
 
 

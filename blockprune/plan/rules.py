@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
 from .. import cost
-from ..checks import SPARSITY_LADDER, check_block_shape, check_sparsity, fits
+from ..checks import SPARSITY_LADDER, check_block_shape, check_sparsity, fits, kept_blocks
 from ..targets import TargetDescriptor, fast_runtimes, load_target
 from .allocate import LevelTable, Predictor, ProfileReader, allocate, allocate_for_model
 from .records import LayerPlan, SparsityPlan
@@ -182,8 +182,8 @@ def _plan_one(site, target: TargetDescriptor, sparsity: float, match, predictor:
             _, fastest = predictor.fastest(site, dividing, s)
             if predictor.measured.latency(site, fastest, s) is not None:  # ties go to the target's order
                 block, source = fastest, "profile"
-    rows = -(-site.view.view_shape[0] // block[0])
-    if target.balanced and rows - int(round(s * rows)) < 1:  # as masks.kept_block_grid counts
+    rows = site.view.view_shape[0] // block[0]  # block rows divide the view's rows (``fits``)
+    if target.balanced and kept_blocks(rows, s) < 1:
         why = (f"sparsity={s:g} keeps none of the {rows} blocks of a block-column of its view "
                f"{site.view.view_shape} in ({block[0]}, {block[1]}) blocks")
         if source == "override":
