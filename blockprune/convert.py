@@ -8,7 +8,7 @@ import contextlib
 import io
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -158,12 +158,15 @@ class Built:
             ``builtin-sparse``, ``densify``, ``sparse-initializer``, ``dense``, ...).
         options: the run options to record beside it (``<file>.runtime.json``).
         lowering: the target's lowering for this format (``dense`` for a baseline).
+        narrowed: ``{weight: Narrowed}`` for dense layers computing only the outputs a lowered
+            layer reads (``blockprune.lower.narrow``).
     """
 
     data: bytes
     formats: dict
     options: dict
     lowering: str
+    narrowed: dict = field(default_factory=dict)
 
 
 def build_file(model, target, output: str, structure, choices=None, dense: bool = False, fuse: bool = True,
@@ -186,16 +189,19 @@ def build_file(model, target, output: str, structure, choices=None, dense: bool 
             int8 for a target whose dtype is int8); the dense baseline is quantized the same way.
     """
     from .lower import lower, lowering
+    from .lower.narrow import narrow
     from .quantize import for_target
 
     quantization = for_target(quantization, target)
 
     fmt, runtime = OUTPUTS[output]
     entry = lowering("dense" if dense else getattr(target.lowering, fmt))
-    source, lowered = model, {}
+    source, lowered, narrowed = model, {}, {}
     if entry.rewrites:
         source, rewritten = lower(model, target, fmt, structure=structure, choices=choices, fuse=fuse)
         lowered = {lw.weight_name: lw.format for lw in rewritten}
+        source, cut = narrow(source)
+        narrowed = {f"{n.name}/kernel": n for n in cut}
     options = {"runtime": runtime, "target": target.name, "variant": "dense" if dense else "sparse",
                "lowering": entry.name, "dtype": target.dtype, "quantize": quantization.mode}
     if fmt == "tflite":
@@ -211,7 +217,7 @@ def build_file(model, target, output: str, structure, choices=None, dense: bool 
         delegates = True if dense else target.runtime.tflite_default_delegates
         options.update(default_delegates=delegates,
                        op_resolver_type="AUTO" if delegates else "BUILTIN_WITHOUT_DEFAULT_DELEGATES")
-        return Built(data, entry.file_formats(data, structure, lowered), options, entry.name)
+        return Built(data, entry.file_formats(data, structure, lowered), options, entry.name, narrowed)
     try:
         proto = to_onnx(source, target.runtime.onnx_opset)
     except Exception as e:  # noqa: BLE001 - tf2onnx raises its own types; the user needs one line
@@ -237,4 +243,4 @@ def build_file(model, target, output: str, structure, choices=None, dense: bool 
     options.update(opset=target.runtime.onnx_opset, sparse_initializers=sorted(moved))
     if runtime == "onnxruntime":
         options["providers"] = ["CPUExecutionProvider"]
-    return Built(proto.SerializeToString(), formats, options, entry.name)
+    return Built(proto.SerializeToString(), formats, options, entry.name, narrowed)

@@ -373,6 +373,8 @@ def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan 
             why = {ws.name: reason for ws in structure}
             options = {**dense_built.options, "runtime": runtime_name, "variant": "sparse", "kept_dense": True}
             built = type(built)(dense_built.data, dense_built.formats, options, "dense")
+    for name, cut in built.narrowed.items():  # a dense layer computing only what a lowered one reads
+        why[name] = f"{why[name]}; {cut.describe()}" if why.get(name) else cut.describe()
     layers = [_layer_entry(ws, built.formats[ws.name], why.get(ws.name, "")) for ws in structure]
     for lay in layers:  # never silent: a balanced lowering of an unbalanced mask does padded work
         if lay.get("padding"):

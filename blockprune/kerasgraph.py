@@ -15,7 +15,7 @@ import keras
 from keras.src.backend import any_symbolic_tensors
 from keras.src.backend.common.stateless_scope import get_stateless_scope
 
-__all__ = ["any_symbolic_tensors", "get_stateless_scope", "optimizer_slots", "is_functional", "sublayers", "replace_sublayer", "sole_consumer", "input_readers", "self_attention_input", "own_variables",
+__all__ = ["any_symbolic_tensors", "get_stateless_scope", "optimizer_slots", "is_functional", "sublayers", "replace_sublayer", "sole_consumer", "graph_nodes", "node_of", "input_readers", "self_attention_input", "own_variables",
            "owns", "build_shapes", "call_takes_training", "copy_model", "layer_paths", "rewrap", "recurrent_loops",
            "with_fixed_batch"]
 
@@ -60,16 +60,32 @@ def replace_sublayer(layer, old, new) -> None:
             tracker.lock()
 
 
+def graph_nodes(model) -> list:
+    """The call nodes of ``model``'s own graph (a Sequential model's through its functional graph).
+    A layer that ``keras.models.clone_model`` reused (a lowered model's unchanged layers) also has
+    nodes in the model it came from; only these belong to ``model``."""
+    graph = model if hasattr(model, "_nodes_by_depth") else getattr(model, "_functional", None)
+    if graph is None:
+        return []
+    return [node for nodes in graph._nodes_by_depth.values() for node in nodes]
+
+
+def node_of(model, layer):
+    """``layer``'s one call node in ``model``'s graph, or None when it is called more than once."""
+    own = [node for node in graph_nodes(model) if node.operation is layer]
+    return own[0] if len(own) == 1 else None
+
+
 def sole_consumer(model, layer):
     """The one layer of ``model`` that reads ``layer``'s output, or None when the output is a model
-    output, is read by several layers, or ``layer`` is called more than once."""
-    if len(layer._inbound_nodes) != 1 or any(t._keras_history[0] is layer for t in model.outputs):
+    output, is read by several layers, or either layer is called more than once in ``model``."""
+    node = node_of(model, layer)
+    if node is None or any(t._keras_history[0] is layer for t in model.outputs):
         return None
-    members = {id(m) for m in model.layers}
-    readers = [n.operation for n in layer._outbound_nodes if id(n.operation) in members]
-    if len(readers) != 1 or len(readers[0]._inbound_nodes) != 1:
+    readers = [n for n in graph_nodes(model) if any(p is node for p in n.parent_nodes)]
+    if len(readers) != 1 or node_of(model, readers[0].operation) is None:
         return None
-    return readers[0]
+    return readers[0].operation
 
 
 def input_readers(model, index: int) -> list:

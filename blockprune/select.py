@@ -104,6 +104,45 @@ def _signature(model, ws, output: str, batch: int, threads: int) -> tuple:
             ws.kept_per_block_column, config)
 
 
+def _read_features(model, ws, structure, chosen) -> np.ndarray | None:
+    """The output features of the layer holding ``ws`` that the layer reading it reads, when that
+    layer's weight was chosen a lowering that gathers its input features and this layer, run
+    dense, is one ``blockprune.lower.narrow`` narrows to them; else None. (Balancing may add a
+    few padded rows to the gather; the probe leaves them out.)"""
+    from .kerasgraph import layer_paths, sole_consumer
+    from .lower.narrow import GATHERING, producer
+
+    if ws.site.weight != "kernel" or ws.view != ws.site.view:
+        return None
+    paths = layer_paths(model)
+    layer = next((lay for lay in model.layers if paths.get(id(lay)) == ws.layer), None)
+    if layer is None or not producer(layer):
+        return None
+    reader = sole_consumer(model, layer)
+    if reader is None or not hasattr(reader, "kernel"):
+        return None
+    name = f"{paths[id(reader)]}/kernel"
+    choice = chosen.get(name)
+    if choice is None or choice.lowering not in GATHERING:
+        return None
+    if choice.lowering == "gather-matmul" and structure.get(name).block_shape[0] != 1:
+        return None  # not narrowed: a reader in taller blocks reads a multiple of its block rows
+    kernel = np.asarray(reader.kernel.numpy())
+    read = np.flatnonzero(np.any(kernel.reshape(-1, *kernel.shape[-2:]) != 0, axis=(0, 2)))
+    return read if len(read) < kernel.shape[-2] else None
+
+
+def _narrowed_probe(probe, read: np.ndarray):
+    """The probe's layer computing only output features ``read``, as a model of its own."""
+    import keras
+
+    from .lower.narrow import narrowed_producer
+
+    layer = probe.layers[-1]
+    inputs = keras.Input(tuple(layer.input.shape[1:]))
+    return keras.Model(inputs, narrowed_producer(layer, read, layer.input.shape)(inputs), name="probe")
+
+
 def _from_profile(profile, output: str, ws, options, batch: int, threads: int) -> dict | None:
     """``{(lowering, variant): us}`` for every option from a tuning profile, or None when it lacks one.
 
@@ -162,15 +201,18 @@ def choose(model, target, output: str, structure, batch: int = 1, threads: int =
     out: dict[str, Choice] = {}
     blocked = [ws for ws in structure if ws.blocked]
     int_weights = quantization is not None and quantization.mode in ("dynamic", "int8")
-    for i, ws in enumerate(blocked):
+    # last layer first: a layer run dense computes only the features a gathering reader reads
+    # (blockprune.lower.narrow), so its dense probe depends on its reader's choice
+    for done, ws in enumerate(reversed(blocked), 1):
         options = [c for c in candidates(ws, fmt, int_weights) if c[0] == "dense" or rewritable(model, ws, c[0])]
         if len(options) == 1:
             out[ws.name] = Choice(ws.name, "dense", "", reason=f"kept dense: no lowering rewrites this {ws.kind} "
                                                                   f"layer in {tuple(ws.block_shape)} blocks for .{fmt} "
                                                                   "files")
             continue
-        key = _signature(model, ws, output, batch, threads)
-        measured = _from_profile(profile, output, ws, options, batch, threads)
+        read = _read_features(model, ws, structure, out)
+        key = (*_signature(model, ws, output, batch, threads), None if read is None else len(read))
+        measured = _from_profile(profile, output, ws, options, batch, threads) if read is None else None
         if measured is not None:
             cache[key] = (measured, "tuning profile")
         if key not in cache:
@@ -178,8 +220,10 @@ def choose(model, target, output: str, structure, batch: int = 1, threads: int =
             runners = {}
             for lowering, variant in options:
                 pw = probe_structure.weights[0]
-                built = build_file(probe, target, output, probe_structure, choices={pw.name: (lowering, variant)},
-                                   dense=lowering == "dense", quantization=probe_quantization)
+                dense = lowering == "dense"
+                built = build_file(_narrowed_probe(probe, read) if dense and read is not None else probe, target,
+                                   output, probe_structure, choices={pw.name: (lowering, variant)}, dense=dense,
+                                   quantization=probe_quantization)
                 runners[(lowering, variant)] = rt.runner(built.data, built.options, threads)
             x = sample_inputs(probe, batch)
             cache[key] = ({k: v[0] for k, v in interleaved_latencies(runners, x, rounds, reps, warmup=3).items()},
@@ -190,12 +234,14 @@ def choose(model, target, output: str, structure, batch: int = 1, threads: int =
         dense_us = timed[("dense", "")]
         precision = "" if quantization is None or quantization.mode == "none" else f", {quantization.label} weights"
         where = f"at batch {batch}, {threads} thread{'s' if threads > 1 else ''} in {rt.label} ({source}{precision})"
+        narrowed = "" if read is None else f" (computing the {len(read)} of {ws.view_shape[1]} outputs its reader reads)"
         if best == ("dense", ""):
-            reason = (f"kept dense: dense {dense_us:.0f} us beats every lowering "
+            reason = (f"kept dense: dense {dense_us:.0f} us{narrowed} beats every lowering "
                       f"({', '.join(f'{n} {t:.0f} us' for n, t in tried if n != 'dense')}) {where}")
         else:
-            reason = f"{format_name(*best)}: {timed[best]:.0f} us vs dense {dense_us:.0f} us ({dense_us / timed[best]:.2f}x) {where}"
+            reason = (f"{format_name(*best)}: {timed[best]:.0f} us vs dense {dense_us:.0f} us{narrowed} "
+                      f"({dense_us / timed[best]:.2f}x) {where}")
         out[ws.name] = Choice(ws.name, best[0], best[1], dense_us, timed[best], tried, reason)
         if progress:
-            print(f"  [{i + 1}/{len(blocked)}] {rt.label} {ws.name}: {reason}", file=sys.stderr, flush=True)
-    return out
+            print(f"  [{done}/{len(blocked)}] {rt.label} {ws.name}: {reason}", file=sys.stderr, flush=True)
+    return {ws.name: out[ws.name] for ws in blocked}
