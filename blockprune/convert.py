@@ -144,6 +144,53 @@ def sparsify_initializers(proto, min_elements: int = 1024) -> list[str]:
     return moved
 
 
+def gathers_as_gather_elements(proto, min_indices: int = 16) -> int:
+    """Rewrites each Gather along the last axis of a float tensor, with constant indices, as
+    Expand + GatherElements; returns how many it rewrote.
+
+    ONNX Runtime's Gather copies one slice per index: along the last axis that is one float per
+    index, about 8 ns each here, while GatherElements copies about 0.5 ns per element. The
+    indices are expanded to the data's leading dimensions at run time (the batch is dynamic).
+    Measured on the MLP 2048 at 90%, batch-major gather-matmul in ONNX Runtime: 120 -> 75 us at
+    batch 1, 641 -> 276 us at batch 8 (1 thread). OpenVINO's Gather is not slower, so its file
+    keeps the Gather. Rank-2 data takes indices of any shape; higher ranks 1-D indices.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    types = {v.name: v.type.tensor_type for v in (*inferred.graph.value_info, *inferred.graph.input)}
+    constants = {i.name: i for i in proto.graph.initializer}
+    nodes, added, count = [], [], 0
+    for node in proto.graph.node:
+        data = types.get(node.input[0]) if node.op_type == "Gather" else None
+        indices = numpy_helper.to_array(constants[node.input[1]]) if data and node.input[1] in constants else None
+        rank = len(data.shape.dim) if data is not None else 0
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if (indices is None or data.elem_type != TensorProto.FLOAT or rank < 2 or axis % rank != rank - 1
+                or indices.size < min_indices or (rank > 2 and indices.ndim != 1)):
+            nodes.append(node)
+            continue
+        p = f"{node.name or node.output[0]}/elements"
+        added += [numpy_helper.from_array(indices.reshape((1,) * (rank - 1) + (-1,)).astype(np.int64), f"{p}/indices"),
+                  numpy_helper.from_array(np.array([indices.size], np.int64), f"{p}/count")]
+        flat = node.output[0] if indices.ndim == 1 else f"{p}/flat"
+        nodes += [helper.make_node("Shape", [node.input[0]], [f"{p}/lead"], start=0, end=rank - 1, name=f"{p}/shape"),
+                  helper.make_node("Concat", [f"{p}/lead", f"{p}/count"], [f"{p}/to"], axis=0, name=f"{p}/concat"),
+                  helper.make_node("Expand", [f"{p}/indices", f"{p}/to"], [f"{p}/expanded"], name=f"{p}/expand"),
+                  helper.make_node("GatherElements", [node.input[0], f"{p}/expanded"], [flat], axis=rank - 1,
+                                   name=f"{p}/gather")]
+        if indices.ndim != 1:  # rank 2: [rows, count] -> [rows, *indices.shape]
+            added.append(numpy_helper.from_array(np.array([-1, *indices.shape], np.int64), f"{p}/shape_out"))
+            nodes.append(helper.make_node("Reshape", [flat, f"{p}/shape_out"], [node.output[0]], name=f"{p}/reshape"))
+        count += 1
+    if count:
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
+        proto.graph.initializer.extend(added)
+    return count
+
+
 #: What each export output writes: ``(file format, runtime that selects, verifies and runs it)``.
 OUTPUTS = {"tflite": ("tflite", "litert"), "onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino")}
 
@@ -226,6 +273,8 @@ def build_file(model, target, output: str, structure, choices=None, dense: bool 
     if unknown:  # tf2onnx logs an op it cannot convert and leaves it in the graph
         raise conversion_error(fmt, model, target.name, " ".join(n.name for n in unknown),
                                ops=dict.fromkeys(n.op_type for n in unknown))
+    if runtime == "onnxruntime":
+        gathers_as_gather_elements(proto)
     if quantization.mode != "none":
         from .quantize import quantize_onnx
 
