@@ -415,7 +415,7 @@ def export(model, target, out_dir, formats=None, plan: SparsityPlan | None = Non
            quantize: str | Quantization = "none") -> list[ExportRecord]:
     """Exports ``model`` for ``target`` into ``out_dir``: one sparse file per output, the dense
     baselines ``<name>.dense.<fmt>``, the Keras model ``<name>.keras``, and ``export.json``
-    listing the records.
+    listing the records (their files by name: the folder can be moved).
 
     Args:
         model: a stripped block-sparse Keras model.
@@ -464,7 +464,9 @@ def export(model, target, out_dir, formats=None, plan: SparsityPlan | None = Non
         (work / "export.json").write_text(json.dumps(
             {"target": target.name, "target_descriptor": descriptor, "model": model.name,
              "point": {"batch": batch, "threads": threads}, "select": select, "quantize": q.mode,
-             "records": [r.to_dict() for r in records]}, indent=2) + "\n")
+             # file names, relative to the folder: it can move (`blockprune run` stages it elsewhere)
+             "records": [{**r.to_dict(), "path": Path(r.path).name, "options_path": Path(r.options_path).name}
+                         for r in records]}, indent=2) + "\n")
     return records
 
 
