@@ -164,7 +164,7 @@ def gathers_as_gather_elements(proto, min_indices: int = 16) -> int:
     nodes, added, count = [], [], 0
     for node in proto.graph.node:
         data = types.get(node.input[0]) if node.op_type == "Gather" else None
-        indices = numpy_helper.to_array(constants[node.input[1]]) if data and node.input[1] in constants else None
+        indices = numpy_helper.to_array(constants[node.input[1]]) if data is not None and node.input[1] in constants else None
         rank = len(data.shape.dim) if data is not None else 0
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         if (indices is None or data.elem_type != TensorProto.FLOAT or rank < 2 or axis % rank != rank - 1

@@ -117,9 +117,9 @@ def narrow(model) -> tuple[object, list[Narrowed]]:
     for layer in model.layers:
         reader = sole_consumer(model, layer) if producer(layer) else None
         kept = _gathered(reader) if reader is not None else None
-        width = int(layer.kernel.shape[-1]) if kept is not None else 0
-        if kept is None or len(kept) == width:
+        if kept is None or len(kept) == layer.kernel.shape[-1]:
             continue
+        width = int(layer.kernel.shape[-1])
         swaps[id(layer)] = narrowed_producer(layer, kept, _input_shape(model, layer))
         swaps[id(reader)] = _renumber_reader(reader, kept, _input_shape(model, reader))
         records.append(Narrowed(paths[id(layer)], len(kept), width, paths[id(reader)]))
