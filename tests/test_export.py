@@ -51,9 +51,12 @@ def test_lowering_dense_is_equivalent():
     assert lowered.get_layer("a").values.shape == (8, 26, 64)  # 10% of 256 block rows kept per block-column
 
 
-@pytest.mark.parametrize("block, shape", [((1, 64), (256, 512)), ((2, 8), (96, 40)), ((4, 4), (36, 20))])
-def test_block_sparse_dense_matches_the_reference_kernel(block, shape):
-    """The lowered layer computes what the NumPy reference kernel computes on the same packed arrays."""
+@pytest.mark.parametrize("layout", ["batch", "feature", "rows"])
+@pytest.mark.parametrize("block, shape", [((1, 64), (256, 512)), ((2, 8), (96, 40)), ((4, 4), (36, 20)),
+                                          ((1, 16), (24, 40))])
+def test_block_sparse_dense_matches_the_reference_kernel(block, shape, layout):
+    """The lowered layer, in each layout, computes what the NumPy reference kernel computes on the
+    same packed arrays (40 outputs in blocks of 16: the last block-column is padded)."""
     from blockprune.formats import BlockedELL
     from blockprune.kernels.reference import ell_matmul
 
@@ -62,7 +65,7 @@ def test_block_sparse_dense_matches_the_reference_kernel(block, shape):
     w *= block_mask(w, block, 0.75, balanced=True)
     packed = BlockedELL.from_dense(w, block)
     bias = rng.normal(size=shape[1]).astype("float32")
-    layer = BlockSparseDense.from_packed(packed, bias)
+    layer = BlockSparseDense.from_packed(packed, bias, layout=layout)
     x = rng.normal(size=(5, shape[0])).astype("float32")
     expected = ell_matmul(x, packed.shape, packed.block_rows, packed.data) + bias
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, rtol=1e-5, atol=1e-5)

@@ -51,7 +51,7 @@ def small_blocks(write_toml):
     return _small_blocks_target(write_toml)
 
 
-def test_attention_projections_lower_in_both_layouts(small_blocks):
+def test_attention_projections_lower_in_every_layout(small_blocks):
     model = _attention_model()
     plan = blockprune.plan(model, small_blocks, sparsity=0.75)
     assert {lp.weight for lp in plan.pruned_layers} >= {"query/kernel", "key/kernel", "value/kernel",
@@ -60,7 +60,7 @@ def test_attention_projections_lower_in_both_layouts(small_blocks):
     structure = read_structure(sparse, small_blocks, plan)
     x = np.random.default_rng(0).normal(size=(2, 10, 48)).astype("float32")
     expected = sparse.predict(x, verbose=0)
-    for variant in ("feature", "batch"):
+    for variant in ("feature", "batch", "rows"):
         lowered, report = lower(sparse, small_blocks, "tflite", structure=structure,
                                 choices={ws.name: ("gather-matmul", variant) for ws in structure})
         assert {r.weight for r in report} >= {"query/kernel", "attention_output/kernel", "kernel"}
@@ -69,7 +69,8 @@ def test_attention_projections_lower_in_both_layouts(small_blocks):
         fused = type(lowered.get_layer("attention")).__name__ == "FeatureMajorAttention"
         assert fused == (variant == "feature")
         assert ({r.format for r in report if r.name == "attention"}
-                == {"gather-matmul (feature-major, fused attention)" if fused else "gather-matmul"})
+                == {{"feature": "gather-matmul (feature-major, fused attention)", "batch": "gather-matmul",
+                     "rows": "gather-matmul (row-gather)"}[variant]})
     # the query projection's lowered layer computes what the reference kernel computes on its packed arrays
     ws = structure.get("attention/query/kernel")
     packed = BlockedELL.from_dense(ws.matrix, ws.block_shape)
@@ -219,8 +220,8 @@ def test_feature_major_chains_leave_out_the_transposes_between_layers(small_bloc
     x = np.random.default_rng(4).normal(size=(5, 40)).astype("float32")
     from blockprune.convert import build_file
 
-    transposes = {}
-    for variant in ("batch", "feature"):
+    transposes, gathers = {}, {}
+    for variant in ("batch", "feature", "rows"):
         choices = {ws.name: ("gather-matmul", variant) for ws in structure}
         lowered, _ = lower(sparse, small_blocks, "tflite", structure=structure, choices=choices)
         np.testing.assert_allclose(lowered.predict(x, verbose=0), sparse.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
@@ -230,11 +231,15 @@ def test_feature_major_chains_leave_out_the_transposes_between_layers(small_bloc
         from blockprune.runtimes import RUNTIMES
 
         data = build_file(sparse, small_blocks, "tflite", structure, choices).data
-        ops, _ = RUNTIMES["litert"].ops(data)
+        ops, tensors = RUNTIMES["litert"].ops(data)
         transposes[variant] = [op["op_name"] for op in ops].count("TRANSPOSE")
+        # the rank of each GATHER's output: [rows gathered, batch] or [batch, block-columns, rows]
+        gathers[variant] = [len(tensors[op["outputs"][0]]["shape"]) for op in ops if op["op_name"] == "GATHER"]
         np.testing.assert_allclose(RUNTIMES["litert"].runner(data)(x), sparse.predict(x, verbose=0), rtol=1e-4,
                                    atol=1e-4)
     assert transposes["feature"] == 2  # one in, one out, for the whole chain of three layers
+    # row-gather gathers whole rows of the transposed input, batch-major single values of each row
+    assert gathers["rows"] == [2, 2, 2] and gathers["batch"] == [3, 3, 3]
 
 
 # --------------------------------------------------------------------------- choosing by measurement
@@ -305,19 +310,26 @@ def test_selection_reads_a_tuning_profile_where_it_measured_every_candidate(tmp_
     model = _one_dense(512, (1, 128), 0.9, 9, "p")
     sparsity = read_structure(model, load_target("cpu-wide")).get("a/kernel").block_sparsity
 
-    def profile(batch_us, feature_us, dense_us=100.0):
+    def profile(batch_us, feature_us, rows_us, dense_us=100.0):
         return Profile("cpu-wide", {}, {}, [
             Measurement("tflite", (512, 512), 1, 1, None, 0.0, dense_us, "dense"),
             Measurement("tflite", (512, 512), 1, 1, (1, 128), sparsity, batch_us, "gather-matmul"),
-            Measurement("tflite", (512, 512), 1, 1, (1, 128), sparsity, feature_us, "gather-matmul (feature-major)")])
+            Measurement("tflite", (512, 512), 1, 1, (1, 128), sparsity, feature_us, "gather-matmul (feature-major)"),
+            Measurement("tflite", (512, 512), 1, 1, (1, 128), sparsity, rows_us, "gather-matmul (row-gather)")])
 
-    record = export_file(model, "cpu-wide", tmp_path / "f.tflite", "tflite", profile=profile(50.0, 20.0), check=False)
+    record = export_file(model, "cpu-wide", tmp_path / "f.tflite", "tflite", profile=profile(50.0, 20.0, 30.0),
+                         check=False)
     assert record.layers[0]["format"] == "gather-matmul (feature-major)"
     assert "20 us vs dense 100 us" in record.layers[0]["why"] and "tuning profile" in record.layers[0]["why"]
-    record = export_file(model, "cpu-wide", tmp_path / "d.tflite", "tflite", profile=profile(150.0, 120.0), check=False)
+    record = export_file(model, "cpu-wide", tmp_path / "r.tflite", "tflite", profile=profile(50.0, 40.0, 30.0),
+                         check=False)
+    assert record.layers[0]["format"] == "gather-matmul (row-gather)"
+    record = export_file(model, "cpu-wide", tmp_path / "d.tflite", "tflite", profile=profile(150.0, 120.0, 110.0),
+                         check=False)
     assert record.layers[0]["format"] == "dense" and "tuning profile" in record.layers[0]["why"]
     # a runtime the profile did not measure is probed
-    record = export_file(model, "cpu-wide", tmp_path / "o.onnx", "onnx", profile=profile(150.0, 120.0), check=False)
+    record = export_file(model, "cpu-wide", tmp_path / "o.onnx", "onnx", profile=profile(150.0, 120.0, 110.0),
+                         check=False)
     assert "(probe)" in record.layers[0]["why"]
 
 
@@ -335,7 +347,7 @@ def test_widths_the_blocks_do_not_divide_are_pruned_and_lowered(tmp_path):
     assert blockprune.verify(sparse, plan).ok
     structure = read_structure(sparse, load_target("cpu-wide"), plan)
     x = np.random.default_rng(5).normal(size=(3, 200)).astype("float32")
-    for variant in ("batch", "feature"):
+    for variant in ("batch", "feature", "rows"):
         lowered, report = lower(sparse, "cpu-wide", "tflite", structure=structure,
                                 choices={ws.name: ("gather-matmul", variant) for ws in structure})
         assert len(report) == 2

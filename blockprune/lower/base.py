@@ -33,10 +33,12 @@ class LoweredLayer:
 
 
 def format_name(lowering: str, variant: str = "") -> str:
-    """``gather-matmul``, ``gather-matmul (feature-major)``, ``gather-matmul (feature-major, fused
-    attention)``: a lowering as records name it."""
+    """``gather-matmul``, ``gather-matmul (feature-major)``, ``gather-matmul (row-gather)``,
+    ``gather-matmul (feature-major, fused attention)``: a lowering as records name it."""
     if variant in ("", "batch", "grouped", "split"):
         return lowering
+    if variant == "rows":  # rows of the transposed input gathered, multiplied batch-major
+        return f"{lowering} (row-gather)"
     if variant == "fused":  # a projection of an attention layer computed feature-major throughout
         return f"{lowering} (feature-major, fused attention)"
     return f"{lowering} ({variant}-major)"

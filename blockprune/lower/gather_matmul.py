@@ -20,6 +20,20 @@ ONNX Runtime and OpenVINO run fast at any batch size. Two layouts (docs/DESIGN.m
   this layout wins when many rows share the weights (batches, tokens) and loses at batch 1
   (XNNPACK's batch matmul is slow with a last dimension of 1).
 
+- ``rows`` (row-gather; ``.tflite`` files only)::
+
+      Transpose x                             -> [in, B]
+      Gather(rows, axis=0), Reshape           -> [ncb, k*rows, B]
+      Transpose                               -> [ncb, B, k*rows]
+      MatMul with packed W[ncb, k*rows, cols] -> [ncb, B, cols]
+      Transpose, Reshape                      -> [B, out]
+
+  TFLite's GATHER copies one slice per index outside XNNPACK, on one thread: along the last axis
+  a slice is one float, so at batch 8 the batch-major gather of a 2048-wide layer at 90% took
+  161 us against its matmul's 68 us (2 threads). This form gathers whole rows (19 us), as the
+  feature-major one does, and keeps the batch-major matmul, which XNNPACK ran faster than the
+  feature-major one (68 against 109 us).
+
 ``blockprune.lower.layers.BlockSparseDense`` holds the packed blocked-ELL weights.
 """
 
@@ -39,8 +53,15 @@ class GatherMatmul(Lowering):
     kinds = ("dense", "conv1x1", "einsum_dense")
     formats = ("tflite", "onnx")
     balanced = True
-    variants = ("batch", "feature")
+    variants = ("batch", "feature", "rows")
     summary = "Gather -> BatchMatMul -> Reshape over blocked-ELL weights (Dense, 1x1 conv, EinsumDense)"
+
+    def variants_for(self, fmt: str, ws=None, quantized: bool = False) -> tuple[str, ...]:
+        # Row-gather fixes TFLite's GATHER. Two 2048-wide layers at 90%, one A/B run: LiteRT batch 8
+        # 582 -> 315 us (1 thread), 570 -> 232 us (2 threads) against batch-major; in ONNX Runtime
+        # (its files gather the last axis with GatherElements) and OpenVINO it tied or lost
+        # (OpenVINO batch 8, 2 threads: 283 -> 455 us), so their files do not probe it.
+        return self.variants if fmt == "tflite" else self.variants[:2]
 
     def handles(self, ws) -> bool:
         return super().handles(ws) and ws.view == ws.site.view  # a channel-major view is channel-gather's

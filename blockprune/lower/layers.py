@@ -26,7 +26,7 @@ from ..formats import BlockedELL
 __all__ = ["BlockSparseDense", "ChannelGatherConv", "ChannelGatherDense", "FeatureMajorAttention", "LAYOUTS", "elementwise"]
 
 #: Layouts of ``BlockSparseDense``.
-LAYOUTS = ("batch", "feature")
+LAYOUTS = ("batch", "feature", "rows")
 #: Keras activations that act on each value alone (so they can run on transposed activations);
 #: softmax and log_softmax do not.
 ELEMENTWISE = {"linear", "relu", "relu6", "sigmoid", "tanh", "gelu", "silu", "swish", "elu", "selu", "softplus",
@@ -52,7 +52,7 @@ class BlockSparseDense(keras.layers.Layer):
         blocks_per_column: ``k``, blocks kept in every block-column.
         activation: a Keras activation name or function.
         use_bias: whether a bias is added.
-        layout: ``"batch"`` or ``"feature"`` (see the module docstring).
+        layout: ``"batch"``, ``"feature"`` or ``"rows"`` (see ``blockprune.lower.gather_matmul``).
         input_axes: how many trailing input axes form the ``in`` dimension (an EinsumDense
             contracting several axes).
         output_shape: the trailing output axes the ``units`` are reshaped to (default
@@ -109,7 +109,7 @@ class BlockSparseDense(keras.layers.Layer):
         bh, bw = self.block_shape
         n_cols, kr = self.padded_units // bw, self.blocks_per_column * bh
         index_shape = (n_cols, kr) if self.layout == "batch" else (n_cols * kr,)
-        value_shape = (n_cols, kr, bw) if self.layout == "batch" else (n_cols, bw, kr)
+        value_shape = (n_cols, bw, kr) if self.layout == "feature" else (n_cols, kr, bw)
         self.gather_indices = self.add_weight(name="gather_indices", shape=index_shape, dtype="int32",
                                               initializer="zeros", trainable=False)
         self.values = self.add_weight(name="values", shape=value_shape, initializer="zeros", trainable=False)
@@ -137,8 +137,10 @@ class BlockSparseDense(keras.layers.Layer):
     def set_packed(self, matrix: BlockedELL, bias=None) -> None:
         """Loads packed weights (their shapes must match the layer's)."""
         indices, values = matrix.gather_indices(), matrix.packed_values()
+        if self.layout != "batch":
+            indices = indices.reshape(-1)
         if self.layout == "feature":
-            indices, values = indices.reshape(-1), np.ascontiguousarray(np.transpose(values, (0, 2, 1)))
+            values = np.ascontiguousarray(np.transpose(values, (0, 2, 1)))
         self.gather_indices.assign(indices)
         self.values.assign(values)
         if self.use_bias:
@@ -149,6 +151,16 @@ class BlockSparseDense(keras.layers.Layer):
         ops = keras.ops
         gathered = ops.take(x2, self.gather_indices, axis=1)               # [B, ncb, k*rows]
         y = ops.matmul(ops.transpose(gathered, (1, 0, 2)), self.values)    # [ncb, B, cols]
+        y = ops.reshape(ops.transpose(y, (1, 0, 2)), (-1, self.padded_units))
+        return y if self.padded_units == self.units else y[:, : self.units]
+
+    def _row_gather(self, xt):
+        """``x @ W`` (``[rows, units]``) for ``xt = x^T`` of shape ``[in_features, rows]``: whole
+        rows gathered as in the feature-major form, multiplied as in the batch-major one."""
+        ops = keras.ops
+        n_cols, kr, _ = self.values.shape
+        gathered = ops.reshape(ops.take(xt, self.gather_indices, axis=0), (n_cols, kr, -1))  # [ncb, k*rows, B]
+        y = ops.matmul(ops.transpose(gathered, (0, 2, 1)), self.values)                     # [ncb, B, cols]
         y = ops.reshape(ops.transpose(y, (1, 0, 2)), (-1, self.padded_units))
         return y if self.padded_units == self.units else y[:, : self.units]
 
@@ -187,6 +199,8 @@ class BlockSparseDense(keras.layers.Layer):
             if self.output_layout == "feature":
                 return yt
             y = ops.transpose(yt)
+        elif self.layout == "rows":
+            y = self._row_gather(ops.transpose(x2))
         else:
             y = self._batch_major(x2)
         if not plain:
