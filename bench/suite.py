@@ -17,7 +17,7 @@ interleaved. Besides the speedup over the same runtime's dense file, every row s
 speedup over the fastest dense file of any runtime at the same point.
 
 Usage:
-    python bench/suite.py [--quick] [--models mlp2048,transformer] [--out DIR]
+    python bench/suite.py [--quick] [--models mlp2048,transformer] [--targets cpu-wide] [--merge] [--out DIR]
 Writes bench/RESULTS.md and bench/results/suite/ (JSON and plots); with --quick (0.9 at batch 1,
 1 thread only, fewer repetitions) or --out it writes into DIR (default: a temporary folder) and
 never touches the committed results. About 70 minutes on 2 cores.
@@ -103,8 +103,10 @@ def main(argv=None):
     parser.add_argument("--out", help="folder for RESULTS.md, JSON and plots (default: the committed bench/ results, "
                                       "or a temporary folder with --quick)")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: " + ", ".join(MODELS))
+    parser.add_argument("--targets", help="comma-separated subset of each model's targets (default: all of them)")
     parser.add_argument("--merge", action="store_true",
-                        help="replace only these models' rows in the existing suite.json (and RESULTS.md)")
+                        help="replace only these models' (and targets') rows in the existing suite.json (and "
+                             "RESULTS.md)")
     parser.add_argument("--estimates", action="store_true",
                         help="recompute only the cost-model estimates of the emulated targets (seconds) into the "
                              "committed results")
@@ -118,6 +120,8 @@ def main(argv=None):
     rows, estimates, notes, layouts = [], [], [], []
     for model_name in args.models.split(","):
         targets, rounds, reps = MODELS[model_name]
+        if args.targets:
+            targets = [t for t in targets if t in args.targets.split(",")]
         if args.quick:
             rounds, reps = 1, max(3, reps // 4)
         dense = build(model_name)
@@ -170,7 +174,8 @@ def main(argv=None):
     data = {"machine": machine(), "elapsed_s": elapsed, "rows": rows, "estimates": estimates, "notes": notes,
             "layouts": layouts}
     if args.merge and (out / "suite.json").is_file():
-        data = _merged(json.loads((out / "suite.json").read_text()), data, set(args.models.split(",")))
+        data = _merged(json.loads((out / "suite.json").read_text()), data, set(args.models.split(",")),
+                       set(args.targets.split(",")) if args.targets else None)
     write_text_atomic(out / "suite.json", json.dumps(data, indent=2) + "\n")
     write_results(data, out, HERE / "RESULTS.md" if committed else out / "RESULTS.md")
 
@@ -202,16 +207,25 @@ def refresh_estimates(out: Path) -> None:
     write_results(data, out, HERE / "RESULTS.md")
 
 
-def _merged(old: dict, new: dict, models: set[str]) -> dict:
-    """``old`` with the rows, estimates, layouts and notes of ``models`` replaced by ``new``'s."""
-    def keep(items, key=lambda x: x["model"]):
-        return [x for x in items if key(x) not in models]
+def _merged(old: dict, new: dict, models: set[str], targets: set[str] | None = None) -> dict:
+    """``old`` with the rows, estimates, layouts and notes of ``models`` (on ``targets``, default
+    all) replaced by ``new``'s."""
+    def rerun(model, target):
+        return model in models and (targets is None or target in targets)
 
+    def keep(items):
+        return [x for x in items if not rerun(x["model"], x["target"])]
+
+    def of_note(note):  # "model / target: ..." or "model / target / sparsity ..."
+        model, _, rest = note.partition(" / ")
+        return model, re.split(r"[ :/]", rest, maxsplit=1)[0]
+
+    names = models if targets is None else {f"{m} ({t})" for m in models for t in sorted(targets)}
     return {"machine": new["machine"], "elapsed_s": old["elapsed_s"] + new["elapsed_s"],
-            "rerun": sorted(set(old.get("rerun", [])) | models),
+            "rerun": sorted(set(old.get("rerun", [])) | names),
             "rows": keep(old["rows"]) + new["rows"], "estimates": keep(old["estimates"]) + new["estimates"],
             "layouts": keep(old.get("layouts", [])) + new["layouts"],
-            "notes": keep(old["notes"], key=lambda n: n.split(" ")[0]) + new["notes"]}
+            "notes": [n for n in old["notes"] if not rerun(*of_note(n))] + new["notes"]}
 
 
 def _goal_lines(rows) -> list[str]:
