@@ -8,8 +8,8 @@ layer's forward and backward pass:
 
 - ``call`` runs the wrapped layer on its pruned weights through an identity whose gradient
   is multiplied by the mask (``keras.ops.custom_gradient``, substituted for the variable in
-  a ``keras.StatelessScope``, so any layer works unchanged; on PyTorch, a gradient hook on
-  the parameter does the same): pruned weights get a zero gradient, and the forward pass
+  a ``keras.StatelessScope``, so any layer works unchanged; on PyTorch, a hook on the parameter
+  masks its accumulated gradient in place): pruned weights get a zero gradient, and the forward pass
   costs nothing extra.
 
 Between train steps, when the schedule says so, ``update_masks(step)`` (called by the
@@ -31,6 +31,7 @@ calibrated activations of a full-integer file).
 
 from __future__ import annotations
 
+import functools
 import re
 
 import keras
@@ -66,6 +67,11 @@ def _masked_gradient(w, mask):
         return upstream * mask, keras.ops.zeros_like(mask)
 
     return w, grad
+
+
+def _mask_accumulated_gradient(parameter, mask):
+    """PyTorch: multiplies ``parameter``'s accumulated gradient by ``mask`` in place."""
+    parameter.grad.mul_(mask.value)
 
 
 def _slug(name: str) -> str:
@@ -293,12 +299,15 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     def _hook_gradients(self):
         """On PyTorch, masks each pruned weight's gradient with a hook on its parameter (in
-        place of ``_call_masked``, whose per-call Python work costs more in eager mode)."""
+        place of ``_call_masked``, whose per-call Python work costs more in eager mode). The
+        hook runs once the gradient is accumulated and masks it in place: a hook returning a
+        masked copy allocated a new gradient every step (digits MLP, one run of 30 epoch pairs:
+        step overhead 1.23x with the copy, 1.11x in place)."""
         self._gradient_hooks = None
         if keras.backend.backend() != "torch":
             return
-        self._gradient_hooks = [t.variable.value.register_hook(lambda g, mask=t.mask: g * mask.value)
-                                for t in self._targets]
+        self._gradient_hooks = [t.variable.value.register_post_accumulate_grad_hook(
+            functools.partial(_mask_accumulated_gradient, mask=t.mask)) for t in self._targets]
 
     def _call_masked(self, *args, **kwargs):
         """Calls the wrapped layer with every pruned weight's gradient multiplied by its mask.
