@@ -174,7 +174,8 @@ def quantize_onnx(proto, quantization: Quantization, model):
                         i = next(self.rows, None)
                         return None if i is None else {n: s[i:i + 1].astype("float32") for n, s in zip(names, samples)}
 
-                # Per-tensor weights: ONNX Runtime's QLinearMatMul refuses per-column zero points.
+                # Per-tensor weights: ONNX Runtime's QLinearMatMul refuses per-column zero points;
+                # 7-bit weights for the same saturation as above.
                 quantize_static(proto, out, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                                weight_type=QuantType.QInt8, per_channel=False)
+                                weight_type=QuantType.QInt8, per_channel=False, reduce_range=True)
         return onnx.load(out)

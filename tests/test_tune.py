@@ -183,8 +183,10 @@ def test_tune_measures_and_reuses_its_profile(tmp_path):
     keys = {(m.runtime, m.block_shape) for m in first.measurements}
     assert keys == {(rt, b) for rt in runtimes for b in (None, (1, 128), (1, 64), (1, 32), (1, 16))}
     # every form of gather-matmul, per block and runtime
-    assert {m.lowering for m in first.measurements if m.block_shape} == {"gather-matmul",
-                                                                       "gather-matmul (feature-major)"}
+    forms = {"gather-matmul", "gather-matmul (feature-major)"}
+    for rt in runtimes:  # row-gather in .tflite files only
+        assert {m.lowering for m in first.measurements if m.block_shape and m.runtime == rt} == (
+            forms | {"gather-matmul (row-gather)"} if rt == "tflite" else forms), rt
     assert all(m.median_us > 0 and m.rows == 1 and m.view_shape == (256, 256) for m in first.measurements)
     # The whole model too: dense and at 90%, on each runtime, beside the sum of its layers.
     assert sorted((m.runtime, m.sparsity) for m in first.models) == [(rt, s) for rt in runtimes for s in (0.0, 0.9)]
