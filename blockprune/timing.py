@@ -5,6 +5,7 @@ This module does not import TensorFlow.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -29,9 +30,14 @@ def median_latency_us(run, x, rounds: int = 3, reps: int = 30, warmup: int = 5) 
     return statistics.median(medians)
 
 
-def interleaved_latencies(runners: dict, x, rounds: int = 5, reps: int = 50, warmup: int = 10) -> dict:
+def interleaved_latencies(runners: dict, x, rounds: int = 5, reps: int = 50, warmup: int = 10,
+                          min_round_s: float = 0.02) -> dict:
     """Times several runners on the same input, their rounds interleaved so drifts in machine load
     hit all alike.
+
+    Each runner's round lasts at least ``min_round_s``: a file of a few microseconds gets more
+    than ``reps`` calls (its warm-up calls estimate how many), so one scheduler hiccup does not
+    decide its median.
 
     Returns:
         ``{key: (median_us, p10_us, p90_us)}`` over all timed calls.
@@ -39,13 +45,18 @@ def interleaved_latencies(runners: dict, x, rounds: int = 5, reps: int = 50, war
     import numpy as np
 
     xs = x if isinstance(x, (list, tuple)) else [x]
-    for run in runners.values():
-        for _ in range(warmup):
+    calls = {}
+    for key, run in runners.items():
+        warm = []
+        for _ in range(max(1, warmup)):
+            t0 = time.perf_counter()
             run(*xs)
+            warm.append(time.perf_counter() - t0)
+        calls[key] = max(reps, math.ceil(min_round_s / max(statistics.median(warm), 1e-7)))
     times = {key: [] for key in runners}
     for _ in range(rounds):
         for key, run in runners.items():
-            for _ in range(reps):
+            for _ in range(calls[key]):
                 t0 = time.perf_counter()
                 run(*xs)
                 times[key].append((time.perf_counter() - t0) * 1e6)

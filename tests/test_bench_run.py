@@ -211,3 +211,23 @@ def test_run_names_the_configurations_that_kept_the_dense_file(tmp_path, monkeyp
     text = result.report.read_text()
     assert "3 configurations kept the dense file" in text and "Best speedup" not in text
     assert json.loads((result.out / "summary.json").read_text())["kept_dense"] == result.kept_dense
+
+
+def test_timing_gives_a_microsecond_file_enough_calls_for_a_steady_median():
+    import time
+
+    from blockprune.timing import interleaved_latencies
+
+    calls = {"fast": 0, "slow": 0}
+
+    def fast(x):
+        calls["fast"] += 1
+
+    def slow(x):
+        calls["slow"] += 1
+        time.sleep(0.005)
+
+    stats = interleaved_latencies({"fast": fast, "slow": slow}, 0, rounds=2, reps=5, warmup=2, min_round_s=0.02)
+    assert calls["slow"] == 2 + 2 * 5  # warm-up, then reps per round: 5 ms calls fill 20 ms in 4 calls
+    assert calls["fast"] > 100 * 2  # a no-op gets thousands of calls per 20 ms round, not 5
+    assert stats["slow"][0] >= 5000 > stats["fast"][0]
