@@ -5,14 +5,18 @@ This module does not import TensorFlow.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["median_latency_us", "interleaved_latencies", "cpu_name", "machine_info"]
+__all__ = ["median_latency_us", "interleaved_latencies", "latencies_in_fresh_process", "cpu_name", "machine_info"]
 
 
 def median_latency_us(run, x, rounds: int = 3, reps: int = 30, warmup: int = 5) -> float:
@@ -64,6 +68,57 @@ def interleaved_latencies(runners: dict, x, rounds: int = 5, reps: int = 50, war
             for key, v in times.items()}
 
 
+def latencies_in_fresh_process(files: dict, runtime_name: str, threads: int, inputs: list, rounds: int = 5,
+                               reps: int = 50) -> dict:
+    """``interleaved_latencies`` of files ``{key: (bytes, run options)}`` in one runtime, timed
+    in a new Python process.
+
+    A process's state decides a 2-thread timing of a few microseconds: the same pair of files
+    read 1.15x twice in one process and 0.86-0.92x in three new ones (docs/DESIGN.md section 4),
+    so a narrow win is confirmed in a process that has run nothing else.
+
+    Returns:
+        ``{key: (median_us, p10_us, p90_us)}``.
+
+    Raises:
+        RuntimeError: the timing process failed (its last error line is in the message).
+    """
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(prefix="blockprune-timing-") as tmp:
+        folder = Path(tmp)
+        keys = list(files)
+        for i, key in enumerate(keys):
+            data, options = files[key]
+            (folder / f"{i}.bin").write_bytes(data)
+            (folder / f"{i}.json").write_text(json.dumps(options))
+        np.savez(folder / "inputs.npz", *inputs)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        done = subprocess.run([sys.executable, "-m", "blockprune.timing", str(folder), runtime_name, str(threads),
+                               str(len(keys)), str(rounds), str(reps)], capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"timing {runtime_name} files in a new process failed: {last}")
+        timed = json.loads(done.stdout.strip().splitlines()[-1])
+    return {key: tuple(timed[str(i)]) for i, key in enumerate(keys)}
+
+
+def _time_folder(folder: str, runtime_name: str, threads: str, count: str, rounds: str, reps: str) -> None:
+    """The new process of ``latencies_in_fresh_process``: prints the timings as one JSON line."""
+    import numpy as np
+
+    from .runtimes import runtime
+
+    root = Path(folder)
+    rt = runtime(runtime_name)
+    runners = {str(i): rt.runner((root / f"{i}.bin").read_bytes(), json.loads((root / f"{i}.json").read_text()),
+                                 int(threads)) for i in range(int(count))}
+    with np.load(root / "inputs.npz") as saved:
+        inputs = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    timed = interleaved_latencies(runners, inputs, int(rounds), int(reps))
+    print(json.dumps({key: list(v) for key, v in timed.items()}))
+
+
 def cpu_name() -> str:
     """The CPU model as /proc/cpuinfo names it (else what platform knows)."""
     try:
@@ -79,3 +134,7 @@ def machine_info() -> dict:
     """CPU, core count and platform, for results files and profiles."""
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version()}
+
+
+if __name__ == "__main__":
+    _time_folder(*sys.argv[1:])

@@ -231,3 +231,23 @@ def test_timing_gives_a_microsecond_file_enough_calls_for_a_steady_median():
     assert calls["slow"] == 2 + 2 * 5  # warm-up, then reps per round: 5 ms calls fill 20 ms in 4 calls
     assert calls["fast"] > 100 * 2  # a no-op gets thousands of calls per 20 ms round, not 5
     assert stats["slow"][0] >= 5000 > stats["fast"][0]
+
+
+def test_timing_in_a_new_process_runs_the_files_there(exports):
+    import json
+    import os
+
+    import numpy as np
+
+    from blockprune.timing import latencies_in_fresh_process
+
+    folder = exports[1]
+    files = {kind: ((folder / name).read_bytes(), json.loads((folder / f"{name}.runtime.json").read_text()))
+             for kind, name in (("dense", "m.dense.tflite"), ("sparse", "m.tflite"))}
+    inputs = [np.ones((2, 128), np.float32)]
+    timed = latencies_in_fresh_process(files, "litert", 1, inputs, rounds=2, reps=5)
+    assert set(timed) == {"dense", "sparse"}
+    assert all(0 < p10 <= median <= p90 for median, p10, p90 in timed.values())
+    # the files really ran there: a file the runtime cannot read fails that process, and says so
+    with pytest.raises(RuntimeError, match="timing litert files in a new process failed"):
+        latencies_in_fresh_process({"bad": (os.urandom(64), files["dense"][1])}, "litert", 1, inputs, 1, 1)
