@@ -253,7 +253,7 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
 
     from .cost import ideal_speedup
     from .runtimes import compare, keras_outputs, make_runner, outputs_of, runtime, sample_inputs
-    from .timing import interleaved_latencies
+    from .timing import MIN_ROUND_S, interleaved_latencies
 
     export_dir = Path(export_dir)
     for name, values in (("batch", batches), ("threads", threads)):
@@ -306,7 +306,8 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
         rt = sparse["runtime_options"]["runtime"]
         runners = {"dense": make_runner(_local(export_dir, dense), n_threads, runtime_name=rt),
                    "sparse": make_runner(_local(export_dir, sparse), n_threads)}
-        stats = interleaved_latencies(runners, sample_inputs(model, batch)[0], rounds, reps, warmup)
+        stats = interleaved_latencies(runners, sample_inputs(model, batch)[0], rounds, reps, warmup,
+                                      min_round_s=MIN_ROUND_S)
         label = runtime(rt).label
         (dm, d10, d90), (sm, s10, s90) = stats["dense"], stats["sparse"]
         same = _local(export_dir, sparse).read_bytes() == _local(export_dir, dense).read_bytes()

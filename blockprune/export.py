@@ -192,7 +192,7 @@ def _whole_file_check(sparse, dense, model, output, batch, threads, rounds, reps
                       fresh_process: bool = False) -> dict:
     """Times the sparse and dense files (and an alternative sparse file) at the deployment
     point, interleaved, in this process or (``fresh_process``) in a new one."""
-    from .timing import interleaved_latencies, latencies_in_fresh_process
+    from .timing import MIN_ROUND_S, interleaved_latencies, latencies_in_fresh_process
 
     rt = runtime(OUTPUTS[output][1])
     files = {"dense": dense, "sparse": sparse, **({"alternative": alternative} if alternative else {})}
@@ -202,7 +202,7 @@ def _whole_file_check(sparse, dense, model, output, batch, threads, rounds, reps
                                            threads, inputs, rounds, reps)
     else:
         runners = {name: rt.runner(f.data, f.options, threads) for name, f in files.items()}
-        stats = interleaved_latencies(runners, inputs, rounds, reps, warmup=10)
+        stats = interleaved_latencies(runners, inputs, rounds, reps, warmup=10, min_round_s=MIN_ROUND_S)
     d, s = stats["dense"][0], stats["sparse"][0]
     out = {"runtime": rt.label, "batch": batch, "threads": threads, "dense_us": d, "sparse_us": s, "speedup": d / s}
     if alternative:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["median_latency_us", "interleaved_latencies", "latencies_in_fresh_process", "cpu_name", "machine_info"]
+__all__ = ["MIN_ROUND_S", "median_latency_us", "interleaved_latencies", "latencies_in_fresh_process", "cpu_name", "machine_info"]
 
 
 def median_latency_us(run, x, rounds: int = 3, reps: int = 30, warmup: int = 5) -> float:
@@ -34,14 +34,18 @@ def median_latency_us(run, x, rounds: int = 3, reps: int = 30, warmup: int = 5) 
     return statistics.median(medians)
 
 
+#: the least time each file gets per round when a whole file is timed (export's check, ``bench``)
+MIN_ROUND_S = 0.02
+
+
 def interleaved_latencies(runners: dict, x, rounds: int = 5, reps: int = 50, warmup: int = 10,
-                          min_round_s: float = 0.02) -> dict:
+                          min_round_s: float = 0.0) -> dict:
     """Times several runners on the same input, their rounds interleaved so drifts in machine load
     hit all alike.
 
-    Each runner's round lasts at least ``min_round_s``: a file of a few microseconds gets more
-    than ``reps`` calls (its warm-up calls estimate how many), so one scheduler hiccup does not
-    decide its median.
+    With ``min_round_s`` (e.g. ``MIN_ROUND_S``), each runner's round lasts at least that long: a
+    file of a few microseconds gets more than ``reps`` calls (its warm-up calls estimate how
+    many), so one scheduler hiccup does not decide its median.
 
     Returns:
         ``{key: (median_us, p10_us, p90_us)}`` over all timed calls.
@@ -115,7 +119,7 @@ def _time_folder(folder: str, runtime_name: str, threads: str, count: str, round
                                  int(threads)) for i in range(int(count))}
     with np.load(root / "inputs.npz") as saved:
         inputs = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    timed = interleaved_latencies(runners, inputs, int(rounds), int(reps))
+    timed = interleaved_latencies(runners, inputs, int(rounds), int(reps), min_round_s=MIN_ROUND_S)
     print(json.dumps({key: list(v) for key, v in timed.items()}))
 
 

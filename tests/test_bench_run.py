@@ -231,6 +231,9 @@ def test_timing_gives_a_microsecond_file_enough_calls_for_a_steady_median():
     assert calls["slow"] == 2 + 2 * 5  # warm-up, then reps per round: 5 ms calls fill 20 ms in 4 calls
     assert calls["fast"] > 100 * 2  # a no-op gets thousands of calls per 20 ms round, not 5
     assert stats["slow"][0] >= 5000 > stats["fast"][0]
+    calls.update(fast=0)
+    interleaved_latencies({"fast": fast}, 0, rounds=2, reps=3, warmup=2)  # without a least round time: as asked
+    assert calls["fast"] == 2 + 2 * 3
 
 
 def test_timing_in_a_new_process_runs_the_files_there(exports):
