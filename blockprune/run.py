@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ._atomic import atomic_path
 
-__all__ = ["RunResult", "run", "NARROW_INPUTS", "NARROW_SPARSITY"]
+__all__ = ["RunResult", "run", "narrow_overrides", "NARROW_INPUTS", "NARROW_SPARSITY"]
 
 #: Layers reading fewer input features than this are pruned to at most ``NARROW_SPARSITY``:
 #: docs/DESIGN.md section 5 measured most of the accuracy loss of wide blocks in the narrow
@@ -47,7 +47,9 @@ def _say(message: str, verbose: bool) -> None:
         print(message, flush=True)
 
 
-def _narrow_overrides(p, sparsity: float) -> dict:
+def narrow_overrides(p, sparsity: float) -> dict:
+    """The overrides that cap plan ``p``'s narrow-input weights at ``NARROW_SPARSITY``, as
+    ``run`` applies them (``{}`` when no weight is capped)."""
     return {lp.name: {"sparsity": min(NARROW_SPARSITY, sparsity)} for lp in p.pruned_layers
             if lp.view_shape and lp.view_shape[0] < NARROW_INPUTS and lp.sparsity > NARROW_SPARSITY}
 
@@ -129,7 +131,7 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
         save_npz(dataset, work / "data.npz")
 
         p = make_plan(dense, target, sparsity=sparsity)
-        narrow = _narrow_overrides(p, sparsity)
+        narrow = narrow_overrides(p, sparsity)
         if narrow:
             p = make_plan(dense, target, sparsity=sparsity, overrides=narrow)
         p.save(work / "plan.json")
