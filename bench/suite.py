@@ -13,7 +13,8 @@ and 0.95 at batch 1, 1 thread (the speedup-vs-sparsity plots).
 Weights are pruned one-shot to each plan (magnitude of random initial weights; the suite
 measures speed and size, the digits runs in README measure accuracy). Every file is exported
 by blockprune, checked against Keras, then timed with `blockprune.bench`, dense and sparse
-interleaved. Besides the speedup over the same runtime's dense file, every row shows the
+interleaved, in a new process that runs nothing else (as a deployment does; this process's own
+state after training and converting skewed its timings). Besides the speedup over the same runtime's dense file, every row shows the
 speedup over the fastest dense file of any runtime at the same point.
 
 Usage:
@@ -144,7 +145,7 @@ def main(argv=None):
                         print(notes[-1], flush=True)
                         continue
                     result = bench(folder, batches=(batch,), threads=(threads,), rounds=rounds, reps=reps, warmup=3,
-                                   progress=False)
+                                   progress=False, fresh_process=True)
                 for r in records:
                     if r.variant != "sparse":
                         continue

@@ -232,7 +232,7 @@ def estimate_export(export_dir) -> dict | None:
 
 
 def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int = 50, warmup: int = 10,
-          progress: bool = True) -> BenchResult:
+          progress: bool = True, fresh_process: bool = False) -> BenchResult:
     """Measures every dense/sparse pair in an export folder.
 
     Args:
@@ -242,6 +242,10 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
         threads: runtime thread counts to measure.
         rounds, reps, warmup: timing repetitions (per configuration and file).
         progress: show a progress bar on the terminal.
+        fresh_process: time each dense/sparse pair in a new Python process that runs nothing
+            else, as a deployment does (``timing.latencies_in_fresh_process``). A process that
+            has trained and converted models times differently: MobileNetV2's cpu-wide file read
+            1.37x inside the suite and 1.56-1.63x in three new processes (docs/DESIGN.md section 4).
 
     Returns:
         A ``BenchResult``.
@@ -252,8 +256,8 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
     import keras
 
     from .cost import ideal_speedup
-    from .runtimes import compare, keras_outputs, make_runner, outputs_of, runtime, sample_inputs
-    from .timing import MIN_ROUND_S, interleaved_latencies
+    from .runtimes import compare, keras_outputs, make_runner, outputs_of, read_options, runtime, sample_inputs
+    from .timing import MIN_ROUND_S, interleaved_latencies, latencies_in_fresh_process
 
     export_dir = Path(export_dir)
     for name, values in (("batch", batches), ("threads", threads)):
@@ -304,10 +308,15 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
                                      "rel_error": rel})
     for i, (sparse, dense, batch, n_threads) in enumerate(jobs):
         rt = sparse["runtime_options"]["runtime"]
-        runners = {"dense": make_runner(_local(export_dir, dense), n_threads, runtime_name=rt),
-                   "sparse": make_runner(_local(export_dir, sparse), n_threads)}
-        stats = interleaved_latencies(runners, sample_inputs(model, batch)[0], rounds, reps, warmup,
-                                      min_round_s=MIN_ROUND_S)
+        x = sample_inputs(model, batch)[0]
+        if fresh_process:
+            files = {kind: (_local(export_dir, rec).read_bytes(), read_options(_local(export_dir, rec)))
+                     for kind, rec in (("dense", dense), ("sparse", sparse))}
+            stats = latencies_in_fresh_process(files, rt, n_threads, [x], rounds, reps)
+        else:
+            runners = {"dense": make_runner(_local(export_dir, dense), n_threads, runtime_name=rt),
+                       "sparse": make_runner(_local(export_dir, sparse), n_threads)}
+            stats = interleaved_latencies(runners, x, rounds, reps, warmup, min_round_s=MIN_ROUND_S)
         label = runtime(rt).label
         (dm, d10, d90), (sm, s10, s90) = stats["dense"], stats["sparse"]
         same = _local(export_dir, sparse).read_bytes() == _local(export_dir, dense).read_bytes()
