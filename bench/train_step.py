@@ -18,7 +18,10 @@ and, when a tfmot environment is given (bench/setup_tfmot_env.sh), tfmot 0.8.1 o
 models, timed the same way (bench/tfmot_train_step.py).
 
 Usage:
-    python bench/train_step.py [--quick] [--backends tensorflow,jax,torch] [--tfmot-python PATH] [--out DIR]
+    python bench/train_step.py [--quick] [--backends tensorflow,jax,torch] [--tfmot-python PATH] [--merge] [--out DIR]
+
+With --merge, the backends measured now (and tfmot, when measured) replace theirs in the saved
+train_step.json and the others are kept; the report names what was rerun.
 """
 
 from __future__ import annotations
@@ -137,6 +140,8 @@ def main(argv=None):
     parser.add_argument("--tfmot-python", help="python of a tfmot environment (bench/setup_tfmot_env.sh)")
     parser.add_argument("--out", help="results folder (default: bench/results; with --quick, a temporary folder)")
     parser.add_argument("--report-only", action="store_true", help="re-render train_step.md from train_step.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the saved results of the backends (and tfmot) not measured now")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(HERE))
@@ -163,8 +168,20 @@ def main(argv=None):
         results["tfmot"] = run_tfmot(args.tfmot_python, args.quick)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge and (out / "train_step.json").is_file():
+        results = _merged(json.loads((out / "train_step.json").read_text()), results)
     write_text_atomic(out / "train_step.json", json.dumps(results, indent=2) + "\n")
     write_report(results, out)
+
+
+def _merged(old: dict, new: dict) -> dict:
+    """``old`` with the backends (and tfmot) that ``new`` measured replaced, in ``old``'s order."""
+    fresh = {b["backend"]: b for b in new["backends"]}
+    backends = [fresh.pop(b["backend"], b) for b in old["backends"]] + list(fresh.values())
+    rerun = list(dict.fromkeys(old.get("rerun", []) + [b["backend"] for b in new["backends"]]
+                               + (["tfmot"] if new["tfmot"] else [])))
+    return {**old, "machine": new["machine"], "backends": backends, "tfmot": new["tfmot"] or old["tfmot"],
+            "rerun": rerun}
 
 
 def write_report(results, out: Path) -> None:
@@ -172,7 +189,9 @@ def write_report(results, out: Path) -> None:
 
     m = results["machine"]
     lines = ["# Training step time: pruned vs unwrapped, per Keras backend, beside tfmot", "",
-             f"Machine: {m['platform']}, {m['cpus']} CPUs, Keras {m['keras']}.",
+             f"Machine: {m['platform']}, {m['cpus']} CPUs, Keras {m['keras']}."
+             + (f" Rerun and merged afterwards: {', '.join(results['rerun'])} (each backend's ratios come from "
+                "one run)." if results.get("rerun") else ""),
              "Mean step time of `fit` epochs after a warm-up epoch (the pruning callback and its mask "
              "updates, every 100 steps, included), epochs of the unwrapped and the pruned model alternating "
              "(ABBA); step times are medians over epochs, the ratio is the median over pairs of pruned / "
