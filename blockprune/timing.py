@@ -98,8 +98,14 @@ def latencies_in_fresh_process(files: dict, runtime_name: str, threads: int, inp
             (folder / f"{i}.json").write_text(json.dumps(options))
         np.savez(folder / "inputs.npz", *inputs)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        done = subprocess.run([sys.executable, "-m", "blockprune.timing", str(folder), runtime_name, str(threads),
-                               str(len(keys)), str(rounds), str(reps)], capture_output=True, text=True, env=env)
+        # this file run as a script, not ``-m blockprune.timing``: the package's import loads Keras
+        # and TensorFlow, seconds of start-up and a process no longer like a deployment's; through
+        # runpy from the temporary folder, so that blockprune's own modules (select.py) do not
+        # shadow the standard library's
+        child = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+        done = subprocess.run([sys.executable, "-c", child, str(Path(__file__).resolve()), str(folder), runtime_name,
+                               str(threads), str(len(keys)), str(rounds), str(reps)], capture_output=True, text=True,
+                              env=env, cwd=folder)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"timing {runtime_name} files in a new process failed: {last}")
@@ -109,12 +115,16 @@ def latencies_in_fresh_process(files: dict, runtime_name: str, threads: int, inp
 
 def _time_folder(folder: str, runtime_name: str, threads: str, count: str, rounds: str, reps: str) -> None:
     """The new process of ``latencies_in_fresh_process``: prints the timings as one JSON line."""
+    import importlib.util
+
     import numpy as np
 
-    from .runtimes import runtime
-
+    # blockprune.runtimes, read from its file beside this one without the package's imports
+    spec = importlib.util.spec_from_file_location("_blockprune_runtimes", Path(__file__).with_name("runtimes.py"))
+    runtimes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runtimes)
     root = Path(folder)
-    rt = runtime(runtime_name)
+    rt = runtimes.runtime(runtime_name)
     runners = {str(i): rt.runner((root / f"{i}.bin").read_bytes(), json.loads((root / f"{i}.json").read_text()),
                                  int(threads)) for i in range(int(count))}
     with np.load(root / "inputs.npz") as saved:

@@ -302,7 +302,7 @@ def test_a_narrow_win_is_timed_again_and_the_worse_measurement_decides(tmp_path,
     model = _one_dense(512, (1, 64), 0.9, 8, "narrow_win")
     record = export_file(model, "cpu-wide", tmp_path / "m.tflite", "tflite", select="target")
     assert record.check["first_speedup"] == 1.2
-    assert fresh == [False, True]  # the second timing samples a process that has run nothing else
+    assert fresh == [True, True]  # each timing in a process that has run nothing else
     assert record.check["speedup"] == min(1.2, second) and record.check["kept_dense"] is kept
     assert (record.layers[0]["format"] == "dense") is kept
 
