@@ -188,21 +188,16 @@ def _write(path: Path, data: bytes, record: ExportRecord) -> ExportRecord:
     return record
 
 
-def _whole_file_check(sparse, dense, model, output, batch, threads, rounds, reps, alternative=None,
-                      fresh_process: bool = False) -> dict:
+def _whole_file_check(sparse, dense, model, output, batch, threads, rounds, reps, alternative=None) -> dict:
     """Times the sparse and dense files (and an alternative sparse file) at the deployment
-    point, interleaved, in this process or (``fresh_process``) in a new one."""
-    from .timing import MIN_ROUND_S, interleaved_latencies, latencies_in_fresh_process
+    point, interleaved, in a new process that runs nothing else, as a deployment runs them:
+    this process, after converting models, times differently (docs/DESIGN.md section 4)."""
+    from . import timing
 
     rt = runtime(OUTPUTS[output][1])
     files = {"dense": dense, "sparse": sparse, **({"alternative": alternative} if alternative else {})}
-    inputs = sample_inputs(model, batch, seed=2)
-    if fresh_process:
-        stats = latencies_in_fresh_process({name: (f.data, f.options) for name, f in files.items()}, rt.name,
-                                           threads, inputs, rounds, reps)
-    else:
-        runners = {name: rt.runner(f.data, f.options, threads) for name, f in files.items()}
-        stats = interleaved_latencies(runners, inputs, rounds, reps, warmup=10, min_round_s=MIN_ROUND_S)
+    stats = timing.latencies_in_fresh_process({name: (f.data, f.options) for name, f in files.items()}, rt.name,
+                                              threads, sample_inputs(model, batch, seed=2), rounds, reps)
     d, s = stats["dense"][0], stats["sparse"][0]
     out = {"runtime": rt.label, "batch": batch, "threads": threads, "dense_us": d, "sparse_us": s, "speedup": d / s}
     if alternative:
@@ -347,10 +342,8 @@ def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan 
         if fused:
             fused_err = _verify(model, samples, _load(rt, fused_built, target, path.name), target, path.name,
                                 reference, q)
-        # timed in a new process that runs nothing else, as a deployment runs the file: this
-        # process, after converting models, times differently (docs/DESIGN.md section 4)
         timing = _whole_file_check(built, dense_built, model, output, batch, threads, check_rounds, check_reps,
-                                   alternative=fused_built if fused else None, fresh_process=True)
+                                   alternative=fused_built if fused else None)
         if fused:
             plain_us, fused_us = timing["sparse_us"], timing.pop("alternative_us")
             note = (f"attention {'fused' if fused_us < plain_us else 'not fused'}: the fused file ran "
@@ -366,8 +359,7 @@ def export_file(model, target, path, output: str = "tflite", plan: SparsityPlan 
             # a narrow win is timed again, in another new process, and the worse of the two counts:
             # one check let through a file (MLP 2048, dsp-1x8, LiteRT b1 t2) that then measured
             # 0.91-0.93x three times, and a process's own state swings 2-thread timings
-            again = _whole_file_check(built, dense_built, model, output, batch, threads, check_rounds, check_reps,
-                                      fresh_process=True)
+            again = _whole_file_check(built, dense_built, model, output, batch, threads, check_rounds, check_reps)
             timing["first_speedup"] = timing["speedup"]
             if again["speedup"] < timing["speedup"]:
                 timing.update(dense_us=again["dense_us"], sparse_us=again["sparse_us"], speedup=again["speedup"])

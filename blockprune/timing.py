@@ -77,9 +77,9 @@ def latencies_in_fresh_process(files: dict, runtime_name: str, threads: int, inp
     """``interleaved_latencies`` of files ``{key: (bytes, run options)}`` in one runtime, timed
     in a new Python process.
 
-    A process's state decides a 2-thread timing of a few microseconds: the same pair of files
-    read 1.15x twice in one process and 0.86-0.92x in three new ones (docs/DESIGN.md section 4),
-    so a narrow win is confirmed in a process that has run nothing else.
+    A process's state skews its timings for as long as it lives: the same pair of files read
+    1.15x twice in one process and 0.86-0.92x in three new ones (docs/DESIGN.md section 4), so
+    export's check and the reports time files in a process that loads only the runtime.
 
     Returns:
         ``{key: (median_us, p10_us, p90_us)}``.

@@ -287,22 +287,21 @@ def test_selection_lowers_a_layer_where_it_pays(tmp_path):
 
 @pytest.mark.parametrize("second, kept", [(0.9, True), (1.25, False)])
 def test_a_narrow_win_is_timed_again_and_the_worse_measurement_decides(tmp_path, monkeypatch, second, kept):
-    import blockprune.export as export_module
+    from blockprune import timing
 
     speedups = iter([1.2, second])
-    fresh = []
+    asked = []
 
-    def timed(*args, fresh_process=False, **kwargs):  # the whole-file check, measuring 1.2x and then `second`
-        fresh.append(fresh_process)
+    def timed(files, runtime_name, *args):  # the new process of each whole-file check: 1.2x, then `second`
+        asked.append(sorted(files))
         s = next(speedups)
-        return {"runtime": "LiteRT", "batch": 1, "threads": 1, "dense_us": 100.0 * s, "sparse_us": 100.0,
-                "speedup": s}
+        return {"dense": (100.0 * s, 0.0, 0.0), "sparse": (100.0, 0.0, 0.0)}
 
-    monkeypatch.setattr(export_module, "_whole_file_check", timed)
+    monkeypatch.setattr(timing, "latencies_in_fresh_process", timed)
     model = _one_dense(512, (1, 64), 0.9, 8, "narrow_win")
     record = export_file(model, "cpu-wide", tmp_path / "m.tflite", "tflite", select="target")
     assert record.check["first_speedup"] == 1.2
-    assert fresh == [True, True]  # each timing in a process that has run nothing else
+    assert asked == [["dense", "sparse"]] * 2  # each check timed both files in a process of its own
     assert record.check["speedup"] == min(1.2, second) and record.check["kept_dense"] is kept
     assert (record.layers[0]["format"] == "dense") is kept
 
