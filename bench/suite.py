@@ -14,8 +14,9 @@ Weights are pruned one-shot to each plan (magnitude of random initial weights; t
 measures speed and size, the digits runs in README measure accuracy). Every file is exported
 by blockprune, checked against Keras, then timed with `blockprune.bench`, dense and sparse
 interleaved, in a new process that runs nothing else (as a deployment does; this process's own
-state after training and converting skewed its timings). Besides the speedup over the same runtime's dense file, every row shows the
-speedup over the fastest dense file of any runtime at the same point.
+state after training and converting skewed its timings). Besides the speedup over the same
+runtime's dense file, every row shows the speedup over the fastest dense file of any runtime at
+the same point.
 
 Usage:
     python bench/suite.py [--quick] [--models mlp2048,transformer] [--targets cpu-wide] [--merge] [--out DIR]

@@ -309,17 +309,18 @@ def bench(export_dir, batches=(1, 8), threads=(1, 2), rounds: int = 5, reps: int
     for i, (sparse, dense, batch, n_threads) in enumerate(jobs):
         rt = sparse["runtime_options"]["runtime"]
         x = sample_inputs(model, batch)[0]
+        data = {kind: _local(export_dir, rec).read_bytes() for kind, rec in (("dense", dense), ("sparse", sparse))}
         if fresh_process:
-            files = {kind: (_local(export_dir, rec).read_bytes(), read_options(_local(export_dir, rec)))
+            files = {kind: (data[kind], read_options(_local(export_dir, rec)))
                      for kind, rec in (("dense", dense), ("sparse", sparse))}
-            stats = latencies_in_fresh_process(files, rt, n_threads, [x], rounds, reps)
+            stats = latencies_in_fresh_process(files, rt, n_threads, [x], rounds, reps, warmup)
         else:
             runners = {"dense": make_runner(_local(export_dir, dense), n_threads, runtime_name=rt),
                        "sparse": make_runner(_local(export_dir, sparse), n_threads)}
             stats = interleaved_latencies(runners, x, rounds, reps, warmup, min_round_s=MIN_ROUND_S)
         label = runtime(rt).label
         (dm, d10, d90), (sm, s10, s90) = stats["dense"], stats["sparse"]
-        same = _local(export_dir, sparse).read_bytes() == _local(export_dir, dense).read_bytes()
+        same = data["sparse"] == data["dense"]
         result.configs.append(BenchConfig(label, sparse["format"], batch, n_threads, dm, sm, dm / sm, d10, d90, s10,
                                           s90, _layout(sparse, same), exported_for, precision=_precision(sparse),
                                           same_bytes=same))

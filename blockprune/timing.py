@@ -73,7 +73,7 @@ def interleaved_latencies(runners: dict, x, rounds: int = 5, reps: int = 50, war
 
 
 def latencies_in_fresh_process(files: dict, runtime_name: str, threads: int, inputs: list, rounds: int = 5,
-                               reps: int = 50) -> dict:
+                               reps: int = 50, warmup: int = 10) -> dict:
     """``interleaved_latencies`` of files ``{key: (bytes, run options)}`` in one runtime, timed
     in a new Python process.
 
@@ -104,7 +104,7 @@ def latencies_in_fresh_process(files: dict, runtime_name: str, threads: int, inp
         # shadow the standard library's
         child = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
         done = subprocess.run([sys.executable, "-c", child, str(Path(__file__).resolve()), str(folder), runtime_name,
-                               str(threads), str(len(keys)), str(rounds), str(reps)], capture_output=True, text=True,
+                               str(threads), str(len(keys)), str(rounds), str(reps), str(warmup)], capture_output=True, text=True,
                               env=env, cwd=folder)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -113,7 +113,8 @@ def latencies_in_fresh_process(files: dict, runtime_name: str, threads: int, inp
     return {key: tuple(timed[str(i)]) for i, key in enumerate(keys)}
 
 
-def _time_folder(folder: str, runtime_name: str, threads: str, count: str, rounds: str, reps: str) -> None:
+def _time_folder(folder: str, runtime_name: str, threads: str, count: str, rounds: str, reps: str,
+                 warmup: str) -> None:
     """The new process of ``latencies_in_fresh_process``: prints the timings as one JSON line."""
     import importlib.util
 
@@ -129,7 +130,7 @@ def _time_folder(folder: str, runtime_name: str, threads: str, count: str, round
                                  int(threads)) for i in range(int(count))}
     with np.load(root / "inputs.npz") as saved:
         inputs = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    timed = interleaved_latencies(runners, inputs, int(rounds), int(reps), min_round_s=MIN_ROUND_S)
+    timed = interleaved_latencies(runners, inputs, int(rounds), int(reps), int(warmup), min_round_s=MIN_ROUND_S)
     print(json.dumps({key: list(v) for key, v in timed.items()}))
 
 

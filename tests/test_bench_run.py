@@ -262,13 +262,13 @@ def test_bench_can_time_each_pair_in_a_new_process(exports, monkeypatch):
     calls = []
     real = timing.latencies_in_fresh_process
 
-    def recorded(files, runtime_name, threads, inputs, rounds, reps):
-        calls.append((sorted(files), runtime_name, threads, inputs[0].shape))
-        return real(files, runtime_name, threads, inputs, rounds, reps)
+    def recorded(files, runtime_name, threads, inputs, rounds, reps, warmup):
+        calls.append((sorted(files), runtime_name, threads, inputs[0].shape, warmup))
+        return real(files, runtime_name, threads, inputs, rounds, reps, warmup)
 
     monkeypatch.setattr(timing, "latencies_in_fresh_process", recorded)
     result = bench(exports[1], batches=(2,), threads=(1,), rounds=1, reps=3, warmup=1, progress=False,
                    fresh_process=True)
     assert sorted(c[1] for c in calls) == ["litert", "onnxruntime", "openvino"]
-    assert all(c[0] == ["dense", "sparse"] and c[2] == 1 and c[3] == (2, 128) for c in calls)
+    assert all(c[0] == ["dense", "sparse"] and c[2] == 1 and c[3] == (2, 128) and c[4] == 1 for c in calls)
     assert len(result.configs) == 3 and all(c.dense_median_us > 0 and c.sparse_median_us > 0 for c in result.configs)
