@@ -12,12 +12,17 @@ distillation from the dense model added. Both hidden kernels are pruned; the sma
 head stays dense. With `--tfmot-python`, tfmot 0.8.1 prunes the same MLP on the same data at
 (1, 1) and (4, 1) (bench/tfmot_accuracy.py in its own environment, bench/setup_tfmot_env.sh).
 
+The dense models (and tfmot's) train with a learning rate decaying on a cosine to zero
+(``train_dense``); results from before that change say "constant" in their dense line.
+
 Writes accuracy.json, accuracy.md and accuracy.png (atomically) into bench/results, or into a
-temporary folder with --quick (fewer epochs, 90% only; never over the committed results).
+temporary folder with --quick (fewer epochs, 90% only; never over the committed results). With
+--merge, the datasets run replace theirs in the committed accuracy.json and the others stay.
 
 Usage:
     pip install --no-deps animal-mnist==0.4      # the animal-shapes images (blockprune.data)
     python bench/accuracy.py [--tfmot-python bench/.venv-tfmot/bin/python] [--quick] [--out DIR]
+                             [--datasets animal-shapes] [--sparsities 0.9] [--merge]
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from blockprune.targets import load_target, shipped_target_names  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 #: dataset -> (built-in model, hidden width, dense epochs, pruning epochs, batch size)
-DATASETS = {"digits": ("mlp", 512, 30, 30, 32), "animal-shapes": ("animal1024", 1024, 15, 10, 64)}
+DATASETS = {"digits": ("mlp", 512, 30, 30, 32), "animal-shapes": ("animal1024", 1024, 30, 30, 64)}
 #: variant -> (channel permutation, sensitivity-aware allocation, distillation)
 VARIANTS = {"plain": (False, False, False), "permute": (True, False, False),
             "permute+sensitivity": (True, True, False), "all three": (True, True, True)}
@@ -126,7 +131,8 @@ def tfmot_rows(python: str, dataset: str, sparsities, quick: bool) -> list[dict]
             for s in sparsities:
                 out = subprocess.run([python, str(HERE / "tfmot_accuracy.py"), "--data", str(path), "--width",
                                       str(width), "--dense-epochs", str(dense_epochs), "--epochs", str(epochs),
-                                      "--batch-size", str(batch), "--block", block, "--sparsity", str(s)],
+                                      "--batch-size", str(batch), "--block", block, "--sparsity", str(s),
+                                      "--decay"],
                                      capture_output=True, text=True, check=True, env={**os.environ,
                                                                                       "TF_USE_LEGACY_KERAS": "1"})
                 got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -152,9 +158,10 @@ def markdown(result: dict) -> str:
         rows = [r for r in result["rows"] if r["dataset"] == dataset]
         sparsities = sorted({r["sparsity"] for r in rows})
         model_name, width, dense_epochs, epochs, batch = DATASETS[dataset]
+        epochs = result["epochs"][dataset]
         lines += [f"## {dataset}: MLP -> {width} -> {width} -> 10, dense {dense_acc:.2%} "
-                  f"({result['epochs'][dataset]['dense']} dense epochs, {result['epochs'][dataset]['pruning']} "
-                  "pruning epochs)", "",
+                  f"({epochs['dense']} dense epochs at a {epochs.get('dense_rate', 'constant')} learning rate, "
+                  f"{epochs['pruning']} pruning epochs)", "",
                   "| config | blocks | " + " | ".join(f"{s:.0%} {v}" for s in sparsities for v in VARIANTS) + " |",
                   "|---|---|" + "---|" * len(VARIANTS) * len(sparsities)]
         for label in dict.fromkeys(r["config"] for r in rows):
@@ -213,18 +220,29 @@ def main(argv=None):
     parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated (default: all)")
     parser.add_argument("--tfmot-python", help="python of the tfmot environment (bench/setup_tfmot_env.sh)")
     parser.add_argument("--quick", action="store_true", help="fewer epochs, 90%% only, into a temporary folder")
+    parser.add_argument("--sparsities", help="comma-separated (default: 0.8,0.9,0.95)")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only the datasets run in the results folder's accuracy.json")
     parser.add_argument("--out", help="results folder (default: bench/results)")
     args = parser.parse_args(argv)
     out = results_dir(args.out, args.quick, HERE / "results")
     sparsities = (0.9,) if args.quick else (0.8, 0.9, 0.95)
+    if args.sparsities:
+        sparsities = tuple(float(v) for v in args.sparsities.split(","))
     result = {"dense": {}, "rows": [], "epochs": {}, "quick": args.quick}
+    if args.merge and (out / "accuracy.json").is_file():
+        result = json.loads((out / "accuracy.json").read_text())
+        for dataset in args.datasets.split(","):
+            result["dense"].pop(dataset, None)
+            result["rows"] = [r for r in result["rows"] if r["dataset"] != dataset]
     for dataset in args.datasets.split(","):
         dense_acc, rows = blockprune_rows(dataset, sparsities, args.quick)
         result["dense"][dataset] = dense_acc
         result["rows"] += rows
         _, _, dense_epochs, epochs, _ = DATASETS[dataset]
         result["epochs"][dataset] = {"dense": max(2, dense_epochs // 5) if args.quick else dense_epochs,
-                                     "pruning": max(2, epochs // 5) if args.quick else epochs}
+                                     "pruning": max(2, epochs // 5) if args.quick else epochs,
+                                     "dense_rate": "cosine-decayed"}
         if args.tfmot_python:
             result["rows"] += tfmot_rows(args.tfmot_python, dataset, sparsities, args.quick)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """tfmot 0.8.1's side of bench/accuracy.py: one MLP pruned by tfmot at one block size and sparsity.
 
 Runs only in the tfmot environment (bench/setup_tfmot_env.sh) with TF_USE_LEGACY_KERAS=1.
-Trains the MLP (inputs -> width -> width -> classes) densely, prunes both hidden kernels with
+Trains the MLP (inputs -> width -> width -> classes) densely (with --decay, at a learning rate
+decaying on a cosine as blockprune's train_dense), prunes both hidden kernels with
 tfmot's prune_low_magnitude (PolynomialDecay to the sparsity over 75% of the steps, the given
 block_size, AVG pooling), strips it and prints one JSON line with both test accuracies.
 """
@@ -29,6 +30,8 @@ def main():
     parser.add_argument("--batch-size", type=int, required=True)
     parser.add_argument("--block", required=True, help="RxC, tfmot's block_size")
     parser.add_argument("--sparsity", type=float, required=True)
+    parser.add_argument("--decay", action="store_true",
+                        help="dense training's learning rate decays to zero on a cosine (as blockprune's train_dense)")
     args = parser.parse_args()
     d = np.load(args.data)
     x, y, xt, yt = d["x_train"], d["y_train"], d["x_test"], d["y_test"]
@@ -38,7 +41,10 @@ def main():
     h = keras.layers.Dense(args.width, activation="relu", name="hidden_2")(h)
     model = keras.Model(inputs, keras.layers.Dense(int(y.max()) + 1, name="logits")(h))
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(keras.optimizers.Adam(1e-3), loss)
+    rate = 1e-3
+    if args.decay:
+        rate = keras.optimizers.schedules.CosineDecay(1e-3, args.dense_epochs * int(np.ceil(len(x) / args.batch_size)))
+    model.compile(keras.optimizers.Adam(rate), loss)
     model.fit(x, y, batch_size=args.batch_size, epochs=args.dense_epochs, verbose=0)
     dense_acc = float(np.mean(np.argmax(model.predict(xt, verbose=0), -1) == yt))
 

@@ -81,21 +81,33 @@ def _resnet(layers):
 
 
 def train_dense(model, data, epochs: int = 30, batch_size: int = 32, learning_rate: float = 1e-3,
-                seed: int = 0, verbose: int = 0):
+                seed: int = 0, verbose: int = 0, decay: bool = True):
     """Trains a built-in classification example densely (Adam, cross-entropy on logits).
+
+    The learning rate decays to zero on a cosine over the run by default: the dense model is the
+    baseline every pruned model is compared with and the teacher of distillation, and at a
+    constant rate its test accuracy swings between epochs (animal-shapes MLP 1024, 30 epochs:
+    89.4-92.5% over the last ten at a constant 1e-3, 92.6% with the decay; docs/DESIGN.md section 5).
 
     Args:
         model: a model whose outputs are logits, e.g. ``example_model("mlp")``.
         data: a ``blockprune.data.Dataset`` with integer labels.
         epochs, batch_size, learning_rate, seed, verbose: as for ``keras.Model.fit``.
+        decay: decay ``learning_rate`` to zero on a cosine over the ``epochs`` (else constant).
 
     Returns:
         The same model, trained and compiled.
     """
+    import math
+
     import keras
 
     keras.utils.set_random_seed(seed)
-    model.compile(keras.optimizers.Adam(learning_rate),
+    rate = learning_rate
+    if decay:
+        steps = epochs * math.ceil(len(data.x_train) / batch_size)
+        rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(1, steps))
+    model.compile(keras.optimizers.Adam(rate),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     model.fit(data.x_train, data.y_train, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=verbose)
     return model

@@ -113,6 +113,17 @@ def test_cli_prune_bad_data_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "x.keras").exists()
 
 
+@pytest.mark.parametrize("decay", [True, False])
+def test_train_dense_decays_its_learning_rate_to_zero_over_the_run(decay):
+    from blockprune.examples import example_model, train_dense
+
+    data = digits()
+    model = train_dense(example_model("mlp"), data, epochs=2, learning_rate=2e-3, decay=decay)
+    assert int(model.optimizer.iterations.numpy()) == 2 * -(-len(data.x_train) // 32)
+    rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    assert rate == pytest.approx(0.0, abs=1e-6) if decay else rate == pytest.approx(2e-3)
+
+
 @pytest.mark.slow
 def test_digits_4x1_at_90_percent_keeps_accuracy():
     """The issue's acceptance bar: within 1.5 points of dense, every block exact (about 20 s)."""
