@@ -17,7 +17,8 @@ The dense models (and tfmot's) train with a learning rate decaying on a cosine t
 
 Writes accuracy.json, accuracy.md and accuracy.png (atomically) into bench/results, or into a
 temporary folder with --quick (fewer epochs, 90% only; never over the committed results). With
---merge, the datasets run replace theirs in the committed accuracy.json and the others stay.
+--merge, the rows of the datasets and sparsities run replace theirs in the committed accuracy.json
+and the others stay (the dense model must train to the same accuracy as the rows kept).
 
 Usage:
     pip install --no-deps animal-mnist==0.4      # the animal-shapes images (blockprune.data)
@@ -83,9 +84,14 @@ def trained_dense(dataset: str, quick: bool) -> tuple:
     return data, dense, epochs, batch
 
 
-def blockprune_rows(dataset: str, sparsities, quick: bool) -> tuple[float, list[dict]]:
+def blockprune_rows(dataset: str, sparsities, quick: bool, expect_dense=()) -> tuple[float, list[dict]]:
+    """Every config and variant on ``dataset``; ``expect_dense``: the dense accuracies of rows
+    this run is merged with (the dense model must train to them)."""
     data, dense, epochs, batch = trained_dense(dataset, quick)
     dense_acc = float(np.mean(np.argmax(dense.predict(data.x_test, verbose=0), -1) == data.y_test))
+    if any(abs(a - dense_acc) > 1e-9 for a in expect_dense):
+        raise SystemExit(f"{dataset}: the dense model trained to {dense_acc:.2%}, not to the {sorted(expect_dense)} of "
+                         "the rows kept from the results; rerun every sparsity of it instead of merging")
     print(f"{dataset}: dense {dense_acc:.4f}", flush=True)
     # The sensitivity is measured on held-out training samples, never on the test split.
     held_out = Dataset(data.x_train[:-1000], data.y_train[:-1000], data.x_train[-1000:], data.y_train[-1000:],
@@ -222,7 +228,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer epochs, 90%% only, into a temporary folder")
     parser.add_argument("--sparsities", help="comma-separated (default: 0.8,0.9,0.95)")
     parser.add_argument("--merge", action="store_true",
-                        help="replace only the datasets run in the results folder's accuracy.json")
+                        help="replace only the datasets and sparsities run in the results folder's accuracy.json")
     parser.add_argument("--out", help="results folder (default: bench/results)")
     args = parser.parse_args(argv)
     out = results_dir(args.out, args.quick, HERE / "results")
@@ -230,13 +236,13 @@ def main(argv=None):
     if args.sparsities:
         sparsities = tuple(float(v) for v in args.sparsities.split(","))
     result = {"dense": {}, "rows": [], "epochs": {}, "quick": args.quick}
-    if args.merge and (out / "accuracy.json").is_file():
+    if args.merge and (out / "accuracy.json").is_file():  # the rows of the datasets and sparsities run are replaced
         result = json.loads((out / "accuracy.json").read_text())
-        for dataset in args.datasets.split(","):
-            result["dense"].pop(dataset, None)
-            result["rows"] = [r for r in result["rows"] if r["dataset"] != dataset]
+        result["rows"] = [r for r in result["rows"]
+                          if not (r["dataset"] in args.datasets.split(",") and r["sparsity"] in sparsities)]
     for dataset in args.datasets.split(","):
-        dense_acc, rows = blockprune_rows(dataset, sparsities, args.quick)
+        kept = {r["dense_accuracy"] for r in result["rows"] if r["dataset"] == dataset and r["target"] != "tfmot"}
+        dense_acc, rows = blockprune_rows(dataset, sparsities, args.quick, expect_dense=kept)
         result["dense"][dataset] = dense_acc
         result["rows"] += rows
         _, _, dense_epochs, epochs, _ = DATASETS[dataset]

@@ -3,8 +3,8 @@
 Runs only in the tfmot environment (bench/setup_tfmot_env.sh) with TF_USE_LEGACY_KERAS=1.
 Trains the MLP (inputs -> width -> width -> classes) densely (with --decay, at a learning rate
 decaying on a cosine as blockprune's train_dense), prunes both hidden kernels with
-tfmot's prune_low_magnitude (PolynomialDecay to the sparsity over 75% of the steps, the given
-block_size, AVG pooling), strips it and prints one JSON line with both test accuracies.
+tfmot's prune_low_magnitude (PolynomialDecay to the sparsity over 75% of the steps in 100
+updates, the given block_size, AVG pooling), strips it and prints one JSON line with both test accuracies.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main():
 
     steps = args.epochs * int(np.ceil(len(x) / args.batch_size))
     end = int(steps * 0.75)
-    freq = max(1, end // 20)
+    freq = max(1, end // 100)  # 100 mask updates, as blockprune's polynomial_schedule
     end = freq * (end // freq)
     schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, args.sparsity, begin_step=0, end_step=end, power=3,
                                                     frequency=freq)

@@ -97,10 +97,14 @@ class DistillationLoss(keras.losses.Loss):
                 "from_logits": self.from_logits}
 
 
-def polynomial_schedule(total_steps: int, final_sparsity: float, updates: int = 20) -> PolynomialDecay:
-    """A cubic schedule reaching ``final_sparsity`` at 75% of training, then fine-tuning.
+def polynomial_schedule(total_steps: int, final_sparsity: float, updates: int = 100) -> PolynomialDecay:
+    """A cubic schedule reaching ``final_sparsity`` at 75% of training in ``updates`` mask
+    updates, then fine-tuning.
 
-    ``end_step`` is a multiple of the update frequency, so the final sparsity is applied.
+    ``end_step`` is a multiple of the update frequency, so the final sparsity is applied. Many small
+    updates cost little and let wide blocks go gradually: animal-shapes MLP 1024 at 90%, 10 epochs,
+    three seeds, 100 updates against 20: cpu-wide (1, 128) 89.9% against 89.3%, unstructured
+    93.0% against 92.7% (docs/DESIGN.md section 5).
     """
     if total_steps < 2:
         raise ValueError(f"pruning needs at least 2 training steps, got {total_steps} (more data or epochs)")
