@@ -163,8 +163,7 @@ def markdown(result: dict) -> str:
     for dataset, dense_acc in result["dense"].items():
         rows = [r for r in result["rows"] if r["dataset"] == dataset]
         sparsities = sorted({r["sparsity"] for r in rows})
-        model_name, width, dense_epochs, epochs, batch = DATASETS[dataset]
-        epochs = result["epochs"][dataset]
+        width, epochs = DATASETS[dataset][1], result["epochs"][dataset]
         lines += [f"## {dataset}: MLP -> {width} -> {width} -> 10, dense {dense_acc:.2%} "
                   f"({epochs['dense']} dense epochs at a {epochs.get('dense_rate', 'constant')} learning rate, "
                   f"{epochs['pruning']} pruning epochs)", "",

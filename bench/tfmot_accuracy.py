@@ -2,9 +2,9 @@
 
 Runs only in the tfmot environment (bench/setup_tfmot_env.sh) with TF_USE_LEGACY_KERAS=1.
 Trains the MLP (inputs -> width -> width -> classes) densely (with --decay, at a learning rate
-decaying on a cosine as blockprune's train_dense), prunes both hidden kernels with
-tfmot's prune_low_magnitude (PolynomialDecay to the sparsity over 75% of the steps in 100
-updates, the given block_size, AVG pooling), strips it and prints one JSON line with both test accuracies.
+decaying on a cosine as blockprune's train_dense), prunes both hidden kernels with tfmot's
+prune_low_magnitude (PolynomialDecay to the sparsity over 75% of the steps in 100 updates, the
+given block_size, AVG pooling), strips it and prints one JSON line with both test accuracies.
 """
 
 from __future__ import annotations
