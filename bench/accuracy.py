@@ -72,13 +72,18 @@ def configs() -> list[tuple[str, object, dict]]:
     return out + [("unstructured (1, 1)", unstructured, {"logits": "skip"})]
 
 
+def epochs_of(dataset: str, quick: bool) -> tuple[int, int]:
+    """``(dense epochs, pruning epochs)`` of one of ``DATASETS`` (a fifth, at least 2, with ``quick``)."""
+    _, _, dense_epochs, epochs, _ = DATASETS[dataset]
+    return (max(2, dense_epochs // 5), max(2, epochs // 5)) if quick else (dense_epochs, epochs)
+
+
 def trained_dense(dataset: str, quick: bool) -> tuple:
     """``(data, dense model trained on it, pruning epochs, batch size)`` of one of ``DATASETS``
     (fewer epochs with ``quick``)."""
     data = BUILTIN_DATA[dataset]()
-    model_name, _, dense_epochs, epochs, batch = DATASETS[dataset]
-    if quick:
-        dense_epochs, epochs = max(2, dense_epochs // 5), max(2, epochs // 5)
+    model_name, _, _, _, batch = DATASETS[dataset]
+    dense_epochs, epochs = epochs_of(dataset, quick)
     dense = example_model(model_name, seed=0)
     train_dense(dense, data, epochs=dense_epochs, batch_size=batch, seed=0)
     return data, dense, epochs, batch
@@ -127,9 +132,8 @@ def blockprune_rows(dataset: str, sparsities, quick: bool, expect_dense=()) -> t
 
 
 def tfmot_rows(python: str, dataset: str, sparsities, quick: bool) -> list[dict]:
-    _, width, dense_epochs, epochs, batch = DATASETS[dataset]
-    if quick:
-        dense_epochs, epochs = max(2, dense_epochs // 5), max(2, epochs // 5)
+    _, width, _, _, batch = DATASETS[dataset]
+    dense_epochs, epochs = epochs_of(dataset, quick)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = save_npz(BUILTIN_DATA[dataset](), Path(tmp) / "data.npz")
@@ -244,10 +248,8 @@ def main(argv=None):
         dense_acc, rows = blockprune_rows(dataset, sparsities, args.quick, expect_dense=kept)
         result["dense"][dataset] = dense_acc
         result["rows"] += rows
-        _, _, dense_epochs, epochs, _ = DATASETS[dataset]
-        result["epochs"][dataset] = {"dense": max(2, dense_epochs // 5) if args.quick else dense_epochs,
-                                     "pruning": max(2, epochs // 5) if args.quick else epochs,
-                                     "dense_rate": "cosine-decayed"}
+        dense_epochs, epochs = epochs_of(dataset, args.quick)
+        result["epochs"][dataset] = {"dense": dense_epochs, "pruning": epochs, "dense_rate": "cosine-decayed"}
         if args.tfmot_python:
             result["rows"] += tfmot_rows(args.tfmot_python, dataset, sparsities, args.quick)
     out.mkdir(parents=True, exist_ok=True)

@@ -41,14 +41,15 @@ def main():
     h = keras.layers.Dense(args.width, activation="relu", name="hidden_2")(h)
     model = keras.Model(inputs, keras.layers.Dense(int(y.max()) + 1, name="logits")(h))
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    steps_per_epoch = int(np.ceil(len(x) / args.batch_size))
     rate = 1e-3
     if args.decay:
-        rate = keras.optimizers.schedules.CosineDecay(1e-3, args.dense_epochs * int(np.ceil(len(x) / args.batch_size)))
+        rate = keras.optimizers.schedules.CosineDecay(1e-3, args.dense_epochs * steps_per_epoch)
     model.compile(keras.optimizers.Adam(rate), loss)
     model.fit(x, y, batch_size=args.batch_size, epochs=args.dense_epochs, verbose=0)
     dense_acc = float(np.mean(np.argmax(model.predict(xt, verbose=0), -1) == yt))
 
-    steps = args.epochs * int(np.ceil(len(x) / args.batch_size))
+    steps = args.epochs * steps_per_epoch
     end = int(steps * 0.75)
     freq = max(1, end // 100)  # 100 mask updates, as blockprune's polynomial_schedule
     end = freq * (end // freq)
