@@ -17,6 +17,7 @@ from . import __version__
 from ._quiet import filtered_stderr
 from ._text import text_table
 from .quantize import QUANTIZE_MODES
+from .run import NARROW_INPUTS, NARROW_SPARSITY
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1  # an unexpected failure (a converter or runtime error), not bad input
@@ -579,7 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help=".npz with x_train, y_train, x_test, y_test, or a built-in dataset: digits "
                                   "(default), animal-shapes")
     _add_target(p)
-    p.add_argument("--sparsity", "-s", type=_float, default=0.9, help="fraction of blocks to zero (default: 0.9)")
+    p.add_argument("--sparsity", "-s", type=_float, default=0.9,
+                   help=f"fraction of blocks to zero (default: 0.9); weights reading fewer than {NARROW_INPUTS} input "
+                        f"features (convolutions in channel blocks: input channels) are capped at "
+                        f"{NARROW_SPARSITY * 100:.0f}%%")
     p.add_argument("--epochs", type=int, default=30, help="pruning + fine-tuning epochs (default: 30)")
     p.add_argument("--dense-epochs", type=int, default=30, help="dense training epochs of the built-in model")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")

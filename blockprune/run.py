@@ -20,11 +20,13 @@ from pathlib import Path
 
 from ._atomic import atomic_path
 
-__all__ = ["RunResult", "run", "narrow_overrides", "NARROW_INPUTS", "NARROW_SPARSITY"]
+__all__ = ["RunResult", "run", "narrow_overrides", "input_features", "NARROW_INPUTS", "NARROW_SPARSITY"]
 
 #: Layers reading fewer input features than this are pruned to at most ``NARROW_SPARSITY``:
 #: docs/DESIGN.md section 5 measured most of the accuracy loss of wide blocks in the narrow
-#: 64-input first layer of the digits MLP (a cheap layer, so little speed is lost).
+#: 64-input first layer of the digits MLP (a cheap layer, so little speed is lost), and in the
+#: 32-input-channel convolution of a small CNN under channel blocks. A convolution pruned in
+#: channel blocks reads its input channels (a block keeps or drops all of a channel's taps).
 NARROW_INPUTS = 128
 NARROW_SPARSITY = 0.5
 
@@ -47,11 +49,19 @@ def _say(message: str, verbose: bool) -> None:
         print(message, flush=True)
 
 
+def input_features(lp) -> int:
+    """What a mask of plan entry ``lp`` chooses among on the input side: the rows of its view,
+    or a convolution's input channels when it is pruned in channel blocks."""
+    rows = lp.view_shape[0]
+    return rows // lp.view.taps if lp.view.is_channel_major else rows
+
+
 def narrow_overrides(p, sparsity: float) -> dict:
-    """The overrides that cap plan ``p``'s narrow-input weights at ``NARROW_SPARSITY``, as
-    ``run`` applies them (``{}`` when no weight is capped)."""
+    """The overrides that cap plan ``p``'s narrow-input weights (``input_features`` below
+    ``NARROW_INPUTS``) at ``NARROW_SPARSITY``, as ``run`` applies them (``{}`` when no weight
+    is capped)."""
     return {lp.name: {"sparsity": min(NARROW_SPARSITY, sparsity)} for lp in p.pruned_layers
-            if lp.view_shape and lp.view_shape[0] < NARROW_INPUTS and lp.sparsity > NARROW_SPARSITY}
+            if lp.view_shape and input_features(lp) < NARROW_INPUTS and lp.sparsity > NARROW_SPARSITY}
 
 
 # What ``quantize="auto"`` exports beside float32: the int8 dense files are the baselines users try
@@ -306,7 +316,8 @@ def _report(p, result, records, measured, packed_table, narrow, dataset, dense, 
         lines.append("")
     lines += ["## Plan", "", "```", p.summary(), "```", ""]
     if narrow:
-        lines += [f"Layers reading fewer than {NARROW_INPUTS} input features were capped at "
+        lines += [f"Layers reading fewer than {NARROW_INPUTS} input features (convolutions in channel blocks: input "
+                  f"channels) were capped at "
                   f"{NARROW_SPARSITY:.0%} sparsity ({', '.join(narrow)}): narrow layers carry most of the accuracy "
                   "loss of wide blocks and little of the latency.", ""]
     lines += ["## Block structure of the shipped model", "", "```", result.verification.summary(), "```", "",

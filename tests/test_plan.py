@@ -320,3 +320,21 @@ def test_estimates_are_present_and_model_wide_counts_skipped_layers():
     only_one = plan(_mlp((256, 512, 512, 10)), "cpu-wide", sparsity=0.9, overrides={"d1": "skip"})
     assert only_one.est_speedup < p.est_speedup
     assert load_target("cpu-wide").native
+
+
+def test_run_caps_narrow_inputs_counting_a_channel_block_convolution_by_its_input_channels():
+    from blockprune.run import NARROW_SPARSITY, narrow_overrides
+
+    inputs = keras.Input((12, 12, 32))
+    x = keras.layers.Conv2D(64, 3, name="c32")(inputs)  # 288 rows: 32 channels of 9 taps
+    x = keras.layers.Conv2D(128, 3, name="c64")(x)
+    x = keras.layers.Conv2D(128, 3, name="c128")(x)
+    x = keras.layers.Dense(256, name="d128")(keras.layers.GlobalAveragePooling2D()(x))  # 128 inputs: not narrow
+    model = keras.Model(inputs, keras.layers.Dense(128, name="d256")(x))
+    capped = {"sparsity": NARROW_SPARSITY}
+    # channel blocks keep or drop a whole input channel: 32 and 64 channels are narrow, 128 is not
+    wide = plan(model, "cpu-wide", sparsity=0.9)
+    assert {lp.name: lp.block_shape for lp in wide.pruned_layers}["c32/kernel"] == (9, 64)
+    assert narrow_overrides(wide, 0.9) == {"c32/kernel": capped, "c64/kernel": capped}
+    # (2, 2) blocks choose among the 288 rows of the same convolution: not narrow
+    assert narrow_overrides(plan(model, "tensor-core-2x2", sparsity=0.9), 0.9) == {}
