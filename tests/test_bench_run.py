@@ -97,17 +97,37 @@ def _small_run(out, **kwargs):
     return run(out, data=small, epochs=2, dense_epochs=2, bench_rounds=1, bench_reps=3, verbose=False, **kwargs)
 
 
-def test_run_writes_a_complete_report(tmp_path):
-    result = _small_run(tmp_path / "report")
-    out = result.out
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """One run for the report tests: two deployment points, float32 and two quantized exports."""
+    root = tmp_path_factory.mktemp("run")
+    return _small_run(root / "report", points=[(1, 1), (8, 2)], quantize="dynamic,int8", quantize_aware=True)
+
+
+def test_run_writes_a_complete_report(full_run):
+    out = full_run.out
     for name in ("report.md", "plan.json", "dense.keras", "sparse.keras", "weights.safetensors", "summary.json",
                  "data.npz", "export/b1-t1/export.json", "export/b8-t2/export.json", "bench/bench.json",
                  "bench/latency.png"):
         assert (out / name).is_file(), name
-    text = result.report.read_text()
+    text = full_run.report.read_text()
     assert "## Accuracy" in text and "block-sparse" in text and "## Plan" in text and "hidden_2/kernel" in text
-    assert result.dense_accuracy is not None and result.sparse_accuracy is not None
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert full_run.dense_accuracy is not None and full_run.sparse_accuracy is not None
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_run_refuses_bad_settings_before_it_trains(tmp_path, monkeypatch):
+    import blockprune.examples
+
+    def trains(*args, **kwargs):
+        raise AssertionError("the dense model was trained before the settings were checked")
+
+    monkeypatch.setattr(blockprune.examples, "train_dense", trains)
+    with pytest.raises(ValueError, match=r"sparsity=1\.5 is outside \[0, 1\) for target 'cpu-wide'"):
+        run(tmp_path / "report", sparsity=1.5, verbose=False)
+    with pytest.raises(ValueError, match="dense_epochs=0 must be a positive integer"):
+        run(tmp_path / "report", dense_epochs=0, verbose=False)
+    assert not list(tmp_path.iterdir())
 
 
 def test_interrupted_run_leaves_the_previous_report_and_no_partial_files(tmp_path, monkeypatch):
@@ -157,23 +177,25 @@ def test_run_with_a_model_of_attention_and_3x3_convolutions(tmp_path, write_toml
     assert set(result.speedups) == {"LiteRT b1 t1", "ONNX Runtime b1 t1", "OpenVINO b1 t1"}
 
 
-def test_run_with_quantized_exports_reports_their_accuracy_and_every_dense_baseline(tmp_path):
-    result = _small_run(tmp_path / "report", points=[(1, 1)], quantize="dynamic,int8", quantize_aware=True)
-    out = result.out
-    for mode in ("dynamic", "int8"):
-        manifest = json.loads((out / "export" / f"b1-t1-{mode}" / "export.json").read_text())
-        assert manifest["quantize"] == mode
+def test_run_with_quantized_exports_reports_their_accuracy_and_every_dense_baseline(full_run):
+    out = full_run.out
+    for point in ("b1-t1", "b8-t2"):
+        for mode in ("dynamic", "int8"):
+            manifest = json.loads((out / "export" / f"{point}-{mode}" / "export.json").read_text())
+            assert manifest["quantize"] == mode
     measured = json.loads((out / "bench" / "bench.json").read_text())["results"][0]["configs"]
-    assert {c["precision"] for c in measured} == {"float32", "dynamic", "int8"}
-    fastest = min(c["dense_median_us"] for c in measured)
-    for c in measured:  # each file against the fastest dense file of any runtime and precision
-        assert c["vs_fastest_dense"] == pytest.approx(fastest / c["sparse_median_us"])
+    for point in ((1, 1), (8, 2)):
+        here = [c for c in measured if (c["batch"], c["threads"]) == point]
+        assert {c["precision"] for c in here} == {"float32", "dynamic", "int8"}
+        fastest = min(c["dense_median_us"] for c in here)
+        for c in here:  # each file against the fastest dense file of any runtime and precision at its point
+            assert c["vs_fastest_dense"] == pytest.approx(fastest / c["sparse_median_us"])
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["file_accuracy"]
     assert {(r["runtime"], r["weights"]) for r in rows} >= {("litert", "int8"), ("onnxruntime", "dynamic")}
     for r in rows:  # a quantized MLP keeps its accuracy on digits within a few points
-        assert abs(r["accuracy"] - result.sparse_accuracy) < 0.05, r
-    text = result.report.read_text()
+        assert abs(r["accuracy"] - full_run.sparse_accuracy) < 0.05, r
+    text = full_run.report.read_text()
     assert "b1-t1-int8/" in text and "| int8 |" in text and "any runtime and precision" in text
 
 
@@ -196,7 +218,7 @@ def test_run_auto_quantize_reports_a_mode_that_fails_and_a_named_mode_stops_the_
     assert {k.split()[-3] for k in result.speedups} == {"float32", "dynamic"}
     assert "- int8: int8 file disagrees with Keras (injected)" in result.report.read_text()
     with pytest.raises(export_module.ExportError, match="injected"):
-        _small_run(tmp_path / "named", points=[(1, 1)], quantize="dynamic,int8")
+        _small_run(tmp_path / "named", points=[(1, 1)], quantize="int8")
     assert not (tmp_path / "named").exists()
 
 

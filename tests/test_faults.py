@@ -291,6 +291,7 @@ CASES = [
      "time"),
     # run
     ("run-sparsity-too-high", None, ["run", "--sparsity", "2", "--out", "report"], 2, r"sparsity=2"),
+    ("run-zero-epochs", None, ["run", "--epochs", "0", "--out", "report"], 2, r"epochs=0 must be a positive integer"),
     ("run-unknown-quantize", None, ["run", "--quantize", "dynamic,int4", "--out", "report"], 2, r"'int4'.*cpu-wide"),
     ("run-missing-model", None, ["run", "--model", "none.keras", "--out", "report"], 2, r"none\.keras"),
     ("run-data-wrong-shape", _npz("bad.npz", x_train=np.zeros((8, 32), "float32"), y_train=Y,
