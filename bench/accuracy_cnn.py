@@ -69,10 +69,27 @@ def accuracy(model, data) -> float:
     return float(np.mean(np.argmax(model.predict(data.x_test, batch_size=256, verbose=0), -1) == data.y_test))
 
 
-def overall_sparsity(plan) -> float:
-    """The fraction of the planned weights' values that are zero."""
-    total = sum(lp.n_weights for lp in plan.pruned_layers)
-    return sum(lp.n_weights * lp.sparsity for lp in plan.pruned_layers) / total
+def planned_weights(model) -> dict:
+    """``{weight: values}`` of the weights the targets prune (the same for both targets)."""
+    return {lp.name: lp.n_weights for lp in blockprune.plan(model, TARGETS[0], overrides=SKIP).pruned_layers}
+
+
+def overall_sparsity(layer_sparsity: dict, weights: dict) -> float:
+    """The fraction of all of ``weights``' values that are zero (a weight an allocation kept
+    dense is missing from ``layer_sparsity`` and counts as dense)."""
+    return sum(n * layer_sparsity.get(name, 0.0) for name, n in weights.items()) / sum(weights.values())
+
+
+def render(path: Path) -> None:
+    """Recomputes each row's overall sparsity from its layer sparsities and writes the markdown
+    beside ``path`` (the JSON of an earlier run), e.g. after a change to how it is counted."""
+    result = json.loads(path.read_text())
+    weights = planned_weights(cnn())
+    for r in result["rows"]:
+        r["overall_sparsity"] = overall_sparsity(r["layer_sparsity"], weights)
+    write_text_atomic(path, json.dumps(result, indent=2) + "\n")
+    write_text_atomic(path.with_suffix(".md"), markdown(result))
+    print(f"Wrote {path.with_suffix('.md')}")
 
 
 def plans(dense, target, s, held_out) -> dict:
@@ -97,7 +114,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer epochs, into a temporary folder")
     parser.add_argument("--sparsities", default="0.9,0.7", help="comma-separated sparsities (default 0.9,0.7)")
     parser.add_argument("--out", help="results folder (default: bench/results)")
+    parser.add_argument("--render", metavar="JSON", help="only rewrite the markdown of this accuracy_cnn.json")
     args = parser.parse_args(argv)
+    if args.render:
+        return render(Path(args.render))
     out = results_dir(args.out, args.quick, HERE / "results")
     sparsities = [float(v) for v in args.sparsities.split(",")]
     dense_epochs, epochs, batch = (2, 2, 64) if args.quick else (12, 8, 64)
@@ -107,6 +127,7 @@ def main(argv=None):
     print(f"dense {dense_acc:.4f}", flush=True)
     held_out = Dataset(data.x_train[:-1000], data.y_train[:-1000], data.x_train[-1000:], data.y_train[-1000:],
                        name="animal-shapes (last 1000 training samples)")
+    weights = planned_weights(dense)
     rows = []
     for s in sparsities:
         for target in TARGETS:
@@ -117,12 +138,13 @@ def main(argv=None):
                                   permute=permute)
                 acc = result.sparse_metrics["accuracy"]
                 rows.append({"target": target, "variant": variant, "sparsity": s, "accuracy": acc,
-                             "overall_sparsity": overall_sparsity(used),
+                             "overall_sparsity": overall_sparsity(
+                                 {lp.name: lp.sparsity for lp in used.pruned_layers}, weights),
                              "blocks": {lp.name: list(lp.block_shape) for lp in used.pruned_layers},
                              "layer_sparsity": {lp.name: lp.sparsity for lp in used.pruned_layers},
                              "permuted": [p.layer for p in result.permutations], "exact": result.verification.ok,
                              "seconds": time.time() - started})
-                print(f"  {s:.0%} {target:16s} {variant:20s} {acc:.4f} overall {overall_sparsity(used):.1%} "
+                print(f"  {s:.0%} {target:16s} {variant:20s} {acc:.4f} overall {rows[-1]['overall_sparsity']:.1%} "
                       f"permuted {[p.layer for p in result.permutations]}", flush=True)
     result = {"dense_accuracy": dense_acc, "dense_epochs": dense_epochs, "pruning_epochs": epochs,
               "sparsities": sparsities, "rows": rows, "quick": args.quick}
