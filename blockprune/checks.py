@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SPARSITY_LADDER", "check_sparsity", "check_block_shape", "divides", "fits", "check_blocks_divide", "kept_blocks",
+__all__ = ["SPARSITY_LADDER", "check_sparsity", "check_positive_int", "check_block_shape", "divides", "fits", "check_blocks_divide", "kept_blocks",
            "check_blocks_fit", "n_block_cols"]
 
 #: Sparsities ``blockprune tune`` measures by default, and the levels a latency budget
@@ -47,6 +47,17 @@ def check_sparsity(value: Any, where: str = "", name: str = "sparsity") -> float
     if not 0.0 <= float(value) < 1.0:
         raise ValueError(f"{name}={value!r} is outside [0, 1){suffix}")
     return float(value)
+
+
+def check_positive_int(value: Any, name: str, where: str = "") -> int:
+    """Validates a count (epochs, a batch size, threads): an int of at least 1, not a bool.
+
+    Raises:
+        ValueError: anything else; the message names ``name`` and, in parentheses, ``where``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer" + (f" ({where})" if where else ""))
+    return value
 
 
 def check_block_shape(value: Any, where: str = "", name: str = "block_shape") -> tuple[int, int]:

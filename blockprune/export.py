@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ._atomic import atomic_dir, atomic_path
+from .checks import check_positive_int
 from .convert import OUTPUTS, build_file, fixed_batch
 from .plan import SparsityPlan
 from .quantize import Quantization, for_target
@@ -449,8 +450,7 @@ def export(model, target, out_dir, formats=None, plan: SparsityPlan | None = Non
     if unknown or not formats:
         raise ValueError(f"format {unknown[0] if unknown else ''!r} is not one of: {', '.join(OUTPUTS)}")
     for name, value in (("batch", batch), ("threads", threads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive integer (exporting for target '{target.name}')")
+        check_positive_int(value, name, f"exporting for target '{target.name}'")
     q = for_target(quantize, target)
     missing = [f for f in formats if not available(OUTPUTS[f][1])]
     if missing:

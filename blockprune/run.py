@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._atomic import atomic_path
-from .checks import check_sparsity
+from .checks import check_positive_int, check_sparsity
 
 __all__ = ["RunResult", "run", "narrow_overrides", "input_features", "NARROW_INPUTS", "NARROW_SPARSITY"]
 
@@ -123,8 +123,7 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
     check_sparsity(sparsity, f"target '{target.name}'")
     for name, value in (("epochs", epochs), ("dense_epochs", dense_epochs), ("batch_size", batch_size),
                         ("bench_rounds", bench_rounds), ("bench_reps", bench_reps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive integer (run for target '{target.name}')")
+        check_positive_int(value, name, f"run for target '{target.name}'")
     modes = _quantize_modes(quantize, target.name)
     tolerant = _is_auto(quantize)
     out = Path(out)

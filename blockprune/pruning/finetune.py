@@ -11,6 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from ..checks import check_positive_int
 from ..data import Dataset, check_fits
 from ..plan.records import SparsityPlan
 from .api import Verification, prune, save_model_atomic, strip_pruning, verify
@@ -191,10 +192,8 @@ def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: 
     Raises:
         ValueError: data that does not fit the model, bad epochs or batch size.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs={epochs!r} must be a positive integer")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    check_positive_int(epochs, "epochs")
+    check_positive_int(batch_size, "batch_size")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError(f"model '{model.name}' has {len(model.inputs)} input(s) and {len(model.outputs)} output(s); "
                          f"data '{data.name}' holds one x and one y array per split, so fine-tuning here needs one "
