@@ -18,7 +18,8 @@ The dense models (and tfmot's) train with a learning rate decaying on a cosine t
 Writes accuracy.json, accuracy.md and accuracy.png (atomically) into bench/results, or into a
 temporary folder with --quick (fewer epochs, 90% only; never over the committed results). With
 --merge, the rows of the datasets and sparsities run replace theirs in the committed accuracy.json
-and the others stay (the dense model must train to the same accuracy as the rows kept).
+and the others stay (the dense model must train to the same accuracy as the rows kept; TensorFlow's
+ops run deterministically so that it does).
 
 Usage:
     pip install --no-deps animal-mnist==0.4      # the animal-shapes images (blockprune.data)
@@ -76,6 +77,15 @@ def epochs_of(dataset: str, quick: bool) -> tuple[int, int]:
     """``(dense epochs, pruning epochs)`` of one of ``DATASETS`` (a fifth, at least 2, with ``quick``)."""
     _, _, dense_epochs, epochs, _ = DATASETS[dataset]
     return (max(2, dense_epochs // 5), max(2, epochs // 5)) if quick else (dense_epochs, epochs)
+
+
+def deterministic() -> None:
+    """Makes TensorFlow's ops deterministic, so that the dense model trains to the same weights
+    in every run: ``--merge`` keeps only rows whose dense model scored what this run's does
+    (animal-shapes without it: 92.45% and 92.55% in two runs; with it: 92.50% twice, no slower)."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
 
 
 def trained_dense(dataset: str, quick: bool) -> tuple:
@@ -234,6 +244,7 @@ def main(argv=None):
                         help="replace only the datasets and sparsities run in the results folder's accuracy.json")
     parser.add_argument("--out", help="results folder (default: bench/results)")
     args = parser.parse_args(argv)
+    deterministic()
     out = results_dir(args.out, args.quick, HERE / "results")
     sparsities = (0.9,) if args.quick else (0.8, 0.9, 0.95)
     if args.sparsities:

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 
 import blockprune  # noqa: E402
 from _timing import results_dir  # noqa: E402
-from accuracy import HEADROOM  # noqa: E402
+from accuracy import HEADROOM, deterministic  # noqa: E402
 from blockprune._atomic import write_text_atomic  # noqa: E402
 from blockprune.data import Dataset, animal_shapes  # noqa: E402
 from blockprune.examples import train_dense  # noqa: E402
@@ -118,6 +118,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.render:
         return render(Path(args.render))
+    deterministic()
     out = results_dir(args.out, args.quick, HERE / "results")
     sparsities = [float(v) for v in args.sparsities.split(",")]
     dense_epochs, epochs, batch = (2, 2, 64) if args.quick else (12, 8, 64)
