@@ -138,11 +138,11 @@ def main(argv=None):
                 result = finetune(copy_model(dense), used, data, epochs=epochs, batch_size=batch, verbose=0,
                                   permute=permute)
                 acc = result.sparse_metrics["accuracy"]
+                layer_sparsity = {lp.name: lp.sparsity for lp in used.pruned_layers}
                 rows.append({"target": target, "variant": variant, "sparsity": s, "accuracy": acc,
-                             "overall_sparsity": overall_sparsity(
-                                 {lp.name: lp.sparsity for lp in used.pruned_layers}, weights),
+                             "overall_sparsity": overall_sparsity(layer_sparsity, weights),
                              "blocks": {lp.name: list(lp.block_shape) for lp in used.pruned_layers},
-                             "layer_sparsity": {lp.name: lp.sparsity for lp in used.pruned_layers},
+                             "layer_sparsity": layer_sparsity,
                              "permuted": [p.layer for p in result.permutations], "exact": result.verification.ok,
                              "seconds": time.time() - started})
                 print(f"  {s:.0%} {target:16s} {variant:20s} {acc:.4f} overall {rows[-1]['overall_sparsity']:.1%} "

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SPARSITY_LADDER", "check_sparsity", "check_positive_int", "check_block_shape", "divides", "fits", "check_blocks_divide", "kept_blocks",
-           "check_blocks_fit", "n_block_cols"]
+__all__ = ["SPARSITY_LADDER", "check_sparsity", "check_positive_int", "check_block_shape", "divides", "fits",
+           "check_blocks_divide", "kept_blocks", "check_blocks_fit", "n_block_cols"]
 
 #: Sparsities ``blockprune tune`` measures by default, and the levels a latency budget
 #: allocates from when no profile gives its own.
