@@ -190,16 +190,18 @@ def with_fixed_batch(model, batch: int):
     return keras.Model(inputs, outputs, name=model.name)
 
 
-def optimizer_slots(optimizer, variable) -> list:
-    """The variables of ``optimizer`` that hold per-element state of ``variable`` (Adam's
-    momentum and velocity, SGD's momentum, accumulators, EMA copies).
+def optimizer_slots(optimizer, variable) -> dict:
+    """The variables of ``optimizer`` that hold per-element state of ``variable``, by slot name
+    (Adam's ``momentum`` and ``velocity``, SGD's ``momentum``, Adagrad's ``accumulator``, the
+    EMA copy ``average``, ...).
 
     Keras 3 optimizers create them with ``add_variable_from_reference``, which names each
     ``<weight path with '/' as '_'>_<slot>`` and gives it the weight's shape: the only link
     from a weight to its slots that every optimizer shares.
     """
     if optimizer is None:
-        return []
+        return {}
     prefix = variable.path.replace("/", "_") + "_"
     shape = tuple(variable.shape)
-    return [v for v in optimizer.variables if v.name.startswith(prefix) and tuple(v.shape) == shape]
+    return {v.name[len(prefix):]: v for v in optimizer.variables
+            if v.name.startswith(prefix) and tuple(v.shape) == shape}

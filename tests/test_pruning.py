@@ -127,6 +127,9 @@ OPTIMIZERS = {
     "sgd-momentum": lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
     "rmsprop": lambda: keras.optimizers.RMSprop(0.01, momentum=0.5),
     "adam-ema": lambda: keras.optimizers.Adam(0.01, use_ema=True, ema_momentum=0.5),
+    "amsgrad": lambda: keras.optimizers.Adam(0.01, amsgrad=True),
+    "adagrad": lambda: keras.optimizers.Adagrad(0.05),
+    "adamax": lambda: keras.optimizers.Adamax(0.01),
 }
 
 
@@ -143,6 +146,31 @@ def test_optimizer_state_does_not_resurrect_pruned_weights(optimizer):
     assert (mask == 0).mean() == 0.5
     assert (kernel[mask == 0] == 0).all()
     assert (kernel[mask == 1] != 0).all()
+
+
+def test_a_mask_update_zeroes_momentum_and_fills_divisor_slots_at_pruned_positions():
+    """Adam's momentum is zeroed where the mask drops a weight; its velocity (a divisor of the
+    step) is filled with a large number there, since PyTorch's square root is slow on zeros;
+    both keep their values elsewhere."""
+    model, x, y = _model("dense")
+    pruned = prune_low_magnitude(model, ConstantSparsity(0.5, begin_step=8, end_step=8), block_size=(4, 1))
+    optimizer = keras.optimizers.Adam(0.01, amsgrad=True)
+    pruned.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruned.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[UpdatePruningStep()])  # steps 0..7
+    wrapper = pruned.get_layer("prune_low_magnitude_target")
+    prefix = wrapper.layer.kernel.path.replace("/", "_") + "_"
+    slots = {v.name[len(prefix):]: v for v in optimizer.variables if v.name.startswith(prefix)}
+    before = {name: keras.ops.convert_to_numpy(v) for name, v in slots.items()}
+    assert set(before) == {"momentum", "velocity", "velocity_hat"} and (before["velocity"] > 0).all()
+
+    assert wrapper.update_masks(8, optimizer)
+    kept = wrapper.targets[0]["mask"].numpy() == 1
+    after = {name: keras.ops.convert_to_numpy(v) for name, v in slots.items()}
+    assert kept.mean() == 0.5
+    for name in before:
+        np.testing.assert_array_equal(after[name][kept], before[name][kept])
+    assert (after["momentum"][~kept] == 0).all()
+    assert (after["velocity"][~kept] > 1e18).all() and (after["velocity_hat"][~kept] > 1e18).all()
 
 
 @pytest.mark.parametrize("mode", ["eager", "graph", "xla"])

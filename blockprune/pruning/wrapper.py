@@ -14,10 +14,12 @@ layer's forward and backward pass:
 
 Between train steps, when the schedule says so, ``update_masks(step)`` (called by the
 ``UpdatePruningStep`` callback) recomputes each mask from the current weights, multiplies the
-weight by it and zeroes the optimizer's slots (momentum, velocity, EMA) at the pruned
-positions. An update with a zero gradient and zero slots leaves a weight at zero (Adam, AdamW,
-SGD with momentum, RMSprop and EMA do; the tests check them), so pruned weights stay exactly
-zero between mask updates and the forward pass needs no mask. The train step
+weight by it and zeroes the optimizer's slots (momentum, EMA) at the pruned positions, except
+the slots an optimizer divides its step by (Adam's velocity, Adagrad's accumulator, ...; see
+``DIVISOR_SLOTS``), which are filled with a large number instead. An update with a zero
+gradient and a zero momentum leaves a weight at zero (Adam, AdamW, SGD with momentum, RMSprop
+and EMA do; the tests check them), so pruned weights stay exactly zero between mask updates and
+the forward pass needs no mask. The train step
 itself is not touched, so the wrapper works in eager mode, in compiled ``fit`` (graph mode,
 XLA, ``jax.jit``, ``torch``) and under ``tf.distribute`` and ``keras.distribution``.
 
@@ -49,6 +51,16 @@ __all__ = ["PruneLowMagnitude"]
 #: Momentum of the moving-average activation range of quantization-aware training.
 RANGE_MOMENTUM = 0.99
 
+#: Optimizer slots (Keras 3's names) that an update divides by, or multiplies the gradient by:
+#: with a zero gradient and a zero momentum, a pruned weight's step is zero whatever they hold.
+#: A mask update fills them with a large number at pruned positions, not with zero, because
+#: Adam takes the square root of its velocity at every step and PyTorch's CPU square root ran
+#: 6-8x slower on zeros than on other numbers (1M floats: 2.5 ms against 0.3 ms, AVX-512). At
+#: 90%, zero velocities made the MLP 1024's PyTorch train step 1.20-1.27x the unwrapped one's;
+#: filled, 1.03x (docs/DESIGN.md section 3).
+DIVISOR_SLOTS = frozenset({"velocity", "velocity_hat", "norm", "accumulator", "accumulated_grad",
+                           "accumulated_delta_var"})
+
 
 def _fake_quant_weight(w):
     """``w`` rounded to 255 symmetric int8 levels of its largest magnitude (per tensor), with a
@@ -72,6 +84,14 @@ def _masked_gradient(w, mask):
 def _mask_accumulated_gradient(parameter, mask):
     """PyTorch: multiplies ``parameter``'s accumulated gradient by ``mask`` in place."""
     parameter.grad.mul_(mask.value)
+
+
+def _divisor_fill(dtype) -> float:
+    """What a divisor slot holds at pruned positions: about the square root of ``dtype``'s
+    largest number (1.8e19 in float32, 256 in float16), so that its square stays finite. In
+    float32, Adam's decay of 0.999 per step takes 131,000 steps without a mask update to bring
+    it down to subnormal numbers (slower still than zeros; then it flushes to zero)."""
+    return 256.0 if keras.backend.standardize_dtype(dtype) == "float16" else 1.8e19
 
 
 def _slug(name: str) -> str:
@@ -229,7 +249,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         Args:
             step: the 0-based training step about to run.
             optimizer: the model's optimizer; its slots (momentum, velocity, ...) of each
-                updated weight are zeroed at the pruned positions.
+                updated weight are zeroed at the pruned positions (divisor slots filled
+                with a large number, see ``DIVISOR_SLOTS``).
 
         Returns:
             True when at least one mask was updated.
@@ -247,8 +268,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             t.mask.assign(mask)
             t.threshold.assign(float(scores[grid].min()) if grid.any() else 0.0)
             t.variable.assign(weight * mask)
-            for slot in optimizer_slots(optimizer, t.variable):  # on the device, no copy to the host
-                slot.assign(slot.value * keras.ops.cast(t.mask.value, slot.dtype))
+            for name, slot in optimizer_slots(optimizer, t.variable).items():  # on the device, no copy to the host
+                fill = _divisor_fill(slot.dtype) if name in DIVISOR_SLOTS else 0.0
+                slot.assign(keras.ops.where(t.mask.value > 0, slot.value, keras.ops.cast(fill, slot.dtype)))
             updated = True
         return updated
 
