@@ -173,6 +173,24 @@ def test_a_mask_update_zeroes_momentum_and_fills_divisor_slots_at_pruned_positio
     assert (after["velocity"][~kept] > 1e18).all() and (after["velocity_hat"][~kept] > 1e18).all()
 
 
+@pytest.mark.parametrize("view, block", [
+    (blockprune.views.WeightView.for_dense((16, 24)), (4, 1)),
+    (blockprune.views.WeightView.for_dense((16, 24)), (1, 8)),
+    (blockprune.views.WeightView.channel_major((3, 3, 4, 16)), (9, 8)),
+    (blockprune.views.einsum_view("abc,cde->abde", (8, 2, 6)), (4, 3)),
+    (blockprune.views.einsum_view("abc,dc->abd", (12, 8)), (4, 3)),
+])
+def test_the_mask_on_jax_is_rebuilt_from_one_element_per_block(view, block):
+    """``_one_per_block`` returns, everywhere in a block of the [in, out] view, that block's
+    first element: the mask itself for a block mask, read from a quarter of the memory for (4, 1)."""
+    from blockprune.pruning.wrapper import _one_per_block
+
+    values = np.random.default_rng(0).normal(size=view.kernel_shape).astype("float32")
+    got = keras.ops.convert_to_numpy(_one_per_block(keras.ops.convert_to_tensor(values), view, block))
+    first = view.to_2d(values)[::block[0], ::block[1]]
+    np.testing.assert_array_equal(got, view.from_2d(np.repeat(np.repeat(first, block[0], 0), block[1], 1)))
+
+
 @pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
 def test_fit_modes(mode):
     model, x, y = _model("dense")
