@@ -191,6 +191,15 @@ def test_the_mask_on_jax_is_rebuilt_from_one_element_per_block(view, block):
     np.testing.assert_array_equal(got, view.from_2d(np.repeat(np.repeat(first, block[0], 0), block[1], 1)))
 
 
+def test_a_mask_with_ragged_blocks_is_kept_whole_on_jax():
+    """A head of 10 outputs in (1, 8) blocks (MobileNetV2's on dsp-1x8) has a short last block."""
+    from blockprune.pruning.wrapper import _one_per_block
+
+    values = np.random.default_rng(0).normal(size=(16, 10)).astype("float32")
+    view = blockprune.views.WeightView.for_dense((16, 10))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(_one_per_block(values, view, (1, 8))), values)
+
+
 @pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
 def test_fit_modes(mode):
     model, x, y = _model("dense")

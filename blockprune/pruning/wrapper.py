@@ -88,12 +88,13 @@ def _one_per_block(mask, view: WeightView, block_shape):
     the rebuild fuses into the ops that read the masked gradient (Adam's two moment updates),
     which then load one row of every block's rows: a (4, 1) block's mask costs a quarter of
     the memory traffic. Elsewhere it would be computed as a tensor of its own, so the wrapper
-    uses it on JAX only.
+    uses it on JAX only. A view that the block does not divide (its last blocks are cut short)
+    keeps the whole mask.
     """
     r, c = block_shape
-    if r * c == 1:
-        return mask
     rows, cols = view.view_shape
+    if r * c == 1 or rows % r or cols % c:  # unstructured, or ragged blocks at the view's edges
+        return mask
     m = mask if view.is_identity else keras.ops.transpose(mask, view.perm)
     m = keras.ops.reshape(m, (rows // r, r, cols // c, c))[:, :1, :, :1]
     m = keras.ops.reshape(keras.ops.broadcast_to(m, (rows // r, r, cols // c, c)),
