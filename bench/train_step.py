@@ -21,7 +21,8 @@ Usage:
     python bench/train_step.py [--quick] [--backends tensorflow,jax,torch] [--tfmot-python PATH] [--merge] [--out DIR]
 
 With --merge, the backends measured now (and tfmot, when measured) replace theirs in the saved
-train_step.json and the others are kept; the report names what was rerun.
+train_step.json and the others are kept; the report names what was rerun. A backend that fails
+keeps its saved rows, and the script exits with an error naming it.
 """
 
 from __future__ import annotations
@@ -168,14 +169,24 @@ def main(argv=None):
         results["tfmot"] = run_tfmot(args.tfmot_python, args.quick)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    measured = results["backends"]
     if args.merge and (out / "train_step.json").is_file():
         results = _merged(json.loads((out / "train_step.json").read_text()), results)
+    failed = [b["backend"] for b in measured if "error" in b]
     write_text_atomic(out / "train_step.json", json.dumps(results, indent=2) + "\n")
     write_report(results, out)
+    if failed:
+        sys.exit(f"failed on {', '.join(failed)} (see the report)")
 
 
 def _merged(old: dict, new: dict) -> dict:
-    """``old`` with the backends (and tfmot) that ``new`` measured replaced, in ``old``'s order."""
+    """``old`` with the backends (and tfmot) that ``new`` measured replaced, in ``old``'s order;
+    a backend that failed now keeps its saved rows (the failure is printed)."""
+    saved = {b["backend"] for b in old["backends"] if "error" not in b}
+    for b in new["backends"]:
+        if "error" in b and b["backend"] in saved:
+            print(f"{b['backend']} failed ({b['error']}); its saved rows are kept", file=sys.stderr)
+    new = {**new, "backends": [b for b in new["backends"] if "error" not in b or b["backend"] not in saved]}
     fresh = {b["backend"]: b for b in new["backends"]}
     backends = [fresh.pop(b["backend"], b) for b in old["backends"]] + list(fresh.values())
     rerun = list(dict.fromkeys(old.get("rerun", []) + [b["backend"] for b in new["backends"]]
