@@ -96,9 +96,19 @@ class WeightView:
         return self.perm == tuple(range(len(self.perm)))
 
     @property
+    def permuted_shape(self) -> tuple[int, ...]:
+        """The kernel's shape after ``perm``: the view's rows, then its columns, unflattened."""
+        return tuple(self.kernel_shape[a] for a in self.perm)
+
+    @property
+    def inverse_perm(self) -> tuple[int, ...]:
+        """The permutation that takes ``permuted_shape`` back to ``kernel_shape``."""
+        return tuple(int(a) for a in np.argsort(self.perm))
+
+    @property
     def view_shape(self) -> tuple[int, int]:
         """``(in, out)``: rows and columns of the 2-D view."""
-        permuted = [self.kernel_shape[a] for a in self.perm]
+        permuted = self.permuted_shape
         return (math.prod(permuted[: self.n_in_axes]), math.prod(permuted[self.n_in_axes:]))
 
     def to_2d(self, kernel: np.ndarray) -> np.ndarray:
@@ -113,9 +123,7 @@ class WeightView:
         view = np.asarray(view)
         if tuple(view.shape) != self.view_shape:
             raise ValueError(f"expected a view of shape {self.view_shape}, got {tuple(view.shape)}")
-        permuted_shape = [self.kernel_shape[a] for a in self.perm]
-        inverse = np.argsort(self.perm)
-        return np.transpose(view.reshape(permuted_shape), inverse)
+        return np.transpose(view.reshape(self.permuted_shape), self.inverse_perm)
 
     def to_json(self) -> dict:
         return {"kernel_shape": list(self.kernel_shape), "perm": list(self.perm), "n_in_axes": self.n_in_axes}

@@ -55,7 +55,7 @@ RANGE_MOMENTUM = 0.99
 #: with a zero gradient and a zero momentum, a pruned weight's step is zero whatever they hold.
 #: A mask update fills them with a large number at pruned positions, not with zero, because
 #: Adam takes the square root of its velocity at every step and PyTorch's CPU square root ran
-#: 6-8x slower on zeros than on other numbers (1M floats: 2.5 ms against 0.3 ms, AVX-512). At
+#: 6-9x slower on zeros than on other numbers (1M floats: 2.5 ms against 0.3 ms, AVX-512). At
 #: 90%, zero velocities made the MLP 1024's PyTorch train step 1.20-1.27x the unwrapped one's;
 #: filled, 1.03x (docs/DESIGN.md section 3).
 DIVISOR_SLOTS = frozenset({"velocity", "velocity_hat", "norm", "accumulator", "accumulated_grad",
@@ -97,9 +97,8 @@ def _one_per_block(mask, view: WeightView, block_shape):
         return mask
     m = mask if view.is_identity else keras.ops.transpose(mask, view.perm)
     m = keras.ops.reshape(m, (rows // r, r, cols // c, c))[:, :1, :, :1]
-    m = keras.ops.reshape(keras.ops.broadcast_to(m, (rows // r, r, cols // c, c)),
-                          [view.kernel_shape[a] for a in view.perm])
-    return m if view.is_identity else keras.ops.transpose(m, [view.perm.index(a) for a in range(len(view.perm))])
+    m = keras.ops.reshape(keras.ops.broadcast_to(m, (rows // r, r, cols // c, c)), view.permuted_shape)
+    return m if view.is_identity else keras.ops.transpose(m, view.inverse_perm)
 
 
 def _mask_accumulated_gradient(parameter, mask):
