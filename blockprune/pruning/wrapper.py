@@ -38,7 +38,7 @@ import re
 
 import keras
 
-from ..checks import check_block_shape, check_blocks_fit
+from ..checks import check_block_shape, check_blocks_fit, divides
 from ..kerasgraph import any_symbolic_tensors, call_takes_training, get_stateless_scope, optimizer_slots
 from ..masks import POOLING_TYPES, block_scores, grid_mask, kept_block_grid
 from ..modelwalk import layer_sites
@@ -93,7 +93,7 @@ def _one_per_block(mask, view: WeightView, block_shape):
     """
     r, c = block_shape
     rows, cols = view.view_shape
-    if r * c == 1 or rows % r or cols % c:  # unstructured, or ragged blocks at the view's edges
+    if r * c == 1 or not divides(view.view_shape, block_shape):  # unstructured, or ragged blocks at the edges
         return mask
     m = mask if view.is_identity else keras.ops.transpose(mask, view.perm)
     m = keras.ops.reshape(m, (rows // r, r, cols // c, c))[:, :1, :, :1]
