@@ -18,9 +18,12 @@ TensorFlow) and used by every backend:
   where the held-out loss rises least per microsecond saved; sensitivity measured on the last
   1,000 training samples), the logits dense, as bench/accuracy.py's best cpu-wide variant.
 
-Twice: with the data in one fixed order (the backend alone differs) and shuffled every epoch
-(each backend shuffles with its own random generator, so one seed gives different orders).
-The masks are compared with TensorFlow's for the same seed and order.
+Twice: with the data in the same order on every backend (seed s orders the training set with
+NumPy's generator of seed s, the same order every epoch, so within a seed only the backend
+differs) and shuffled every epoch by `fit` (each backend shuffles with its own random
+generator, so one seed gives different orders). The masks are compared with TensorFlow's for
+the same seed and order. Beside each backend's median, the range over its seeds shows how far
+one backend's runs scatter on their own.
 
 Usage:
     python bench/backends.py [--quick] [--backends tensorflow,jax,torch] [--out DIR]
@@ -41,7 +44,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 #: the plans compared, each saved as <name>.json beside the dense model
 PLANS = ("simd-4x1", "cpu-wide", "cpu-wide as run plans it", "cpu-wide sensitivity-aware")
-ORDERS = ("fixed", "shuffled")
+ORDERS = ("same on every backend", "shuffled by each backend")
 
 
 def make_plans(dense, data, work: Path) -> None:
@@ -80,23 +83,41 @@ def worker(work: str, out: str, epochs: int, seeds: int) -> None:
                 model = keras.models.load_model(Path(work) / "init.keras")
                 plan = SparsityPlan.load(Path(work) / f"{target}.json")
                 keras.utils.set_random_seed(seed)
-                result = finetune(model, plan, data, epochs=epochs, verbose=0, shuffle=order == "shuffled")
+                shuffled = order == ORDERS[1]
+                result = finetune(model, plan, data if shuffled else _ordered(data, seed), epochs=epochs, verbose=0,
+                                  shuffle=shuffled)
                 kernels = {f"{lp.layer}/{lp.weight}": keras.ops.convert_to_numpy(
                     result.model.get_layer(lp.layer).kernel) != 0 for lp in plan.pruned_layers}
-                np.savez(Path(out) / f"{order}-{target}-{seed}.npz", **kernels)
+                np.savez(Path(out) / _mask_file(order, target, seed), **kernels)
                 results.append({"order": order, "target": target, "seed": seed,
                                 "accuracy": result.sparse_metrics["accuracy"], "exact": result.verification.ok})
     print(json.dumps({"backend": keras.backend.backend(), "results": results}))
 
 
+def _ordered(data, seed: int):
+    """``data`` with its training samples in the order NumPy's generator of ``seed`` draws
+    (the same on every backend)."""
+    import numpy as np
+
+    from blockprune.data import Dataset
+
+    order = np.random.default_rng(seed).permutation(len(data.x_train))
+    return Dataset(data.x_train[order], data.y_train[order], data.x_test, data.y_test, name=f"{data.name} (order {seed})")
+
+
+def _mask_file(order: str, target: str, seed: int) -> str:
+    return f"{ORDERS.index(order)}-{target}-{seed}.npz"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one seed, 5 epochs")
+    parser.add_argument("--seeds", type=int, default=8, help="seeds per plan, data order and backend")
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--out", help="results folder (default: bench/results; with --quick, a temporary folder)")
     parser.add_argument("--worker", nargs=2, metavar=("WORK", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    epochs, seeds = (5, 1) if args.quick else (30, 5)
+    epochs, seeds = (5, 1) if args.quick else (30, args.seeds)
     if args.worker:
         worker(args.worker[0], args.worker[1], epochs, seeds)
         return
@@ -138,12 +159,13 @@ def main(argv=None):
                 agree = []
                 if backend != "tensorflow" and "tensorflow" in runs:
                     for r in mine:
-                        name = f"{order}-{target}-{r['seed']}.npz"
+                        name = _mask_file(order, target, r["seed"])
                         a, b = np.load(work / backend / name), np.load(work / "tensorflow" / name)
                         agree.append(min(float(np.mean(a[k] == b[k])) for k in a.files))
                 medians[backend] = statistics.median(r["accuracy"] for r in mine)
                 rows.append({"order": order, "target": target, "backend": backend,
                              "accuracies": [r["accuracy"] for r in mine], "median": medians[backend],
+                             "seed_range": max(r["accuracy"] for r in mine) - min(r["accuracy"] for r in mine),
                              "exact": all(r["exact"] for r in mine),
                              "mask_agreement_with_tensorflow": min(agree) if agree else None})
             rows.append({"order": order, "target": target, "backend": "spread",
@@ -155,20 +177,20 @@ def main(argv=None):
              f"One dense model (test accuracy {dense_accuracy:.2%}), pruned on each backend with "
              f"`finetune` ({epochs} epochs, channel permutation on), {seeds} seed(s); median test accuracy. "
              "Goal: within 0.5 points across backends.", "",
-             "| data order | plan | backend | accuracy per seed | median | exact blocks "
+             "| data order | plan | backend | accuracy per seed | median | range over seeds | exact blocks "
              "| masks equal to TensorFlow's |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["backend"] == "spread":
-            lines.append(f"| {r['order']} | {r['target']} | **spread** | | **{r['median'] * 100:.2f} points** | | |")
+            lines.append(f"| {r['order']} | {r['target']} | **spread** | | **{r['median'] * 100:.2f} points** | | | |")
             continue
         agree = "-" if r["mask_agreement_with_tensorflow"] is None else f"{r['mask_agreement_with_tensorflow']:.2%}"
         lines.append(f"| {r['order']} | {r['target']} | {r['backend']} | "
                      f"{', '.join(f'{a:.2%}' for a in r['accuracies'])} | {r['median']:.2%} | "
-                     f"{'yes' if r['exact'] else 'NO'} | {agree} |")
+                     f"{r['seed_range'] * 100:.2f} points | {'yes' if r['exact'] else 'NO'} | {agree} |")
     lines += ["", "Mask agreement: the least, over pruned weights and seeds, of the fraction of weights "
-              "whose kept/pruned state matches TensorFlow's run with the same seed and data order. With "
-              "one fixed order only float rounding differs between backends; shuffled, each backend's "
+              "whose kept/pruned state matches TensorFlow's run with the same seed and data order. In the "
+              "same order, only float rounding differs between backends; shuffled by each backend, its "
               "own random generator orders the data differently from the first epoch on."]
     write_text_atomic(out / "backends.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
