@@ -227,10 +227,12 @@ def plot(result: dict, path: Path) -> None:
                             label=f"{label} ({variant})")
         ax.axhline(result["dense"][dataset] * 100, color="black", lw=0.8, label="dense")
         ax.set(title=f"{dataset}: test accuracy after pruning", xlabel="sparsity (%)", ylabel="test accuracy (%)")
-        ax.legend(fontsize=6)
+    # One legend beside the plots (the configs are the same in each), so that no line hides behind it.
+    handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
     fig.tight_layout()
     with atomic_path(path, suffix=".tmp.png") as tmp:
-        fig.savefig(tmp, dpi=110)
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
