@@ -53,6 +53,53 @@ def test_interrupted_finetune_resumes_from_its_checkpoint(tmp_path):
     assert result.verification.layers[0].block_sparsity == 0.75
 
 
+def test_a_resumed_finetune_trains_to_the_weights_of_an_unbroken_one(tmp_path):
+    """Each epoch's data order comes from the seed and the epoch alone (``epoch_order``), so the
+    epochs run after a resume see the orders the unbroken run saw, and end at its weights."""
+    model, data = _tiny()
+    p = blockprune.plan(model, "cpu-wide", sparsity=0.75, overrides={"h": "block=1x16", "out": "skip"})
+    keras.utils.set_random_seed(7)
+    unbroken = finetune(model, p, data, epochs=4, batch_size=16, verbose=0, permute=False).model
+    ckpt = tmp_path / "run.checkpoint.keras"
+    keras.utils.set_random_seed(7)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model, p, data, epochs=4, batch_size=16, checkpoint=ckpt, verbose=0, permute=False,
+                 callbacks=[_Interrupt()])
+    keras.utils.set_random_seed(7)
+    resumed = finetune(model, p, data, epochs=4, batch_size=16, checkpoint=ckpt, resume=True, verbose=0,
+                       permute=False).model
+    for a, b in zip(unbroken.weights, resumed.weights):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), atol=1e-6)
+
+
+def test_finetune_feeds_each_epoch_in_numpys_order_on_any_backend(monkeypatch):
+    """The batches ``fit`` gets: epoch by epoch, ``epoch_order`` cut into batches (the last one
+    short), never a batch across two epochs, on the backend the tests run on; the order's seed
+    is NumPy's first draw after ``keras.utils.set_random_seed``. (Keras's own shuffle, on
+    TensorFlow after a global seed, repeats one order every epoch.)"""
+    from blockprune.pruning import finetune as finetune_module
+    from blockprune.pruning.finetune import _shuffled_batches, epoch_order
+
+    calls = []
+    monkeypatch.setattr(finetune_module, "_shuffled_batches",
+                        lambda *args: calls.append(args[2:]) or _shuffled_batches(*args))
+    model, data = _tiny()
+    p = blockprune.plan(model, "cpu-wide", sparsity=0.75, overrides={"h": "block=1x16", "out": "skip"})
+    keras.utils.set_random_seed(3)
+    seed = int(np.random.randint(2**31 - 1))
+    keras.utils.set_random_seed(3)
+    finetune(model, p, data, epochs=2, batch_size=16, verbose=0, permute=False)
+    assert calls == [(16, seed, 0, 2)]
+
+    n, batch = 10, 4
+    x, y = np.arange(n, dtype="float32")[:, None], np.arange(n)
+    got = [keras.ops.convert_to_numpy(yb).tolist() for _, yb in _shuffled_batches(x, y, batch, 5, 1, 3)]
+    want = [order[i:i + batch].tolist() for order in (epoch_order(n, 5, 1), epoch_order(n, 5, 2))
+            for i in range(0, n, batch)]
+    assert got == want and [len(b) for b in got] == [4, 4, 2, 4, 4, 2]
+    assert epoch_order(n, 5, 1).tolist() != epoch_order(n, 5, 2).tolist()
+
+
 def test_data_that_does_not_fit_the_model():
     model, data = _tiny()
     p = blockprune.plan(model, "cpu-wide", overrides={"h": "block=1x16"})

@@ -19,7 +19,7 @@ from .callbacks import UpdatePruningStep
 from .schedules import PolynomialDecay
 
 __all__ = ["FinetuneResult", "finetune", "polynomial_schedule", "evaluate", "default_loss", "Distillation",
-           "DistillationLoss"]
+           "DistillationLoss", "epoch_order"]
 
 
 @dataclass
@@ -134,6 +134,34 @@ def _with_teacher(model, data: Dataset, batch_size: int = 256) -> np.ndarray:
     return np.concatenate([data.y_train.astype(np.float32)[:, None], logits], axis=1)
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of ``n`` training samples in ``epoch`` of a run shuffled with ``seed``: drawn by
+    NumPy, so the same on every Keras backend, and the same for that epoch of a resumed run."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _shuffled_batches(x, y, batch_size: int, seed: int, initial_epoch: int, epochs: int):
+    """Every batch of ``epochs`` from ``initial_epoch`` on, each epoch in ``epoch_order``, for
+    ``fit`` with ``steps_per_epoch`` (Keras then keeps one iterator across epochs): a tf.data
+    pipeline that gathers the batches in the graph on TensorFlow, a generator elsewhere."""
+    orders = np.stack([epoch_order(len(x), seed, e) for e in range(initial_epoch, epochs)])
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        x_t, y_t = tf.constant(x), tf.constant(y)
+        indices = tf.data.Dataset.from_tensor_slices(orders).flat_map(
+            lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
+        return indices.map(lambda i: (tf.gather(x_t, i), tf.gather(y_t, i))).prefetch(tf.data.AUTOTUNE)
+
+    def batches():
+        for order in orders:
+            for start in range(0, len(order), batch_size):
+                i = order[start:start + batch_size]
+                yield x[i], y[i]
+
+    return batches()
+
+
 def evaluate(model, data: Dataset, batch_size: int = 256) -> dict | None:
     """Accuracy (integer labels) or mean squared error of ``model`` on the test split."""
     if data.x_test is None:
@@ -180,8 +208,10 @@ def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: 
             where that keeps more weight magnitude (``blockprune.permute``); the model computes the
             same function, and the export is as fast.
         distill: learn from the dense model's outputs as well as the labels (classification).
-        shuffle: shuffle the training data every epoch (with the Keras backend's own random
-            generator, so TensorFlow, JAX and PyTorch see different orders for one seed).
+        shuffle: shuffle the training data every epoch, in an order drawn by NumPy
+            (``epoch_order``) from a seed taken from NumPy's global generator, which
+            ``keras.utils.set_random_seed`` seeds: after one seed, TensorFlow, JAX and PyTorch
+            see the same orders, and a resumed run sees those of an unbroken one.
         quantize_aware: fine-tune with simulated int8 weights and outputs (fake-quant), so that
             files exported with ``quantize="int8"`` or ``"dynamic"`` lose less accuracy; the masks
             are kept, and the stripped model is plain float.
@@ -194,6 +224,7 @@ def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: 
     """
     check_positive_int(epochs, "epochs")
     check_positive_int(batch_size, "batch_size")
+    order_seed = int(np.random.randint(2**31 - 1)) if shuffle else None  # before anything else draws
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError(f"model '{model.name}' has {len(model.inputs)} input(s) and {len(model.outputs)} output(s); "
                          f"data '{data.name}' holds one x and one y array per split, so fine-tuning here needs one "
@@ -225,9 +256,13 @@ def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: 
                 if distill is not None else default_loss(model, data))
         pruned.compile(keras.optimizers.Adam(learning_rate), loss)
     callbacks = [UpdatePruningStep()] + ([_EpochCheckpoint(checkpoint)] if checkpoint else []) + list(callbacks or [])
-    if initial_epoch < epochs:
+    if initial_epoch < epochs and shuffle:
+        pruned.fit(_shuffled_batches(data.x_train, y_train, batch_size, order_seed, initial_epoch, epochs),
+                   steps_per_epoch=steps_per_epoch, epochs=epochs, initial_epoch=initial_epoch, shuffle=False,
+                   verbose=verbose, callbacks=callbacks)
+    elif initial_epoch < epochs:
         pruned.fit(data.x_train, y_train, batch_size=batch_size, epochs=epochs, initial_epoch=initial_epoch,
-                   shuffle=shuffle, verbose=verbose, callbacks=callbacks)
+                   shuffle=False, verbose=verbose, callbacks=callbacks)
     stripped = strip_pruning(pruned)
     return FinetuneResult(stripped, plan, verify(stripped, plan), dense_metrics, evaluate(stripped, data),
                           epochs - initial_epoch, permutations, distill)
