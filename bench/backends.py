@@ -18,12 +18,12 @@ TensorFlow) and used by every backend:
   where the held-out loss rises least per microsecond saved; sensitivity measured on the last
   1,000 training samples), the logits dense, as bench/accuracy.py's best cpu-wide variant.
 
-Twice: with the data in the same order on every backend (seed s orders the training set with
-NumPy's generator of seed s, the same order every epoch, so within a seed only the backend
-differs) and shuffled every epoch by `fit` (each backend shuffles with its own random
-generator, so one seed gives different orders). The masks are compared with TensorFlow's for
-the same seed and order. Beside each backend's median, the range over its seeds shows how far
-one backend's runs scatter on their own.
+Twice: with the training set in one order for every epoch (seed s draws it with NumPy's
+generator of seed s) and shuffled every epoch by `finetune` (`finetune.epoch_order`: NumPy's, from
+the seed that `keras.utils.set_random_seed(s)` gives). Either way every backend sees the same
+orders for one seed, so within a seed only the backend (float rounding) differs. The masks are
+compared with TensorFlow's for the same seed and order. Beside each backend's median, the range
+over its seeds shows how far one backend's runs scatter on their own.
 
 Usage:
     python bench/backends.py [--quick] [--backends tensorflow,jax,torch] [--out DIR]
@@ -44,7 +44,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 #: the plans compared, each saved as <name>.json beside the dense model
 PLANS = ("simd-4x1", "cpu-wide", "cpu-wide as run plans it", "cpu-wide sensitivity-aware")
-ORDERS = ("same on every backend", "shuffled by each backend")
+ORDERS = ("one order every epoch", "shuffled every epoch")
 
 
 def make_plans(dense, data, work: Path) -> None:
@@ -189,9 +189,9 @@ def main(argv=None):
                      f"{', '.join(f'{a:.2%}' for a in r['accuracies'])} | {r['median']:.2%} | "
                      f"{r['seed_range'] * 100:.2f} points | {'yes' if r['exact'] else 'NO'} | {agree} |")
     lines += ["", "Mask agreement: the least, over pruned weights and seeds, of the fraction of weights "
-              "whose kept/pruned state matches TensorFlow's run with the same seed and data order. In the "
-              "same order, only float rounding differs between backends; shuffled by each backend, its "
-              "own random generator orders the data differently from the first epoch on."]
+              "whose kept/pruned state matches TensorFlow's run with the same seed and data order. Both "
+              "ways, every backend sees the same data orders for one seed (drawn by NumPy), so only float "
+              "rounding differs between backends."]
     write_text_atomic(out / "backends.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
