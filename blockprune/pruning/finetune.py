@@ -256,13 +256,12 @@ def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: 
                 if distill is not None else default_loss(model, data))
         pruned.compile(keras.optimizers.Adam(learning_rate), loss)
     callbacks = [UpdatePruningStep()] + ([_EpochCheckpoint(checkpoint)] if checkpoint else []) + list(callbacks or [])
-    if initial_epoch < epochs and shuffle:
-        pruned.fit(_shuffled_batches(data.x_train, y_train, batch_size, order_seed, initial_epoch, epochs),
-                   steps_per_epoch=steps_per_epoch, epochs=epochs, initial_epoch=initial_epoch, shuffle=False,
-                   verbose=verbose, callbacks=callbacks)
-    elif initial_epoch < epochs:
-        pruned.fit(data.x_train, y_train, batch_size=batch_size, epochs=epochs, initial_epoch=initial_epoch,
-                   shuffle=False, verbose=verbose, callbacks=callbacks)
+    if initial_epoch < epochs:
+        feed = (dict(x=_shuffled_batches(data.x_train, y_train, batch_size, order_seed, initial_epoch, epochs),
+                     steps_per_epoch=steps_per_epoch) if shuffle
+                else dict(x=data.x_train, y=y_train, batch_size=batch_size))
+        pruned.fit(**feed, epochs=epochs, initial_epoch=initial_epoch, shuffle=False, verbose=verbose,
+                   callbacks=callbacks)
     stripped = strip_pruning(pruned)
     return FinetuneResult(stripped, plan, verify(stripped, plan), dense_metrics, evaluate(stripped, data),
                           epochs - initial_epoch, permutations, distill)
