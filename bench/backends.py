@@ -4,7 +4,7 @@ cpu-wide within 0.5 points across backends).
 Trains the digits MLP 64-512-512-10 densely once (on TensorFlow, 30 epochs), then, on every
 installed backend (TensorFlow, JAX, PyTorch, each in its own interpreter), prunes that same
 model to 90% with `blockprune.pruning.finetune` (the pipeline of `blockprune prune`: channel
-permutation where it helps, 30 epochs of cubic pruning and fine-tuning), over five seeds, and
+permutation where it helps, 30 epochs of cubic pruning and fine-tuning), over 16 seeds, and
 reports the test accuracy of the stripped model, for four plans, each made once (on
 TensorFlow) and used by every backend:
 
@@ -23,7 +23,9 @@ generator of seed s) and shuffled every epoch by `finetune` (`finetune.epoch_ord
 the seed that `keras.utils.set_random_seed(s)` gives). Either way every backend sees the same
 orders for one seed, so within a seed only the backend (float rounding) differs. The masks are
 compared with TensorFlow's for the same seed and order. Beside each backend's median, the range
-over its seeds shows how far one backend's runs scatter on their own.
+over its seeds shows how far one backend's runs scatter on their own, and the median over seeds
+of its difference from TensorFlow's run with the same seed measures the backend's own effect
+with that scatter paired away.
 
 Usage:
     python bench/backends.py [--quick] [--backends tensorflow,jax,torch] [--out DIR]
@@ -112,7 +114,7 @@ def _mask_file(order: str, target: str, seed: int) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one seed, 5 epochs")
-    parser.add_argument("--seeds", type=int, default=8, help="seeds per plan, data order and backend")
+    parser.add_argument("--seeds", type=int, default=16, help="seeds per plan, data order and backend")
     parser.add_argument("--backends", default="tensorflow,jax,torch")
     parser.add_argument("--out", help="results folder (default: bench/results; with --quick, a temporary folder)")
     parser.add_argument("--worker", nargs=2, metavar=("WORK", "DIR"), help=argparse.SUPPRESS)
@@ -163,10 +165,16 @@ def main(argv=None):
                         a, b = np.load(work / backend / name), np.load(work / "tensorflow" / name)
                         agree.append(min(float(np.mean(a[k] == b[k])) for k in a.files))
                 medians[backend] = statistics.median(r["accuracy"] for r in mine)
+                paired = None
+                if backend != "tensorflow" and "tensorflow" in runs:
+                    theirs = {r["seed"]: r["accuracy"] for r in runs["tensorflow"]
+                              if r["order"] == order and r["target"] == target}
+                    paired = statistics.median(r["accuracy"] - theirs[r["seed"]] for r in mine)
                 rows.append({"order": order, "target": target, "backend": backend,
                              "accuracies": [r["accuracy"] for r in mine], "median": medians[backend],
                              "seed_range": max(r["accuracy"] for r in mine) - min(r["accuracy"] for r in mine),
                              "exact": all(r["exact"] for r in mine),
+                             "median_difference_from_tensorflow": paired,
                              "mask_agreement_with_tensorflow": min(agree) if agree else None})
             rows.append({"order": order, "target": target, "backend": "spread",
                          "median": max(medians.values()) - min(medians.values())})
@@ -177,17 +185,19 @@ def main(argv=None):
              f"One dense model (test accuracy {dense_accuracy:.2%}), pruned on each backend with "
              f"`finetune` ({epochs} epochs, channel permutation on), {seeds} seed(s); median test accuracy. "
              "Goal: within 0.5 points across backends.", "",
-             "| data order | plan | backend | accuracy per seed | median | range over seeds | exact blocks "
-             "| masks equal to TensorFlow's |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| data order | plan | backend | accuracy per seed | median | range over seeds "
+             "| median difference from TensorFlow, same seed | exact blocks | masks equal to TensorFlow's |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["backend"] == "spread":
-            lines.append(f"| {r['order']} | {r['target']} | **spread** | | **{r['median'] * 100:.2f} points** | | | |")
+            lines.append(f"| {r['order']} | {r['target']} | **spread** | | **{r['median'] * 100:.2f} points** | | | | |")
             continue
         agree = "-" if r["mask_agreement_with_tensorflow"] is None else f"{r['mask_agreement_with_tensorflow']:.2%}"
+        paired = r["median_difference_from_tensorflow"]
+        paired = "-" if paired is None else f"{paired * 100:+.2f} points"
         lines.append(f"| {r['order']} | {r['target']} | {r['backend']} | "
                      f"{', '.join(f'{a:.2%}' for a in r['accuracies'])} | {r['median']:.2%} | "
-                     f"{r['seed_range'] * 100:.2f} points | {'yes' if r['exact'] else 'NO'} | {agree} |")
+                     f"{r['seed_range'] * 100:.2f} points | {paired} | {'yes' if r['exact'] else 'NO'} | {agree} |")
     lines += ["", "Mask agreement: the least, over pruned weights and seeds, of the fraction of weights "
               "whose kept/pruned state matches TensorFlow's run with the same seed and data order. Both "
               "ways, every backend sees the same data orders for one seed (drawn by NumPy), so only float "
