@@ -124,11 +124,8 @@ def blockprune_rows(dataset: str, sparsities, quick: bool, expect_dense=()) -> t
             for variant, (permute, sensitive, distill) in VARIANTS.items():
                 if permute and not wide and variant == "permute":
                     continue  # nothing to regroup: the same run as plain
-                keras.utils.set_random_seed(1)
                 started = time.time()
-                result = finetune(copy_model(dense), allocated if sensitive else plan, data, epochs=epochs,
-                                  batch_size=batch, verbose=0, permute=permute,
-                                  distill=Distillation() if distill else None)
+                result = prune_once(dense, allocated if sensitive else plan, data, epochs, batch, permute, distill)
                 acc = result.sparse_metrics["accuracy"]
                 used = allocated if sensitive else plan
                 rows.append({"dataset": dataset, "config": label, "target": getattr(target, "name", target),
@@ -141,21 +138,34 @@ def blockprune_rows(dataset: str, sparsities, quick: bool, expect_dense=()) -> t
     return dense_acc, rows
 
 
-def tfmot_rows(python: str, dataset: str, sparsities, quick: bool) -> list[dict]:
+def prune_once(dense, plan, data, epochs: int, batch: int, permute: bool, distill: bool, seed: int = 1):
+    """``finetune`` of a copy of ``dense`` to ``plan`` after ``keras.utils.set_random_seed(seed)``."""
+    keras.utils.set_random_seed(seed)
+    return finetune(copy_model(dense), plan, data, epochs=epochs, batch_size=batch, verbose=0, permute=permute,
+                    distill=Distillation() if distill else None)
+
+
+def tfmot_once(python: str, data_path: Path, dataset: str, block: str, sparsity: float, quick: bool,
+               seed: int | None = None) -> dict:
+    """One run of bench/tfmot_accuracy.py (its dense model from seed 0, pruned after reseeding
+    with ``seed`` if given): its JSON line."""
     _, width, _, _, batch = DATASETS[dataset]
     dense_epochs, epochs = epochs_of(dataset, quick)
+    out = subprocess.run([python, str(HERE / "tfmot_accuracy.py"), "--data", str(data_path), "--width", str(width),
+                          "--dense-epochs", str(dense_epochs), "--epochs", str(epochs), "--batch-size", str(batch),
+                          "--block", block, "--sparsity", str(sparsity), "--decay"]
+                         + ([] if seed is None else ["--seed", str(seed)]),
+                         capture_output=True, text=True, check=True, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def tfmot_rows(python: str, dataset: str, sparsities, quick: bool) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = save_npz(BUILTIN_DATA[dataset](), Path(tmp) / "data.npz")
         for block in ("1x1", "4x1"):
             for s in sparsities:
-                out = subprocess.run([python, str(HERE / "tfmot_accuracy.py"), "--data", str(path), "--width",
-                                      str(width), "--dense-epochs", str(dense_epochs), "--epochs", str(epochs),
-                                      "--batch-size", str(batch), "--block", block, "--sparsity", str(s),
-                                      "--decay"],
-                                     capture_output=True, text=True, check=True, env={**os.environ,
-                                                                                      "TF_USE_LEGACY_KERAS": "1"})
-                got = json.loads(out.stdout.strip().splitlines()[-1])
+                got = tfmot_once(python, path, dataset, block, s, quick)
                 label = f"tfmot {got['version']} ({block.replace('x', ', ')})"
                 rows.append({"dataset": dataset, "config": label, "target": "tfmot", "sparsity": s, "variant": "tfmot",
                              "blocks": [f"({block.replace('x', ', ')})"], "accuracy": got["sparse_accuracy"],

@@ -32,6 +32,9 @@ def main():
     parser.add_argument("--sparsity", type=float, required=True)
     parser.add_argument("--decay", action="store_true",
                         help="dense training's learning rate decays to zero on a cosine (as blockprune's train_dense)")
+    parser.add_argument("--seed", type=int,
+                        help="reseeds before pruning (the dense model always trains from seed 0; without it, "
+                             "pruning continues seed 0's random stream)")
     args = parser.parse_args()
     d = np.load(args.data)
     x, y, xt, yt = d["x_train"], d["y_train"], d["x_test"], d["y_test"]
@@ -49,6 +52,8 @@ def main():
     model.fit(x, y, batch_size=args.batch_size, epochs=args.dense_epochs, verbose=0)
     dense_acc = float(np.mean(np.argmax(model.predict(xt, verbose=0), -1) == yt))
 
+    if args.seed is not None:
+        keras.utils.set_random_seed(args.seed)
     steps = args.epochs * steps_per_epoch
     end = int(steps * 0.75)
     freq = max(1, end // 100)  # 100 mask updates, as blockprune's polynomial_schedule
