@@ -1,7 +1,7 @@
 """Block-mask math: pure NumPy functions over the 2-D ``[in, out]`` view of a weight.
 
 A weight's view is cut into ``block_shape = (rows, cols)`` blocks; each block gets a score
-(``AVG`` or ``MAX`` of ``|w|`` over the block); the lowest-scoring blocks are zeroed so that
+(``AVG`` or ``MAX`` of ``|w|`` over the block, or ``L2``, its root mean square); the lowest-scoring blocks are zeroed so that
 exactly ``round(sparsity * n_blocks)`` blocks are zero. The *balanced* variant zeroes
 ``round(sparsity * n_block_rows)`` blocks in every block-column, so that every block-column
 keeps the same number of blocks (what the gather-matmul lowering needs, docs/DESIGN.md).
@@ -28,7 +28,7 @@ from .checks import check_blocks_fit, kept_blocks, n_block_cols
 
 __all__ = ["POOLING_TYPES", "block_scores", "block_mask", "grid_mask", "kept_block_grid", "block_structure", "reachable_sparsity"]
 
-POOLING_TYPES = ("AVG", "MAX")
+POOLING_TYPES = ("AVG", "MAX", "L2")
 
 
 def block_scores(weight2d: np.ndarray, block_shape: tuple[int, int], pooling: str = "AVG") -> np.ndarray:
@@ -37,7 +37,9 @@ def block_scores(weight2d: np.ndarray, block_shape: tuple[int, int], pooling: st
     Args:
         weight2d: the ``[in, out]`` view.
         block_shape: ``(rows, cols)``; must fit the view (``blockprune.checks.fits``).
-        pooling: ``"AVG"`` (mean) or ``"MAX"``.
+        pooling: ``"AVG"`` (mean), ``"MAX"``, or ``"L2"`` (root mean square: the block's L2
+            norm over the square root of its size, which ranks a block with a few large weights
+            above one of many small ones with the same mean).
 
     Returns:
         Scores of shape ``[in // rows, ceil(out / cols)]`` (float64).
@@ -53,7 +55,10 @@ def block_scores(weight2d: np.ndarray, block_shape: tuple[int, int], pooling: st
     if pooling == "MAX":
         return grid.max(axis=(1, 3))
     # the mean over the block's real weights (a last, narrower block-column is padded)
-    return grid.sum(axis=(1, 3)) / _blocks(np.ones(w.shape), block_shape).sum(axis=(1, 3))
+    size = _blocks(np.ones(w.shape), block_shape).sum(axis=(1, 3))
+    if pooling == "L2":
+        return np.sqrt((grid * grid).sum(axis=(1, 3)) / size)
+    return grid.sum(axis=(1, 3)) / size
 
 
 def _blocks(w: np.ndarray, block_shape) -> np.ndarray:
@@ -120,7 +125,7 @@ def block_mask(weight2d: np.ndarray, block_shape: tuple[int, int], sparsity: flo
         block_shape: ``(rows, cols)`` block; must fit the view (a last, narrower block-column
             is one block).
         sparsity: fraction of blocks to zero, in ``[0, 1)``.
-        pooling: block score, ``"AVG"`` or ``"MAX"`` of ``|w|``.
+        pooling: block score: ``"AVG"``, ``"MAX"`` or ``"L2"`` (root mean square) of ``|w|``.
         balanced: keep the same number of blocks in every block-column.
 
     Returns:

@@ -19,6 +19,20 @@ def test_block_scores_avg_and_max():
     np.testing.assert_allclose(block_scores(-W4, (2, 2), "MAX"), [[4, 1], [5, 9]])
 
 
+def test_l2_scores_are_the_root_mean_square_of_each_block():
+    np.testing.assert_allclose(block_scores(-W4, (2, 2), "L2"),
+                               np.sqrt([[30 / 4, 1 / 4], [25 / 4, 82 / 4]]))
+    # a last, narrower block-column averages over its real weights only
+    np.testing.assert_allclose(block_scores(np.array([[3.0, 4.0, 2.0]]), (1, 2), "L2"), [[np.sqrt(12.5), 2.0]])
+
+
+def test_l2_keeps_a_block_of_one_large_weight_that_avg_prunes():
+    w = np.array([[2.0, 2.0, 2.0, 2.0],
+                  [7.0, 0.0, 0.0, 0.0]])  # AVG 2 against 1.75; L2 2 against 3.5
+    np.testing.assert_array_equal(block_mask(w, (1, 4), 0.5, "AVG"), [[1, 1, 1, 1], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(block_mask(w, (1, 4), 0.5, "L2"), [[0, 0, 0, 0], [1, 1, 1, 1]])
+
+
 def test_avg_pooling_mask_4x4():
     expected = np.array([
         [1, 1, 0, 0],

@@ -40,7 +40,8 @@ def prune(model, plan: SparsityPlan, schedule: PruningSchedule | None = None, bl
         plan: a ``SparsityPlan`` made for this model.
         schedule: the pruning schedule; it is retargeted to each weight's planned sparsity
             with ``schedule.for_sparsity``. Default: ``ConstantSparsity`` from step 0.
-        block_pooling_type: ``"AVG"`` or ``"MAX"``.
+        block_pooling_type: the block score: ``"AVG"``, ``"MAX"`` or ``"L2"`` (root mean
+            square) of ``|w|`` over each block (``blockprune.masks.block_scores``).
         quantize_aware: train with simulated int8 weights and outputs (``PruneLowMagnitude``'s
             ``quantize_aware``), for files exported with ``quantize="int8"`` or ``"dynamic"``.
 
@@ -103,7 +104,8 @@ def prune_once(model, plan: SparsityPlan, block_pooling_type: str = "AVG"):
     Args:
         model: a Sequential or functional model.
         plan: a plan made for it.
-        block_pooling_type: ``"AVG"`` or ``"MAX"``.
+        block_pooling_type: the block score: ``"AVG"``, ``"MAX"`` or ``"L2"`` (root mean
+            square) of ``|w|`` over each block (``blockprune.masks.block_scores``).
 
     Returns:
         A stripped copy of ``model`` whose planned weights have the planned block sparsity.
@@ -126,7 +128,8 @@ def prune_low_magnitude(to_prune, pruning_schedule: PruningSchedule | None = Non
             trained weights; other layers are kept as they are.
         pruning_schedule: a ``PruningSchedule``; default ``ConstantSparsity(0.5, 0)``.
         block_size: ``(rows, cols)`` over each weight's ``[in, out]`` view.
-        block_pooling_type: ``"AVG"`` or ``"MAX"``.
+        block_pooling_type: the block score: ``"AVG"``, ``"MAX"`` or ``"L2"`` (root mean
+            square) of ``|w|`` over each block (``blockprune.masks.block_scores``).
         balanced: keep the same number of blocks in every block-column.
         **kwargs: passed to each ``PruneLowMagnitude``.
 

@@ -142,7 +142,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         pruning_schedule: a ``PruningSchedule`` (default ``ConstantSparsity(0.5, 0)``).
         block_size: ``(rows, cols)`` block over each weight's ``[in, out]`` view (default
             ``(1, 1)``, unstructured), used for weights ``prune_weights`` does not configure.
-        block_pooling_type: ``"AVG"`` or ``"MAX"`` of ``|w|`` over a block.
+        block_pooling_type: ``"AVG"``, ``"MAX"`` or ``"L2"`` (root mean square) of ``|w|`` over
+            a block.
         balanced: keep the same number of blocks in every block-column.
         prune_weights: optional ``{weight_name: {"block_shape": (r, c), "sparsity": s}}`` to
             prune only these weights (names relative to the layer, e.g. ``"query/kernel"``),
