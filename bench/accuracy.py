@@ -138,11 +138,12 @@ def blockprune_rows(dataset: str, sparsities, quick: bool, expect_dense=()) -> t
     return dense_acc, rows
 
 
-def prune_once(dense, plan, data, epochs: int, batch: int, permute: bool, distill: bool, seed: int = 1):
+def prune_once(dense, plan, data, epochs: int, batch: int, permute: bool, distill: bool, seed: int = 1,
+               block_score: str = "AVG"):
     """``finetune`` of a copy of ``dense`` to ``plan`` after ``keras.utils.set_random_seed(seed)``."""
     keras.utils.set_random_seed(seed)
     return finetune(copy_model(dense), plan, data, epochs=epochs, batch_size=batch, verbose=0, permute=permute,
-                    distill=Distillation() if distill else None)
+                    distill=Distillation() if distill else None, block_pooling_type=block_score)
 
 
 def tfmot_once(python: str, data_path: Path, dataset: str, block: str, sparsity: float, quick: bool,

@@ -19,7 +19,10 @@ of the medians.
 
 Usage:
     python bench/accuracy_seeds.py [--datasets digits,animal-shapes] [--sparsity 0.9] [--seeds 5]
-                                   [--tfmot-python bench/.venv-tfmot/bin/python] [--quick] [--out DIR]
+                                   [--tfmot-python bench/.venv-tfmot/bin/python] [--block-score AVG|MAX|L2]
+                                   [--quick] [--out DIR]
+
+Writes accuracy_seeds.json and .md (accuracy_seeds_l2.* with --block-score L2, and so on).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import blockprune
 from _timing import results_dir
 from blockprune._atomic import write_text_atomic
 from blockprune.data import Dataset, save_npz
+from blockprune.masks import POOLING_TYPES
 from blockprune.sensitivity import measure_sensitivity
 
 HERE = Path(__file__).resolve().parent
@@ -52,7 +56,8 @@ FINE = ("unstructured (1, 1)", "simd-4x1")
 TFMOT_BLOCKS = ("1x1", "4x1")
 
 
-def dataset_rows(dataset: str, sparsity: float, seeds: list[int], quick: bool, tfmot_python: str | None) -> dict:
+def dataset_rows(dataset: str, sparsity: float, seeds: list[int], quick: bool, tfmot_python: str | None,
+                 block_score: str = "AVG") -> dict:
     """The dense accuracy and every row of ``ROWS`` (and tfmot's) over ``seeds`` on ``dataset``."""
     data, dense, epochs, batch = trained_dense(dataset, quick)
     dense_acc = float((dense.predict(data.x_test, verbose=0).argmax(-1) == data.y_test).mean())
@@ -79,7 +84,7 @@ def dataset_rows(dataset: str, sparsity: float, seeds: list[int], quick: bool, t
         accuracies = []
         for seed in seeds:
             started = time.time()
-            result = prune_once(dense, plan, data, epochs, batch, permute, distill, seed=seed)
+            result = prune_once(dense, plan, data, epochs, batch, permute, distill, seed=seed, block_score=block_score)
             accuracies.append(result.sparse_metrics["accuracy"])
             print(f"  {label:20s} {variant:22s} seed {seed}: {accuracies[-1]:.4f} ({time.time() - started:.0f} s)",
                   flush=True)
@@ -137,7 +142,9 @@ def markdown(report: dict) -> str:
              "fine-tuning; the seed fixes the data order, so one seed gives every row the same batches). "
              "Variants as in accuracy.md; permute+distillation: channel permutation and distillation from "
              "the dense model (T=4, alpha=0.7), the uniform plan. tfmot trains its own dense model (seed 0) "
-             "and prunes it after each seed.", ""]
+             "and prunes it after each seed.", "",
+             f"Our rows rank blocks by the {report.get('block_score', 'AVG')} of their weights' magnitudes "
+             "(`--block-score`).", ""]
     for dataset, result in report["datasets"].items():
         width, epochs = DATASETS[dataset][1], result["epochs"]
         lines += [f"## {dataset}: MLP -> {width} -> {width} -> 10, dense {result['dense_accuracy']:.2%} "
@@ -159,6 +166,8 @@ def main(argv=None):
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--seeds", type=int, default=5, help="seeds 1..N per row")
     parser.add_argument("--tfmot-python", help="python of the tfmot environment (bench/setup_tfmot_env.sh)")
+    parser.add_argument("--block-score", choices=POOLING_TYPES, default="AVG",
+                        help="the block score our rows rank blocks by (finetune's block_pooling_type; default: AVG)")
     parser.add_argument("--quick", action="store_true", help="fewer epochs, 2 seeds, into a temporary folder")
     parser.add_argument("--out", help="results folder (default: bench/results)")
     args = parser.parse_args(argv)
@@ -170,14 +179,17 @@ def main(argv=None):
     deterministic()
     out = results_dir(args.out, args.quick, HERE / "results")
     seeds = list(range(1, (2 if args.quick else args.seeds) + 1))
-    report = {"sparsity": args.sparsity, "seeds": seeds, "quick": args.quick, "datasets": {}}
+    report = {"sparsity": args.sparsity, "seeds": seeds, "block_score": args.block_score, "quick": args.quick,
+              "datasets": {}}
     for dataset in args.datasets.split(","):
-        report["datasets"][dataset] = dataset_rows(dataset, args.sparsity, seeds, args.quick, args.tfmot_python)
+        report["datasets"][dataset] = dataset_rows(dataset, args.sparsity, seeds, args.quick, args.tfmot_python,
+                                                   args.block_score)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "accuracy_seeds.json", json.dumps(report, indent=2) + "\n")
-    write_text_atomic(out / "accuracy_seeds.md", markdown(report))
+    stem = "accuracy_seeds" if args.block_score == "AVG" else f"accuracy_seeds_{args.block_score.lower()}"
+    write_text_atomic(out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out / f"{stem}.md", markdown(report))
     print(markdown(report))
-    print(f"Wrote {out / 'accuracy_seeds.md'}")
+    print(f"Wrote {out / f'{stem}.md'}")
 
 
 if __name__ == "__main__":

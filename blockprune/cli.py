@@ -16,6 +16,7 @@ from pathlib import Path
 from . import __version__
 from ._quiet import filtered_stderr
 from ._text import text_table
+from .masks import POOLING_TYPES
 from .quantize import QUANTIZE_MODES
 from .run import NARROW_INPUTS, NARROW_SPARSITY
 
@@ -188,6 +189,9 @@ def _add_training_options(p) -> None:
     p.add_argument("--quantize-aware", action="store_true",
                    help="fine-tune with simulated int8 weights and outputs (fake-quant; the masks are kept), for "
                         "files exported with --quantize int8 or dynamic")
+    p.add_argument("--block-score", choices=POOLING_TYPES, default="AVG",
+                   help="what ranks the blocks: the mean, the maximum or the root mean square (L2) of their "
+                        "weights' magnitudes (default: AVG)")
 
 
 def cmd_prune(args) -> int:
@@ -221,7 +225,8 @@ def cmd_prune(args) -> int:
         result = finetune(model, p, data, epochs=args.epochs, batch_size=args.batch_size,
                           learning_rate=args.learning_rate, checkpoint=checkpoint, resume=args.resume,
                           verbose=1 if sys.stdout.isatty() else 2, permute=not args.no_permute,
-                          distill=_distillation(args), quantize_aware=args.quantize_aware)
+                          distill=_distillation(args), quantize_aware=args.quantize_aware,
+                          block_pooling_type=args.block_score)
     except KeyboardInterrupt:
         hint = f"; rerun with --resume to continue from {checkpoint}" if checkpoint.is_file() else ""
         print(f"blockprune prune: interrupted{hint}", file=sys.stderr)
@@ -395,7 +400,8 @@ def cmd_run(args) -> int:
 
     result = run(args.out, model=args.model, data=args.data, target=args.target, sparsity=args.sparsity,
                  epochs=args.epochs, dense_epochs=args.dense_epochs, seed=args.seed, permute=not args.no_permute,
-                 distill=_distillation(args), quantize=args.quantize, quantize_aware=args.quantize_aware)
+                 distill=_distillation(args), quantize=args.quantize, quantize_aware=args.quantize_aware,
+                 block_pooling_type=args.block_score)
     if result.dense_accuracy is not None:
         print(f"\nTest accuracy: dense {result.dense_accuracy:.2%}, block-sparse {result.sparse_accuracy:.2%}")
     for key, value in result.speedups.items():

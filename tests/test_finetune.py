@@ -224,3 +224,40 @@ def test_an_interrupted_checkpoint_write_keeps_the_last_checkpoint_and_its_masks
     assert sorted(f.name for f in tmp_path.iterdir()) == [ckpt.name]  # no half-written file left
     result = finetune(model, p, data, epochs=4, batch_size=16, checkpoint=ckpt, resume=True, verbose=0)
     assert result.epochs_run == 2 and result.verification.ok
+
+
+class _BlockScores(keras.callbacks.Callback):
+    """Records the block score of every wrapped layer of the model being trained."""
+
+    def on_train_begin(self, logs=None):
+        self.seen = {layer.layer.name: layer.block_pooling_type for layer in self.model.layers
+                     if isinstance(layer, blockprune.PruneLowMagnitude)}
+
+
+@pytest.mark.parametrize("score", ["L2", "MAX"])
+def test_finetune_ranks_blocks_by_the_block_score_it_is_given(score):
+    model, data = _tiny()
+    p = blockprune.plan(model, "cpu-wide", sparsity=0.5, overrides={"h": "block=1x16", "out": "skip"})
+    seen = _BlockScores()
+    result = finetune(model, p, data, epochs=2, batch_size=16, verbose=0, callbacks=[seen], block_pooling_type=score)
+    assert seen.seen == {"h": score} and result.verification.ok
+    with pytest.raises(ValueError, match=r"block_pooling_type='RMS' is not one of \('AVG', 'MAX', 'L2'\)"):
+        finetune(model, p, data, epochs=1, block_pooling_type="RMS")
+
+
+def test_cli_prune_passes_its_block_score_to_finetune(tmp_path, monkeypatch):
+    import blockprune.pruning.finetune as finetune_module
+
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt  # stop before training, as a user's ^C would
+
+    model, data = _tiny()
+    model.save(tmp_path / "dense.keras")
+    save_npz(data, tmp_path / "d.npz")
+    monkeypatch.setattr(finetune_module, "finetune", record)
+    rc = main(["prune", str(tmp_path / "dense.keras"), "--data", str(tmp_path / "d.npz"), "--block-score", "L2",
+               "--override", "h", "block=1x16", "-o", str(tmp_path / "x.keras")])
+    assert rc == 130 and seen["block_pooling_type"] == "L2"

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..checks import check_positive_int
 from ..data import Dataset, check_fits
+from ..masks import POOLING_TYPES
 from ..plan.records import SparsityPlan
 from .api import Verification, prune, save_model_atomic, strip_pruning, verify
 from .callbacks import UpdatePruningStep
@@ -186,7 +187,8 @@ class _EpochCheckpoint(keras.callbacks.Callback):
 def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: int = 32,
              learning_rate: float = 1e-3, checkpoint: str | os.PathLike | None = None, resume: bool = False,
              verbose: int = 1, callbacks: list | None = None, permute: bool = True,
-             distill: Distillation | None = None, shuffle: bool = True, quantize_aware: bool = False) -> FinetuneResult:
+             distill: Distillation | None = None, shuffle: bool = True, quantize_aware: bool = False,
+             block_pooling_type: str = "AVG") -> FinetuneResult:
     """Prunes ``model`` to ``plan`` while fine-tuning on ``data``, then strips and verifies it.
 
     Sparsity rises on a cubic ``PolynomialDecay`` to each layer's planned sparsity over the
@@ -215,14 +217,18 @@ def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: 
         quantize_aware: fine-tune with simulated int8 weights and outputs (fake-quant), so that
             files exported with ``quantize="int8"`` or ``"dynamic"`` lose less accuracy; the masks
             are kept, and the stripped model is plain float.
+        block_pooling_type: the block score masks rank blocks by: ``"AVG"`` (mean ``|w|``),
+            ``"MAX"`` or ``"L2"`` (root mean square); see ``blockprune.masks.block_scores``.
 
     Returns:
         A ``FinetuneResult``.
 
     Raises:
-        ValueError: data that does not fit the model, bad epochs or batch size.
+        ValueError: data that does not fit the model, bad epochs, batch size or block score.
     """
     check_positive_int(epochs, "epochs")
+    if block_pooling_type not in POOLING_TYPES:
+        raise ValueError(f"block_pooling_type={block_pooling_type!r} is not one of {POOLING_TYPES}")
     check_positive_int(batch_size, "batch_size")
     order_seed = int(np.random.randint(2**31 - 1)) if shuffle else None  # before anything else draws
     if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -251,7 +257,7 @@ def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: 
 
             model = copy_model(model)  # the caller's model stays as it was
             permutations = permute_channels(model, plan)
-        pruned = prune(model, plan, schedule, quantize_aware=quantize_aware)
+        pruned = prune(model, plan, schedule, block_pooling_type, quantize_aware=quantize_aware)
         loss = (DistillationLoss(distill.temperature, distill.alpha, from_logits=not _outputs_softmax(model))
                 if distill is not None else default_loss(model, data))
         pruned.compile(keras.optimizers.Adam(learning_rate), loss)
