@@ -1,10 +1,11 @@
 """Block-mask math: pure NumPy functions over the 2-D ``[in, out]`` view of a weight.
 
 A weight's view is cut into ``block_shape = (rows, cols)`` blocks; each block gets a score
-(``AVG`` or ``MAX`` of ``|w|`` over the block, or ``L2``, its root mean square); the lowest-scoring blocks are zeroed so that
-exactly ``round(sparsity * n_blocks)`` blocks are zero. The *balanced* variant zeroes
-``round(sparsity * n_block_rows)`` blocks in every block-column, so that every block-column
-keeps the same number of blocks (what the gather-matmul lowering needs, docs/DESIGN.md).
+(``AVG`` or ``MAX`` of ``|w|`` over the block, or ``L2``, its root mean square); the
+lowest-scoring blocks are zeroed so that exactly ``round(sparsity * n_blocks)`` blocks are
+zero. The *balanced* variant zeroes ``round(sparsity * n_block_rows)`` blocks in every
+block-column, so that every block-column keeps the same number of blocks (what the
+gather-matmul lowering needs, docs/DESIGN.md).
 
 Ties are broken deterministically: among blocks with equal scores, the one that comes first
 (row-major over the block grid; top to bottom within a block-column when balanced) is kept.
