@@ -27,9 +27,16 @@ import numpy as np
 
 from .checks import check_blocks_fit, kept_blocks, n_block_cols
 
-__all__ = ["POOLING_TYPES", "block_scores", "block_mask", "grid_mask", "kept_block_grid", "block_structure", "reachable_sparsity"]
+__all__ = ["POOLING_TYPES", "check_pooling_type", "block_scores", "block_mask", "grid_mask", "kept_block_grid", "block_structure", "reachable_sparsity"]
 
 POOLING_TYPES = ("AVG", "MAX", "L2")
+
+
+def check_pooling_type(pooling: str, where: str = "") -> None:
+    """Raises a ValueError naming ``pooling`` (after ``where``, e.g. ``"Layer 'dense': "``) unless
+    it is one of ``POOLING_TYPES``."""
+    if pooling not in POOLING_TYPES:
+        raise ValueError(f"{where}block_pooling_type={pooling!r} is not one of {POOLING_TYPES}")
 
 
 def block_scores(weight2d: np.ndarray, block_shape: tuple[int, int], pooling: str = "AVG") -> np.ndarray:
@@ -45,8 +52,7 @@ def block_scores(weight2d: np.ndarray, block_shape: tuple[int, int], pooling: st
     Returns:
         Scores of shape ``[in // rows, ceil(out / cols)]`` (float64).
     """
-    if pooling not in POOLING_TYPES:
-        raise ValueError(f"block_pooling_type={pooling!r} is not one of {POOLING_TYPES}")
+    check_pooling_type(pooling)
     w = np.abs(np.asarray(weight2d, dtype=np.float64))
     if w.ndim != 2:
         raise ValueError(f"expected a 2-D [in, out] view, got shape {w.shape}")

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..checks import check_positive_int
 from ..data import Dataset, check_fits
-from ..masks import POOLING_TYPES
+from ..masks import check_pooling_type
 from ..plan.records import SparsityPlan
 from .api import Verification, prune, save_model_atomic, strip_pruning, verify
 from .callbacks import UpdatePruningStep
@@ -227,9 +227,8 @@ def finetune(model, plan: SparsityPlan, data: Dataset, epochs: int, batch_size: 
         ValueError: data that does not fit the model, bad epochs, batch size or block score.
     """
     check_positive_int(epochs, "epochs")
-    if block_pooling_type not in POOLING_TYPES:
-        raise ValueError(f"block_pooling_type={block_pooling_type!r} is not one of {POOLING_TYPES}")
     check_positive_int(batch_size, "batch_size")
+    check_pooling_type(block_pooling_type)
     order_seed = int(np.random.randint(2**31 - 1)) if shuffle else None  # before anything else draws
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError(f"model '{model.name}' has {len(model.inputs)} input(s) and {len(model.outputs)} output(s); "

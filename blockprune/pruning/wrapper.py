@@ -40,7 +40,7 @@ import keras
 
 from ..checks import check_block_shape, check_blocks_fit, divides
 from ..kerasgraph import any_symbolic_tensors, call_takes_training, get_stateless_scope, optimizer_slots
-from ..masks import POOLING_TYPES, block_scores, grid_mask, kept_block_grid
+from ..masks import block_scores, check_pooling_type, grid_mask, kept_block_grid
 from ..modelwalk import layer_sites
 from ..views import WeightView
 from .schedules import ConstantSparsity, PruningSchedule
@@ -179,9 +179,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if not isinstance(pruning_schedule, PruningSchedule):
             raise TypeError(f"Layer '{layer.name}': pruning_schedule must be a PruningSchedule, "
                             f"got {type(pruning_schedule).__name__}")
-        if block_pooling_type not in POOLING_TYPES:
-            raise ValueError(f"Layer '{layer.name}': block_pooling_type={block_pooling_type!r} is not one of "
-                             f"{POOLING_TYPES}")
+        check_pooling_type(block_pooling_type, f"Layer '{layer.name}': ")
         self.pruning_schedule = pruning_schedule
         self.block_size = check_block_shape(block_size, f"layer '{layer.name}'", name="block_size")
         self.block_pooling_type = block_pooling_type
