@@ -13,12 +13,19 @@ permutation and a sensitivity-aware allocation of the same overall sparsity; wit
 and the cap `blockprune run` puts on narrow-input weights (`blockprune.run.narrow_overrides`:
 convolutions in channel blocks reading fewer than 128 input channels at 50%), where it caps any.
 
-Writes accuracy_cnn.json and accuracy_cnn.md (atomically) into bench/results, or into a
+Each cell is the median over ``--seeds`` (the seed fixes the fine-tuning's data order; the dense
+model is the same), with the range when there are several; ``--targets`` and ``--variants`` run
+a part of the table, the rest reading "not run".
+
+Writes accuracy_cnn.json and accuracy_cnn.md (atomically) into bench/results (accuracy_cnn_l2.*
+with --block-score L2, accuracy_cnn_16epochs.* with --pruning-epochs 16, and so on), or into a
 temporary folder with --quick.
 
 Usage:
     pip install --no-deps animal-mnist==0.4
-    python bench/accuracy_cnn.py [--quick] [--sparsities 0.9,0.7] [--out DIR]
+    python bench/accuracy_cnn.py [--quick] [--sparsities 0.9,0.7] [--out DIR] [--block-score AVG|MAX|L2]
+                                 [--seeds 1,2,3] [--targets cpu-wide] [--variants "permute+run's cap"]
+                                 [--pruning-epochs 8]
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from blockprune._atomic import write_text_atomic  # noqa: E402
 from blockprune.data import Dataset, animal_shapes  # noqa: E402
 from blockprune.examples import train_dense  # noqa: E402
 from blockprune.kerasgraph import copy_model  # noqa: E402
+from blockprune.masks import POOLING_TYPES  # noqa: E402
 from blockprune.pruning.finetune import finetune  # noqa: E402
 from blockprune.run import narrow_overrides  # noqa: E402
 from blockprune.sensitivity import measure_sensitivity  # noqa: E402
@@ -115,13 +123,30 @@ def main(argv=None):
     parser.add_argument("--sparsities", default="0.9,0.7", help="comma-separated sparsities (default 0.9,0.7)")
     parser.add_argument("--out", help="results folder (default: bench/results)")
     parser.add_argument("--render", metavar="JSON", help="only rewrite the markdown of this accuracy_cnn.json")
+    parser.add_argument("--block-score", choices=POOLING_TYPES, default="AVG",
+                        help="the block score masks rank blocks by (finetune's block_pooling_type; default: AVG)")
+    parser.add_argument("--pruning-epochs", type=int, default=8, help="epochs of pruning and fine-tuning (default 8)")
+    parser.add_argument("--seeds", default="1", help="comma-separated fine-tuning seeds; cells give the median")
+    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated (default: both)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated (default: all)")
     args = parser.parse_args(argv)
     if args.render:
         return render(Path(args.render))
+    targets, variants = args.targets.split(","), args.variants.split(",")
+    for name, known, given in (("--targets", TARGETS, targets), ("--variants", VARIANTS, variants)):
+        unknown = [v for v in given if v not in known]
+        if unknown:
+            parser.error(f"{name}: unknown {unknown[0]!r}; known: {', '.join(known)}")
+    if args.pruning_epochs < 1:
+        parser.error(f"--pruning-epochs {args.pruning_epochs}: must be at least 1")
+    try:
+        seeds = [int(v) for v in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds {args.seeds!r}: expected comma-separated integers")
     deterministic()
     out = results_dir(args.out, args.quick, HERE / "results")
     sparsities = [float(v) for v in args.sparsities.split(",")]
-    dense_epochs, epochs, batch = (2, 2, 64) if args.quick else (12, 8, 64)
+    dense_epochs, epochs, batch = (2, 2, 64) if args.quick else (12, args.pruning_epochs, 64)
     data = animal_shapes(flat=False)
     dense = train_dense(cnn(), data, epochs=dense_epochs, batch_size=batch)
     dense_acc = accuracy(dense, data)
@@ -131,28 +156,49 @@ def main(argv=None):
     weights = planned_weights(dense)
     rows = []
     for s in sparsities:
-        for target in TARGETS:
+        for target in targets:
             for variant, (used, permute) in plans(dense, target, s, held_out).items():
-                keras.utils.set_random_seed(1)
+                if variant not in variants:
+                    continue
                 started = time.time()
-                result = finetune(copy_model(dense), used, data, epochs=epochs, batch_size=batch, verbose=0,
-                                  permute=permute)
-                acc = result.sparse_metrics["accuracy"]
+                accuracies = []
+                for seed in seeds:
+                    keras.utils.set_random_seed(seed)
+                    result = finetune(copy_model(dense), used, data, epochs=epochs, batch_size=batch, verbose=0,
+                                      permute=permute, block_pooling_type=args.block_score)
+                    accuracies.append(result.sparse_metrics["accuracy"])
+                acc = float(np.median(accuracies))
                 layer_sparsity = {lp.name: lp.sparsity for lp in used.pruned_layers}
                 rows.append({"target": target, "variant": variant, "sparsity": s, "accuracy": acc,
+                             "accuracies": accuracies,
                              "overall_sparsity": overall_sparsity(layer_sparsity, weights),
                              "blocks": {lp.name: list(lp.block_shape) for lp in used.pruned_layers},
                              "layer_sparsity": layer_sparsity,
                              "permuted": [p.layer for p in result.permutations], "exact": result.verification.ok,
                              "seconds": time.time() - started})
-                print(f"  {s:.0%} {target:16s} {variant:20s} {acc:.4f} overall {rows[-1]['overall_sparsity']:.1%} "
-                      f"permuted {[p.layer for p in result.permutations]}", flush=True)
+                print(f"  {s:.0%} {target:16s} {variant:20s} {acc:.4f} {accuracies} "
+                      f"overall {rows[-1]['overall_sparsity']:.1%} permuted {[p.layer for p in result.permutations]}", flush=True)
     result = {"dense_accuracy": dense_acc, "dense_epochs": dense_epochs, "pruning_epochs": epochs,
-              "sparsities": sparsities, "rows": rows, "quick": args.quick}
+              "sparsities": sparsities, "rows": rows, "quick": args.quick, "block_score": args.block_score,
+              "seeds": seeds, "variants": variants}
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "accuracy_cnn.json", json.dumps(result, indent=2) + "\n")
-    write_text_atomic(out / "accuracy_cnn.md", markdown(result))
-    print(f"Wrote {out / 'accuracy_cnn.md'}")
+    stem = "accuracy_cnn" + ("" if args.block_score == "AVG" else f"_{args.block_score.lower()}") + (
+        "" if args.quick or epochs == 8 else f"_{epochs}epochs")
+    write_text_atomic(out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / f"{stem}.md", markdown(result))
+    print(f"Wrote {out / f'{stem}.md'}")
+
+
+def _score_and_seeds(result) -> list[str]:
+    """The lines saying what blocks were ranked by and over which seeds (none for the first runs,
+    which used mean scores and seed 1)."""
+    if "seeds" not in result:
+        return []
+    seeds = result["seeds"]
+    over = (f"the median over fine-tuning seeds {', '.join(map(str, seeds))} (range in brackets)" if len(seeds) > 1
+            else f"fine-tuning seed {seeds[0]}")
+    return [f"Blocks ranked by the {result['block_score']} of their weights' magnitudes (`--block-score`); each "
+            f"cell {over}.", ""]
 
 
 def markdown(result) -> str:
@@ -164,7 +210,8 @@ def markdown(result) -> str:
              f"{result['pruning_epochs']} epochs of pruning and fine-tuning of conv2-conv5 (conv1 is too small to "
              "prune) to the sparsity of its row; run's cap prunes narrow-input convolutions less, so its cell gives "
              "the overall sparsity it reached. \"-\": the variant does not apply (permutation regroups channel "
-             "blocks, not (2, 2) blocks; the cap applies to convolutions in channel blocks).", "",
+             "blocks, not (2, 2) blocks; the cap applies to convolutions in channel blocks).",
+             "", *_score_and_seeds(result),
              "| sparsity | target | blocks | " + " | ".join(VARIANTS) + " | best vs dense |",
              "|---|---|---|" + "---|" * (len(VARIANTS) + 1)]
     for s in result["sparsities"]:
@@ -178,9 +225,11 @@ def markdown(result) -> str:
             def cell(v):
                 r = mine.get(v)
                 if r is None:
-                    return "-"
+                    return "-" if v in result.get("variants", VARIANTS) else "not run"
                 overall = "" if abs(r["overall_sparsity"] - s) < 0.005 else f" ({r['overall_sparsity']:.1%} overall)"
-                return f"{r['accuracy']:.2%}{overall}"
+                spread = r.get("accuracies", [r["accuracy"]])
+                spread = f" ({min(spread):.2%}-{max(spread):.2%})" if len(spread) > 1 else ""
+                return f"{r['accuracy']:.2%}{spread}{overall}"
 
             lines.append(f"| {s:.0%} | {target} | {', '.join(map(str, blocks))} | "
                          + " | ".join(cell(v) for v in VARIANTS)
