@@ -18,14 +18,14 @@ model is the same), with the range when there are several; ``--targets`` and ``-
 a part of the table, the rest reading "not run".
 
 Writes accuracy_cnn.json and accuracy_cnn.md (atomically) into bench/results (accuracy_cnn_l2.*
-with --block-score L2, accuracy_cnn_16epochs.* with --pruning-epochs 16, and so on), or into a
-temporary folder with --quick.
+with --block-score L2, accuracy_cnn_dense30_16epochs.* with --dense-epochs 30 --pruning-epochs 16,
+and so on), or into a temporary folder with --quick.
 
 Usage:
     pip install --no-deps animal-mnist==0.4
     python bench/accuracy_cnn.py [--quick] [--sparsities 0.9,0.7] [--out DIR] [--block-score AVG|MAX|L2]
                                  [--seeds 1,2,3] [--targets cpu-wide] [--variants "permute+run's cap"]
-                                 [--pruning-epochs 8]
+                                 [--dense-epochs 12] [--pruning-epochs 8]
 """
 
 from __future__ import annotations
@@ -125,6 +125,7 @@ def main(argv=None):
     parser.add_argument("--render", metavar="JSON", help="only rewrite the markdown of this accuracy_cnn.json")
     parser.add_argument("--block-score", choices=POOLING_TYPES, default="AVG",
                         help="the block score masks rank blocks by (finetune's block_pooling_type; default: AVG)")
+    parser.add_argument("--dense-epochs", type=int, default=12, help="epochs of dense training (default 12)")
     parser.add_argument("--pruning-epochs", type=int, default=8, help="epochs of pruning and fine-tuning (default 8)")
     parser.add_argument("--seeds", default="1", help="comma-separated fine-tuning seeds; cells give the median")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated (default: both)")
@@ -137,8 +138,9 @@ def main(argv=None):
         unknown = [v for v in given if v not in known]
         if unknown:
             parser.error(f"{name}: unknown {unknown[0]!r}; known: {', '.join(known)}")
-    if args.pruning_epochs < 1:
-        parser.error(f"--pruning-epochs {args.pruning_epochs}: must be at least 1")
+    for name, value in (("--dense-epochs", args.dense_epochs), ("--pruning-epochs", args.pruning_epochs)):
+        if value < 1:
+            parser.error(f"{name} {value}: must be at least 1")
     try:
         seeds = [int(v) for v in args.seeds.split(",")]
     except ValueError:
@@ -146,7 +148,7 @@ def main(argv=None):
     deterministic()
     out = results_dir(args.out, args.quick, HERE / "results")
     sparsities = [float(v) for v in args.sparsities.split(",")]
-    dense_epochs, epochs, batch = (2, 2, 64) if args.quick else (12, args.pruning_epochs, 64)
+    dense_epochs, epochs, batch = (2, 2, 64) if args.quick else (args.dense_epochs, args.pruning_epochs, 64)
     data = animal_shapes(flat=False)
     dense = train_dense(cnn(), data, epochs=dense_epochs, batch_size=batch)
     dense_acc = accuracy(dense, data)
@@ -183,6 +185,7 @@ def main(argv=None):
               "seeds": seeds, "variants": variants}
     out.mkdir(parents=True, exist_ok=True)
     stem = "accuracy_cnn" + ("" if args.block_score == "AVG" else f"_{args.block_score.lower()}") + (
+        "" if args.quick or dense_epochs == 12 else f"_dense{dense_epochs}") + (
         "" if args.quick or epochs == 8 else f"_{epochs}epochs")
     write_text_atomic(out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
     write_text_atomic(out / f"{stem}.md", markdown(result))
@@ -219,17 +222,18 @@ def markdown(result) -> str:
             mine = {r["variant"]: r for r in rows if r["target"] == target and r["sparsity"] == s}
             if not mine:
                 continue
-            blocks = sorted({tuple(b) for b in mine["plain"]["blocks"].values()})
+            blocks = sorted({tuple(b) for b in next(iter(mine.values()))["blocks"].values()})
             best = max(mine.values(), key=lambda r: r["accuracy"])
 
             def cell(v):
                 r = mine.get(v)
                 if r is None:
                     return "-" if v in result.get("variants", VARIANTS) else "not run"
-                overall = "" if abs(r["overall_sparsity"] - s) < 0.005 else f" ({r['overall_sparsity']:.1%} overall)"
-                spread = r.get("accuracies", [r["accuracy"]])
-                spread = f" ({min(spread):.2%}-{max(spread):.2%})" if len(spread) > 1 else ""
-                return f"{r['accuracy']:.2%}{spread}{overall}"
+                seen = r.get("accuracies", [r["accuracy"]])
+                notes = [f"{min(seen):.2%}-{max(seen):.2%}"] if len(seen) > 1 else []
+                if abs(r["overall_sparsity"] - s) >= 0.005:
+                    notes.append(f"{r['overall_sparsity']:.1%} overall")
+                return f"{r['accuracy']:.2%}" + (f" ({'; '.join(notes)})" if notes else "")
 
             lines.append(f"| {s:.0%} | {target} | {', '.join(map(str, blocks))} | "
                          + " | ".join(cell(v) for v in VARIANTS)
