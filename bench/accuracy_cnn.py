@@ -178,8 +178,9 @@ def main(argv=None):
                              "layer_sparsity": layer_sparsity,
                              "permuted": [p.layer for p in result.permutations], "exact": result.verification.ok,
                              "seconds": time.time() - started})
-                print(f"  {s:.0%} {target:16s} {variant:20s} {acc:.4f} {accuracies} "
-                      f"overall {rows[-1]['overall_sparsity']:.1%} permuted {[p.layer for p in result.permutations]}", flush=True)
+                print(f"  {s:.0%} {target:16s} {variant:20s} {acc:.4f} {accuracies} overall "
+                      f"{rows[-1]['overall_sparsity']:.1%} permuted {[p.layer for p in result.permutations]}",
+                      flush=True)
     result = {"dense_accuracy": dense_acc, "dense_epochs": dense_epochs, "pruning_epochs": epochs,
               "sparsities": sparsities, "rows": rows, "quick": args.quick, "block_score": args.block_score,
               "seeds": seeds, "variants": variants}
