@@ -100,21 +100,23 @@ def render(path: Path) -> None:
     print(f"Wrote {path.with_suffix('.md')}")
 
 
-def plans(dense, target, s, held_out) -> dict:
-    """``{variant: (plan, permute)}`` for the variants that apply to ``target`` at ``s``."""
+def plans(dense, target, s, held_out, variants=VARIANTS) -> dict:
+    """``{variant: (plan, permute)}`` for those of ``variants`` that apply to ``target`` at ``s``
+    (the sensitivity is measured only when the sensitivity-aware variant is asked for)."""
     plain = blockprune.plan(dense, target, sparsity=s, overrides=SKIP)
-    ceiling = round(s + (1 - s) * HEADROOM, 3)
-    sens = measure_sensitivity(dense, blockprune.plan(dense, target, sparsity=ceiling, overrides=SKIP), held_out)
     out = {"plain": (plain, False)}
     if any(lp.block_shape[0] == lp.view.taps for lp in plain.pruned_layers):  # one input row (channel) per block-row
         out["permute"] = (plain, True)
-    out["permute+sensitivity"] = (blockprune.plan(dense, target, sparsity=ceiling, overrides=SKIP, overall_sparsity=s,
-                                                  sensitivity=sens), "permute" in out)
+    if "permute+sensitivity" in variants:
+        ceiling = round(s + (1 - s) * HEADROOM, 3)
+        sens = measure_sensitivity(dense, blockprune.plan(dense, target, sparsity=ceiling, overrides=SKIP), held_out)
+        out["permute+sensitivity"] = (blockprune.plan(dense, target, sparsity=ceiling, overrides=SKIP,
+                                                      overall_sparsity=s, sensitivity=sens), "permute" in out)
     capped = narrow_overrides(plain, s)
     if capped:
         out["permute+run's cap"] = (blockprune.plan(dense, target, sparsity=s, overrides={**SKIP, **capped}),
                                     "permute" in out)
-    return out
+    return {variant: out[variant] for variant in VARIANTS if variant in variants and variant in out}
 
 
 def main(argv=None):
@@ -159,9 +161,7 @@ def main(argv=None):
     rows = []
     for s in sparsities:
         for target in targets:
-            for variant, (used, permute) in plans(dense, target, s, held_out).items():
-                if variant not in variants:
-                    continue
+            for variant, (used, permute) in plans(dense, target, s, held_out, variants).items():
                 started = time.time()
                 accuracies = []
                 for seed in seeds:
@@ -185,9 +185,11 @@ def main(argv=None):
               "sparsities": sparsities, "rows": rows, "quick": args.quick, "block_score": args.block_score,
               "seeds": seeds, "variants": variants}
     out.mkdir(parents=True, exist_ok=True)
-    stem = "accuracy_cnn" + ("" if args.block_score == "AVG" else f"_{args.block_score.lower()}") + (
-        "" if args.quick or dense_epochs == 12 else f"_dense{dense_epochs}") + (
-        "" if args.quick or epochs == 8 else f"_{epochs}epochs")
+    suffixes = [args.block_score.lower()] if args.block_score != parser.get_default("block_score") else []
+    if not args.quick:  # a quick run writes into a temporary folder anyway
+        suffixes += [f"dense{dense_epochs}"] if dense_epochs != parser.get_default("dense_epochs") else []
+        suffixes += [f"{epochs}epochs"] if epochs != parser.get_default("pruning_epochs") else []
+    stem = "_".join(["accuracy_cnn", *suffixes])
     write_text_atomic(out / f"{stem}.json", json.dumps(result, indent=2) + "\n")
     write_text_atomic(out / f"{stem}.md", markdown(result))
     print(f"Wrote {out / f'{stem}.md'}")
