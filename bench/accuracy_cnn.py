@@ -19,13 +19,13 @@ a part of the table, the rest reading "not run".
 
 Writes accuracy_cnn.json and accuracy_cnn.md (atomically) into bench/results (accuracy_cnn_l2.*
 with --block-score L2, accuracy_cnn_dense30_16epochs.* with --dense-epochs 30 --pruning-epochs 16,
-and so on), or into a temporary folder with --quick.
+accuracy_cnn_lrdecay.* with --lr-decay, and so on), or into a temporary folder with --quick.
 
 Usage:
     pip install --no-deps animal-mnist==0.4
     python bench/accuracy_cnn.py [--quick] [--sparsities 0.9,0.7] [--out DIR] [--block-score AVG|MAX|L2]
                                  [--seeds 1,2,3] [--targets cpu-wide] [--variants "permute+run's cap"]
-                                 [--dense-epochs 12] [--pruning-epochs 8]
+                                 [--dense-epochs 12] [--pruning-epochs 8] [--lr-decay]
 """
 
 from __future__ import annotations
@@ -129,6 +129,8 @@ def main(argv=None):
                         help="the block score masks rank blocks by (finetune's block_pooling_type; default: AVG)")
     parser.add_argument("--dense-epochs", type=int, default=12, help="epochs of dense training (default 12)")
     parser.add_argument("--pruning-epochs", type=int, default=8, help="epochs of pruning and fine-tuning (default 8)")
+    parser.add_argument("--lr-decay", action="store_true",
+                        help="hold the fine-tuning rate until the final sparsity, then decay it (finetune's lr_decay)")
     parser.add_argument("--seeds", default="1", help="comma-separated fine-tuning seeds; cells give the median")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated (default: both)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated (default: all)")
@@ -167,7 +169,8 @@ def main(argv=None):
                 for seed in seeds:
                     keras.utils.set_random_seed(seed)
                     result = finetune(copy_model(dense), used, data, epochs=epochs, batch_size=batch, verbose=0,
-                                      permute=permute, block_pooling_type=args.block_score)
+                                      permute=permute, block_pooling_type=args.block_score,
+                                      lr_decay=args.lr_decay)
                     accuracies.append(result.sparse_metrics["accuracy"])
                 acc = float(np.median(accuracies))
                 layer_sparsity = {lp.name: lp.sparsity for lp in used.pruned_layers}
@@ -183,9 +186,10 @@ def main(argv=None):
                       flush=True)
     result = {"dense_accuracy": dense_acc, "dense_epochs": dense_epochs, "pruning_epochs": epochs,
               "sparsities": sparsities, "rows": rows, "quick": args.quick, "block_score": args.block_score,
-              "seeds": seeds, "variants": variants}
+              "lr_decay": args.lr_decay, "seeds": seeds, "variants": variants}
     out.mkdir(parents=True, exist_ok=True)
     suffixes = [args.block_score.lower()] if args.block_score != parser.get_default("block_score") else []
+    suffixes += ["lrdecay"] if args.lr_decay else []
     if not args.quick:  # a quick run writes into a temporary folder anyway
         suffixes += [f"dense{dense_epochs}"] if dense_epochs != parser.get_default("dense_epochs") else []
         suffixes += [f"{epochs}epochs"] if epochs != parser.get_default("pruning_epochs") else []
@@ -214,9 +218,11 @@ def markdown(result) -> str:
              f"training images), VGG-style CNN of five 3x3 convolutions with ReLU; dense {dense_acc:.2%} after "
              f"{result['dense_epochs']} epochs (the rate decaying to zero on a cosine); each cell "
              f"{result['pruning_epochs']} epochs of pruning and fine-tuning of conv2-conv5 (conv1 is too small to "
-             "prune) to the sparsity of its row; run's cap prunes narrow-input convolutions less, so its cell gives "
-             "the overall sparsity it reached. \"-\": the variant does not apply (permutation regroups channel "
-             "blocks, not (2, 2) blocks; the cap applies to convolutions in channel blocks).",
+             "prune) to the sparsity of its row" + (
+                 ", the rate held until the final sparsity, then decaying to zero on a cosine (`--lr-decay`)"
+                 if result.get("lr_decay") else "") + "; run's cap prunes narrow-input convolutions less, so its "
+             "cell gives the overall sparsity it reached. \"-\": the variant does not apply (permutation regroups "
+             "channel blocks, not (2, 2) blocks; the cap applies to convolutions in channel blocks).",
              "", *_score_and_seeds(result),
              "| sparsity | target | blocks | " + " | ".join(VARIANTS) + " | best vs dense |",
              "|---|---|---|" + "---|" * (len(VARIANTS) + 1)]

@@ -192,6 +192,9 @@ def _add_training_options(p) -> None:
     p.add_argument("--block-score", choices=POOLING_TYPES, default="AVG",
                    help="what ranks the blocks: the mean, the maximum or the root mean square (L2) of their "
                         "weights' magnitudes (default: AVG)")
+    p.add_argument("--lr-decay", action="store_true",
+                   help="hold the learning rate until the final sparsity, then decay it to zero on a cosine "
+                        "(default: constant)")
 
 
 def cmd_prune(args) -> int:
@@ -226,7 +229,7 @@ def cmd_prune(args) -> int:
                           learning_rate=args.learning_rate, checkpoint=checkpoint, resume=args.resume,
                           verbose=1 if sys.stdout.isatty() else 2, permute=not args.no_permute,
                           distill=_distillation(args), quantize_aware=args.quantize_aware,
-                          block_pooling_type=args.block_score)
+                          block_pooling_type=args.block_score, lr_decay=args.lr_decay)
     except KeyboardInterrupt:
         hint = f"; rerun with --resume to continue from {checkpoint}" if checkpoint.is_file() else ""
         print(f"blockprune prune: interrupted{hint}", file=sys.stderr)
@@ -401,7 +404,7 @@ def cmd_run(args) -> int:
     result = run(args.out, model=args.model, data=args.data, target=args.target, sparsity=args.sparsity,
                  epochs=args.epochs, dense_epochs=args.dense_epochs, seed=args.seed, permute=not args.no_permute,
                  distill=_distillation(args), quantize=args.quantize, quantize_aware=args.quantize_aware,
-                 block_pooling_type=args.block_score)
+                 block_pooling_type=args.block_score, lr_decay=args.lr_decay)
     if result.dense_accuracy is not None:
         print(f"\nTest accuracy: dense {result.dense_accuracy:.2%}, block-sparse {result.sparse_accuracy:.2%}")
     for key, value in result.speedups.items():

@@ -73,7 +73,8 @@ AUTO_QUANTIZE = ("dynamic", "int8")
 def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", sparsity: float = 0.9,
         epochs: int = 30, dense_epochs: int = 30, batch_size: int = 32, seed: int = 0, bench_rounds: int = 5,
         bench_reps: int = 100, verbose: bool = True, points=None, permute: bool = True, distill=None,
-        quantize=(), quantize_aware: bool = False, block_pooling_type: str = "AVG") -> RunResult:
+        quantize=(), quantize_aware: bool = False, block_pooling_type: str = "AVG",
+        lr_decay: bool = False) -> RunResult:
     """Runs the whole pipeline and writes a report folder.
 
     Args:
@@ -93,7 +94,8 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
         verbose: print progress.
         points: deployment points ``[(batch, threads), ...]`` to export and measure (default:
             batch 1 and 8, 1 thread and all cores).
-        permute, distill, quantize_aware, block_pooling_type: as for ``blockprune.pruning.finetune``.
+        permute, distill, quantize_aware, block_pooling_type, lr_decay: as for
+            ``blockprune.pruning.finetune``.
         quantize: quantized exports to make beside the float32 ones: any of ``float16``,
             ``dynamic``, ``int8`` (full-integer, calibrated on the first training samples), as a
             list or comma-separated. Each is benchmarked against its own-precision dense file and
@@ -156,7 +158,7 @@ def run(out="blockprune-out", model=None, data=None, target: str = "cpu-wide", s
         _say(f"[4/7] pruning and fine-tuning for {epochs} epochs", verbose)
         result = finetune(dense, p, dataset, epochs=epochs, batch_size=batch_size, verbose=2 if verbose else 0,
                           permute=permute, distill=distill, quantize_aware=quantize_aware,
-                          block_pooling_type=block_pooling_type)
+                          block_pooling_type=block_pooling_type, lr_decay=lr_decay)
         for q in result.permutations:
             _say(f"      regrouped the outputs of '{q.layer}' (and the inputs of '{q.reader}'): {q.gain:.3f}x the "
                  "weight magnitude kept, same function", verbose)

@@ -261,3 +261,79 @@ def test_cli_prune_passes_its_block_score_to_finetune(tmp_path, monkeypatch):
     rc = main(["prune", str(tmp_path / "dense.keras"), "--data", str(tmp_path / "d.npz"), "--block-score", "L2",
                "--override", "h", "block=1x16", "-o", str(tmp_path / "x.keras")])
     assert rc == 130 and seen["block_pooling_type"] == "L2"
+
+
+def test_hold_then_cosine_holds_the_rate_then_decays_it_to_zero():
+    from blockprune.pruning.finetune import HoldThenCosine
+
+    rate = HoldThenCosine(1e-3, hold=60, total=100)
+    got = [float(rate(step)) for step in (0, 59, 60, 80, 100, 150)]
+    assert got == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 0.0, 0.0], abs=1e-9)
+    assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(rate)).get_config() == \
+        rate.get_config()
+    with pytest.raises(ValueError, match="hold=100 must be at least 0 and below total=100"):
+        HoldThenCosine(1e-3, hold=100, total=100)
+
+
+class _Rates(keras.callbacks.Callback):
+    """Records the optimizer's learning rate at the end of every epoch."""
+
+    def on_train_begin(self, logs=None):
+        self.rates = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        rate = self.model.optimizer.learning_rate
+        self.rates.append(float(keras.ops.convert_to_numpy(rate)))
+
+
+@pytest.mark.parametrize("lr_decay", [True, False])
+def test_finetune_decays_the_rate_after_the_final_sparsity_when_asked(tmp_path, lr_decay):
+    """With ``lr_decay`` the rate is whole while the masks change (the first 75% of 4 epochs of 4
+    steps: 12 steps) and zero at the end; without, constant. A resumed run keeps the schedule."""
+    model, data = _tiny()
+    p = blockprune.plan(model, "cpu-wide", sparsity=0.75, overrides={"h": "block=1x16", "out": "skip"})
+    rates, ckpt = _Rates(), tmp_path / "run.checkpoint.keras"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(model, p, data, epochs=4, batch_size=16, learning_rate=2e-3, verbose=0, lr_decay=lr_decay,
+                 checkpoint=ckpt, callbacks=[rates, _Interrupt()])
+    assert rates.rates == pytest.approx([2e-3, 2e-3])
+    resumed = _Rates()
+    result = finetune(model, p, data, epochs=4, batch_size=16, learning_rate=2e-3, verbose=0, lr_decay=lr_decay,
+                      checkpoint=ckpt, resume=True, callbacks=[resumed])
+    assert result.verification.ok
+    assert resumed.rates == pytest.approx([2e-3, 0.0] if lr_decay else [2e-3, 2e-3], abs=1e-9)
+
+
+def _recording_finetune(monkeypatch, tmp_path) -> list:
+    """Saves ``_tiny()``'s model and data into ``tmp_path`` and makes ``finetune`` record the
+    ``lr_decay`` it is given, then stop as a user's ^C would."""
+    import blockprune.pruning.finetune as finetune_module
+
+    seen = []
+
+    def record(*args, **kwargs):
+        seen.append(kwargs["lr_decay"])
+        raise KeyboardInterrupt
+
+    model, data = _tiny()
+    model.save(tmp_path / "dense.keras")
+    save_npz(data, tmp_path / "d.npz")
+    monkeypatch.setattr(finetune_module, "finetune", record)
+    return seen
+
+
+def test_cli_prune_passes_lr_decay_to_finetune(tmp_path, monkeypatch):
+    seen = _recording_finetune(monkeypatch, tmp_path)
+    for flags in (["--lr-decay"], []):
+        rc = main(["prune", str(tmp_path / "dense.keras"), "--data", str(tmp_path / "d.npz"), *flags,
+                   "--override", "h", "block=1x16", "-o", str(tmp_path / "x.keras")])
+        assert rc == 130
+    assert seen == [True, False]
+
+
+@pytest.mark.tensorflow
+def test_cli_run_passes_lr_decay_to_finetune(tmp_path, monkeypatch):
+    seen = _recording_finetune(monkeypatch, tmp_path)
+    rc = main(["run", "--model", str(tmp_path / "dense.keras"), "--data", str(tmp_path / "d.npz"), "--lr-decay",
+               "--out", str(tmp_path / "run")])
+    assert rc == 130 and seen == [True] and not (tmp_path / "run").exists()
