@@ -139,11 +139,11 @@ def blockprune_rows(dataset: str, sparsities, quick: bool, expect_dense=()) -> t
 
 
 def prune_once(dense, plan, data, epochs: int, batch: int, permute: bool, distill: bool, seed: int = 1,
-               block_score: str = "AVG"):
+               block_score: str = "AVG", lr_decay: bool = False):
     """``finetune`` of a copy of ``dense`` to ``plan`` after ``keras.utils.set_random_seed(seed)``."""
     keras.utils.set_random_seed(seed)
     return finetune(copy_model(dense), plan, data, epochs=epochs, batch_size=batch, verbose=0, permute=permute,
-                    distill=Distillation() if distill else None, block_pooling_type=block_score)
+                    distill=Distillation() if distill else None, block_pooling_type=block_score, lr_decay=lr_decay)
 
 
 def tfmot_once(python: str, data_path: Path, dataset: str, block: str, sparsity: float, quick: bool,

@@ -20,9 +20,11 @@ of the medians.
 Usage:
     python bench/accuracy_seeds.py [--datasets digits,animal-shapes] [--sparsity 0.9] [--seeds 5]
                                    [--tfmot-python bench/.venv-tfmot/bin/python] [--block-score AVG|MAX|L2]
+                                   [--lr-decay]
                                    [--quick] [--out DIR]
 
-Writes accuracy_seeds.json and .md (accuracy_seeds_l2.* with --block-score L2, and so on).
+Writes accuracy_seeds.json and .md (accuracy_seeds_l2.* with --block-score L2,
+accuracy_seeds_l2_lrdecay.* with --lr-decay as well, and so on).
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ TFMOT_BLOCKS = ("1x1", "4x1")
 
 
 def dataset_rows(dataset: str, sparsity: float, seeds: list[int], quick: bool, tfmot_python: str | None,
-                 block_score: str = "AVG") -> dict:
+                 block_score: str = "AVG", lr_decay: bool = False) -> dict:
     """The dense accuracy and every row of ``ROWS`` (and tfmot's) over ``seeds`` on ``dataset``."""
     data, dense, epochs, batch = trained_dense(dataset, quick)
     dense_acc = float((dense.predict(data.x_test, verbose=0).argmax(-1) == data.y_test).mean())
@@ -84,7 +86,8 @@ def dataset_rows(dataset: str, sparsity: float, seeds: list[int], quick: bool, t
         accuracies = []
         for seed in seeds:
             started = time.time()
-            result = prune_once(dense, plan, data, epochs, batch, permute, distill, seed=seed, block_score=block_score)
+            result = prune_once(dense, plan, data, epochs, batch, permute, distill, seed=seed, block_score=block_score,
+                                lr_decay=lr_decay)
             accuracies.append(result.sparse_metrics["accuracy"])
             print(f"  {label:20s} {variant:22s} seed {seed}: {accuracies[-1]:.4f} ({time.time() - started:.0f} s)",
                   flush=True)
@@ -144,7 +147,8 @@ def markdown(report: dict) -> str:
              "the dense model (T=4, alpha=0.7), the uniform plan. tfmot trains its own dense model (seed 0) "
              "and prunes it after each seed.", "",
              f"Our rows rank blocks by the {report.get('block_score', 'AVG')} of their weights' magnitudes "
-             "(`--block-score`).", ""]
+             "(`--block-score`)" + ("; their rate is held until the final sparsity, then decays to zero on a cosine "
+                                    "(`--lr-decay`)" if report.get("lr_decay") else "") + ".", ""]
     for dataset, result in report["datasets"].items():
         width, epochs = DATASETS[dataset][1], result["epochs"]
         lines += [f"## {dataset}: MLP -> {width} -> {width} -> 10, dense {result['dense_accuracy']:.2%} "
@@ -168,6 +172,8 @@ def main(argv=None):
     parser.add_argument("--tfmot-python", help="python of the tfmot environment (bench/setup_tfmot_env.sh)")
     parser.add_argument("--block-score", choices=POOLING_TYPES, default="AVG",
                         help="the block score our rows rank blocks by (finetune's block_pooling_type; default: AVG)")
+    parser.add_argument("--lr-decay", action="store_true",
+                        help="our rows hold the rate until the final sparsity, then decay it (finetune's lr_decay)")
     parser.add_argument("--quick", action="store_true", help="fewer epochs, 2 seeds, into a temporary folder")
     parser.add_argument("--out", help="results folder (default: bench/results)")
     args = parser.parse_args(argv)
@@ -180,12 +186,13 @@ def main(argv=None):
     out = results_dir(args.out, args.quick, HERE / "results")
     seeds = list(range(1, (2 if args.quick else args.seeds) + 1))
     report = {"sparsity": args.sparsity, "seeds": seeds, "block_score": args.block_score, "quick": args.quick,
-              "datasets": {}}
+              "lr_decay": args.lr_decay, "datasets": {}}
     for dataset in args.datasets.split(","):
         report["datasets"][dataset] = dataset_rows(dataset, args.sparsity, seeds, args.quick, args.tfmot_python,
-                                                   args.block_score)
+                                                   args.block_score, args.lr_decay)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "accuracy_seeds" if args.block_score == "AVG" else f"accuracy_seeds_{args.block_score.lower()}"
+    stem = "_".join(["accuracy_seeds", *([args.block_score.lower()] if args.block_score != "AVG" else []),
+                     *(["lrdecay"] if args.lr_decay else [])])
     write_text_atomic(out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
     write_text_atomic(out / f"{stem}.md", markdown(report))
     print(markdown(report))
